@@ -1,0 +1,64 @@
+# Notifier: see README.md. Every target installs what it needs first.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV := .venv
+PY := $(VENV)/bin/python
+UV_VERSION := 0.13.8
+UV := .cache/uv/bin/uv
+BUF := node_modules/.bin/buf
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+
+.PHONY: help install run test lint proto proto-check fmt clean
+
+help:
+	@echo "make install      .venv with the project and its locked dependencies"
+	@echo "make run          start the service (SQLite; no credentials needed)"
+	@echo "make test         the whole test suite"
+	@echo "make lint         buf lint (+ buf breaking), ruff, mypy"
+	@echo "make proto        regenerate server/notifier_proto from proto/"
+	@echo "make proto-check  fail if the generated code is stale"
+
+$(UV):
+	python3 -m venv .cache/uv
+	.cache/uv/bin/pip install --quiet uv==$(UV_VERSION)
+
+$(VENV)/.installed: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen
+	touch $@
+
+$(BUF): package.json package-lock.json
+	# npm ci rejects this lock (npm records only the linux builds of buf): install from it instead
+	npm install --no-audit --no-fund --loglevel=error
+	touch $@
+
+install: $(VENV)/.installed $(BUF)
+
+run: install
+	$(VENV)/bin/notifier serve
+
+test: install
+	$(VENV)/bin/pytest
+
+lint: install
+	$(BUF) lint
+	@if git rev-parse -q --verify main >/dev/null && git cat-file -e main:proto/notifier/v1/notifier.proto 2>/dev/null \
+	    && [ -n "$$(git tag -l 'v*')" ]; then \
+	  echo "buf breaking --against .git#branch=main"; $(BUF) breaking --against '.git#branch=main'; \
+	else echo "buf breaking: no released baseline yet (no v* tag); skipped"; fi
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+proto: install
+	$(PY) tools/gen_proto.py
+
+proto-check: install
+	$(PY) tools/gen_proto.py --check
+
+fmt: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .cache node_modules .pytest_cache .mypy_cache .ruff_cache

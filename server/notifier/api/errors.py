@@ -1,0 +1,157 @@
+"""Domain errors to gRPC statuses with google.rpc details, for every RPC in one place.
+
+An interceptor keeps the servicer free of try/except and guarantees that nothing a
+caller sends ends as UNKNOWN, or as a traceback in the caller's face.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from notifier.domain.errors import (
+    DomainError,
+    IdempotencyConflict,
+    NotFound,
+    PreconditionFailed,
+    StorageUnavailable,
+    Unsupported,
+    ValidationFailed,
+)
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Any]
+
+
+def _packed(detail: Any) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(detail)
+    return packed
+
+
+def to_status(exc: DomainError) -> grpc.Status:
+    """The status (code, message, details) a caller gets for ``exc``."""
+    code, details = _classify(exc)
+    proto = status_pb2.Status(code=code, message=str(exc), details=[_packed(d) for d in details])
+    status: grpc.Status = rpc_status.to_status(proto)
+    return status
+
+
+def _classify(exc: DomainError) -> tuple[int, list[Any]]:
+    if isinstance(exc, ValidationFailed):
+        violations = [
+            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+            for v in exc.violations
+        ]
+        return code_pb2.INVALID_ARGUMENT, [
+            error_details_pb2.BadRequest(field_violations=violations)
+        ]
+    if isinstance(exc, NotFound):
+        info = error_details_pb2.ResourceInfo(
+            resource_type=exc.kind, resource_name=exc.ref, description=str(exc)
+        )
+        return code_pb2.NOT_FOUND, [info]
+    if isinstance(exc, IdempotencyConflict):
+        info = error_details_pb2.ResourceInfo(
+            resource_type="idempotency_key",
+            resource_name=exc.key,
+            description=f"already names message {exc.message_id}",
+        )
+        return code_pb2.ALREADY_EXISTS, [info]
+    if isinstance(exc, PreconditionFailed):
+        violation = error_details_pb2.PreconditionFailure.Violation(
+            type=exc.kind, subject=exc.subject, description=exc.description
+        )
+        return code_pb2.FAILED_PRECONDITION, [
+            error_details_pb2.PreconditionFailure(violations=[violation])
+        ]
+    if isinstance(exc, Unsupported):
+        return code_pb2.UNIMPLEMENTED, []
+    if isinstance(exc, StorageUnavailable):
+        retry = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=1))
+        return code_pb2.UNAVAILABLE, [retry]
+    return code_pb2.FAILED_PRECONDITION, []
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Aborts with the mapped status; calls ``on_storage_down`` so health follows."""
+
+    def __init__(self, on_storage_down: Callable[[], Awaitable[None]] | None = None) -> None:
+        self._on_storage_down = on_storage_down
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler: Any = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        codec = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(handler.unary_unary, method), **codec
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                self._unary(handler.stream_unary, method), **codec
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                self._stream(handler.unary_stream, method), **codec
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            self._stream(handler.stream_stream, method), **codec
+        )
+
+    def _unary(self, behavior: Handler, method: str) -> Handler:
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            try:
+                return await behavior(request, context)
+            except Exception as exc:  # every outcome becomes a proper status
+                await self._abort(exc, context, method)
+
+        return wrapper
+
+    def _stream(self, behavior: Handler, method: str) -> Handler:
+        async def wrapper(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            try:
+                result = behavior(request, context)
+                if inspect.isawaitable(result):  # a handler that only aborts or writes
+                    await result
+                    return
+                async for response in result:
+                    yield response
+            except Exception as exc:
+                await self._abort(exc, context, method)
+
+        return wrapper
+
+    async def _abort(
+        self, exc: Exception, context: grpc.aio.ServicerContext[Any, Any], method: str
+    ) -> None:
+        if isinstance(exc, grpc.aio.AbortError):
+            raise exc
+        if isinstance(exc, DomainError):
+            if isinstance(exc, StorageUnavailable) and self._on_storage_down is not None:
+                log.warning("storage unavailable during %s: %s", method, exc)
+                await self._on_storage_down()
+            await context.abort_with_status(to_status(exc))
+        ref = uuid.uuid4().hex[:12]
+        log.exception("unexpected error in %s (ref %s)", method, ref)
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error (ref {ref})")

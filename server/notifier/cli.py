@@ -1,0 +1,102 @@
+"""``notifier``: run the service and manage its database."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from notifier.config import ConfigError, Settings, load_settings
+from notifier.server import StartupError, create_server
+from notifier.storage.engine import create_database
+from notifier.storage.migrate import upgrade
+
+log = logging.getLogger("notifier")
+
+
+def _banner(settings: Settings, port: int) -> str:
+    host = settings.grpc_addr.rpartition(":")[0]
+    lines = [f"notifier: gRPC serving on {host}:{port} ({settings.env})"]
+    lines.append(f"notifier: database {settings.database_url}")
+    if not settings.has_twilio_credentials:
+        lines.append(
+            "notifier: NO TWILIO CREDENTIALS - messages are stored and tracked; "
+            "this version has no dispatcher, so nothing is sent yet"
+        )
+    return "\n".join(lines)
+
+
+async def _serve(settings: Settings) -> int:
+    notifier = await create_server(settings)
+    await notifier.start()
+    print(_banner(settings, notifier.port), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info(
+        "shutting down: finishing calls in flight (grace %.1fs)", settings.shutdown_grace_seconds
+    )
+    await notifier.stop(settings.shutdown_grace_seconds)
+    print("notifier: stopped", flush=True)
+    return 0
+
+
+async def _db_upgrade(settings: Settings) -> int:
+    db = create_database(settings.database_url)
+    try:
+        await upgrade(db.writer)
+    finally:
+        await db.dispose()
+    print(f"notifier: database at the latest schema ({settings.database_url})")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="notifier", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the service (configured from the environment)")
+    serve.add_argument(
+        "part",
+        nargs="?",
+        choices=["all", "grpc", "webhooks"],
+        default="all",
+        help="all (development: everything in one process), grpc, or webhooks",
+    )
+    db = sub.add_parser("db", help="database schema")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    db_sub.add_parser("upgrade", help="apply every pending migration")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"notifier: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        if args.command == "db":
+            return asyncio.run(_db_upgrade(settings))
+        if args.part == "webhooks":
+            print("notifier: the webhook sidecar is not part of this version yet", file=sys.stderr)
+            return 2
+        return asyncio.run(_serve(settings))
+    except StartupError as exc:
+        print(f"notifier: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""Configuration from environment variables (and an optional ``.env`` file).
+
+Every setting is read once at startup and validated; a bad value stops the process
+with a message naming the variable, so a typo never becomes a runtime surprise.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import (
+    AnyHttpUrl,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+_E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
+
+
+class ConfigError(Exception):
+    """Raised with one line per bad variable."""
+
+
+def _addr(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:50051")
+    return value
+
+
+def _split(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    if isinstance(value, list):
+        return [str(v).strip() for v in value if str(v).strip()]
+    raise ValueError("must be a comma-separated list")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+    )
+
+    env: Literal["development", "production"] = Field("development", alias="NOTIFIER_ENV")
+    grpc_addr: str = Field("127.0.0.1:50051", alias="NOTIFIER_GRPC_ADDR")
+    http_addr: str = Field("127.0.0.1:8080", alias="NOTIFIER_HTTP_ADDR")
+    database_url: str = Field("sqlite+aiosqlite:///./notifier.db", alias="NOTIFIER_DATABASE_URL")
+
+    twilio_account_sid: str | None = Field(
+        None, alias="TWILIO_ACCOUNT_SID", pattern=r"^AC[0-9a-f]{32}$"
+    )
+    twilio_auth_token: SecretStr | None = Field(None, alias="TWILIO_AUTH_TOKEN")
+    twilio_auth_token_secondary: SecretStr | None = Field(None, alias="TWILIO_AUTH_TOKEN_SECONDARY")
+    twilio_api_key: str | None = Field(None, alias="TWILIO_API_KEY", pattern=r"^SK[0-9a-f]{32}$")
+    twilio_api_secret: SecretStr | None = Field(None, alias="TWILIO_API_SECRET")
+    twilio_whatsapp_from: str | None = Field(None, alias="TWILIO_WHATSAPP_FROM")
+    twilio_messaging_service_sid: str | None = Field(
+        None, alias="TWILIO_MESSAGING_SERVICE_SID", pattern=r"^MG[0-9a-f]{32}$"
+    )
+    twilio_api_base_url: AnyHttpUrl = Field(
+        AnyHttpUrl("https://api.twilio.com"), alias="TWILIO_API_BASE_URL"
+    )
+    status_callback_url: AnyHttpUrl | None = Field(None, alias="STATUS_CALLBACK_URL")
+    webhook_url: AnyHttpUrl | None = Field(None, alias="WEBHOOK_URL")
+    admin_whatsapp_numbers: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, alias="ADMIN_WHATSAPP_NUMBERS"
+    )
+    api_tokens: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, alias="NOTIFIER_API_TOKENS"
+    )
+    tls_cert: Path | None = Field(None, alias="NOTIFIER_TLS_CERT")
+    tls_key: Path | None = Field(None, alias="NOTIFIER_TLS_KEY")
+    tls_client_ca: Path | None = Field(None, alias="NOTIFIER_TLS_CLIENT_CA")
+
+    dispatch_concurrency: int = Field(32, alias="NOTIFIER_DISPATCH_CONCURRENCY", ge=1, le=1024)
+    rate_limit_per_second: float = Field(80, alias="NOTIFIER_RATE_LIMIT_PER_SECOND", gt=0)
+    twilio_timeout_seconds: float = Field(10, alias="NOTIFIER_TWILIO_TIMEOUT_SECONDS", gt=0)
+    retry_max_attempts: int = Field(8, alias="NOTIFIER_RETRY_MAX_ATTEMPTS", ge=1, le=100)
+    retry_base_seconds: float = Field(1, alias="NOTIFIER_RETRY_BASE_SECONDS", gt=0)
+    retry_cap_seconds: float = Field(300, alias="NOTIFIER_RETRY_CAP_SECONDS", gt=0)
+    ambiguous_policy: Literal["retry", "fail"] = Field("retry", alias="NOTIFIER_AMBIGUOUS_POLICY")
+
+    idempotency_ttl_hours: float = Field(24, alias="NOTIFIER_IDEMPOTENCY_TTL_HOURS", ge=24)
+    shutdown_grace_seconds: float = Field(10, alias="NOTIFIER_SHUTDOWN_GRACE_SECONDS", ge=0)
+    health_interval_seconds: float = Field(1, alias="NOTIFIER_HEALTH_INTERVAL_SECONDS", gt=0)
+    migrate_on_start: bool | None = Field(None, alias="NOTIFIER_MIGRATE_ON_START")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", alias="NOTIFIER_LOG_LEVEL"
+    )
+
+    @field_validator("grpc_addr", "http_addr")
+    @classmethod
+    def _check_addr(cls, value: str) -> str:
+        return _addr(value)
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+        return value
+
+    @field_validator("twilio_whatsapp_from")
+    @classmethod
+    def _check_from(cls, value: str | None) -> str | None:
+        if value is not None and not _E164.match(value.removeprefix("whatsapp:")):
+            raise ValueError("must be an E.164 number, e.g. whatsapp:+14155238886")
+        return value
+
+    @field_validator("admin_whatsapp_numbers", mode="before")
+    @classmethod
+    def _check_admins(cls, value: object) -> list[str]:
+        numbers = [n.removeprefix("whatsapp:") for n in _split(value)]
+        bad = [n for n in numbers if not _E164.match(n)]
+        if bad:
+            raise ValueError(f"not E.164 numbers: {', '.join(bad)}")
+        return numbers
+
+    @field_validator("api_tokens", mode="before")
+    @classmethod
+    def _check_tokens(cls, value: object) -> list[str]:
+        digests = [d.lower() for d in _split(value)]
+        if any(not _SHA256_HEX.match(d) for d in digests):
+            raise ValueError("must be comma-separated SHA-256 hex digests (64 hex characters)")
+        return digests
+
+    @field_validator("tls_cert", "tls_key", "tls_client_ca")
+    @classmethod
+    def _check_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_pairs(self) -> Settings:
+        if (self.twilio_api_key is None) != (self.twilio_api_secret is None):
+            raise ValueError("TWILIO_API_KEY and TWILIO_API_SECRET go together")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("NOTIFIER_TLS_CERT and NOTIFIER_TLS_KEY go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("NOTIFIER_TLS_CLIENT_CA needs NOTIFIER_TLS_CERT and NOTIFIER_TLS_KEY")
+        if self.retry_base_seconds > self.retry_cap_seconds:
+            raise ValueError(
+                "NOTIFIER_RETRY_BASE_SECONDS must not exceed NOTIFIER_RETRY_CAP_SECONDS"
+            )
+        return self
+
+    @property
+    def is_development(self) -> bool:
+        return self.env == "development"
+
+    @property
+    def should_migrate_on_start(self) -> bool:
+        if self.migrate_on_start is None:
+            return self.is_development
+        return self.migrate_on_start
+
+    @property
+    def has_twilio_credentials(self) -> bool:
+        token = self.twilio_auth_token is not None or self.twilio_api_secret is not None
+        return self.twilio_account_sid is not None and token
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment, turning pydantic's errors into one line per variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            name = ".".join(str(p) for p in err["loc"]) or "configuration"
+            message = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{name}: {message}")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None

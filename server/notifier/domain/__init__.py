@@ -1,0 +1,1 @@
+"""The domain: messages, statuses, validation. Knows nothing of gRPC, HTTP or SQL."""

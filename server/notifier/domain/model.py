@@ -1,0 +1,158 @@
+"""Messages and their statuses, as the rest of Notifier sees them."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Channel(enum.StrEnum):
+    WHATSAPP = "whatsapp"
+    SMS = "sms"
+
+
+class Status(enum.StrEnum):
+    """A message's status; values are Twilio's words where Twilio has one."""
+
+    PENDING = "pending"
+    SCHEDULED = "scheduled"
+    QUEUED = "queued"
+    ACCEPTED = "accepted"
+    SENDING = "sending"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    READ = "read"
+    FAILED = "failed"
+    UNDELIVERED = "undelivered"
+    CANCELED = "canceled"
+    EXPIRED = "expired"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in _TERMINAL
+
+    @property
+    def with_twilio(self) -> bool:
+        """Whether Twilio has the message (so it can no longer be canceled here)."""
+        return self not in (Status.PENDING, Status.SCHEDULED, Status.CANCELED, Status.EXPIRED)
+
+
+_TERMINAL = frozenset(
+    {Status.READ, Status.FAILED, Status.UNDELIVERED, Status.CANCELED, Status.EXPIRED}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A validated request to send one message, ready to be stored.
+
+    Times are epoch milliseconds: exact, portable across databases, and cheap to
+    compare in SQL.
+    """
+
+    to: str  # E.164, without any channel prefix
+    channel: Channel
+    body: str | None = None
+    content_sid: str | None = None
+    variables: dict[str, str] = field(default_factory=dict)
+    media_urls: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    send_at_ms: int | None = None
+    validity_ms: int | None = None
+    expires_at_ms: int | None = None
+    idempotency_key: str | None = None
+    wait_for_acceptance: bool = False
+
+    def payload(self) -> dict[str, object]:
+        """What the caller asked for, for comparing idempotent replays.
+
+        The expiry taken from a call's deadline is left out: a retry of the same
+        call has a later deadline but asks for the same message.
+        """
+        return {
+            "to": self.to,
+            "channel": self.channel.value,
+            "body": self.body,
+            "content_sid": self.content_sid,
+            "variables": dict(sorted(self.variables.items())),
+            "media_urls": list(self.media_urls),
+            "tags": sorted(self.tags),
+            "send_at_ms": self.send_at_ms,
+            "validity_ms": self.validity_ms,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class StatusEvent:
+    status: Status
+    occurred_at_ms: int
+    source: str
+    error_code: int | None = None
+    applied: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    number: int
+    started_at_ms: int
+    finished_at_ms: int | None
+    outcome: str
+    http_status: int | None = None
+    error_code: int | None = None
+    error_message: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord:
+    """A stored message, with what Notifier learned about its delivery."""
+
+    id: str
+    to: str
+    channel: Channel
+    status: Status
+    created_at_ms: int
+    updated_at_ms: int
+    body: str | None = None
+    content_sid: str | None = None
+    variables: dict[str, str] = field(default_factory=dict)
+    media_urls: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    twilio_sid: str | None = None
+    attempts: int = 0
+    error_code: int | None = None
+    error_message: str | None = None
+    send_at_ms: int | None = None
+    expires_at_ms: int | None = None
+    next_attempt_at_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A message with its full history, as GetDeliveryStatus reports it."""
+
+    message: MessageRecord
+    events: tuple[StatusEvent, ...] = ()
+    attempts: tuple[Attempt, ...] = ()
+
+    def first_reached(self) -> dict[Status, int]:
+        """When each status was first reached; out-of-order events count too."""
+        times: dict[Status, int] = {}
+        for event in self.events:
+            times.setdefault(event.status, event.occurred_at_ms)
+        return times
+
+    @property
+    def delivery_time_ms(self) -> int | None:
+        times = self.first_reached()
+        sent, delivered = times.get(Status.SENT), times.get(Status.DELIVERED)
+        if sent is None or delivered is None:
+            return None
+        return max(0, delivered - sent)
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """The outcome of storing a message."""
+
+    message: MessageRecord
+    replayed: bool

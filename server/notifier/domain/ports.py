@@ -1,0 +1,31 @@
+"""The narrow interface the domain needs from storage."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from notifier.domain.model import Accepted, Delivery, NewMessage
+
+
+class MessageStore(Protocol):
+    async def ping(self) -> None:
+        """Raise StorageUnavailable unless storage can take a write now."""
+
+    async def add_message(
+        self,
+        message: NewMessage,
+        *,
+        caller: str,
+        request_hash: str | None,
+        key_ttl_ms: int,
+        traceparent: str | None = None,
+    ) -> Accepted:
+        """Store ``message`` (or return the one its idempotency key already names).
+
+        Raises IdempotencyConflict when the key names a message with another hash.
+        """
+
+    async def get_delivery(
+        self, *, message_id: str | None = None, twilio_sid: str | None = None
+    ) -> Delivery:
+        """The message with its history; raises NotFound."""

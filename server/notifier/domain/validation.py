@@ -1,0 +1,200 @@
+"""Validation of a send request: every field checked, every violation reported.
+
+A caller fixing a request should see everything wrong with it in one answer, so
+the checks below never stop at the first problem.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import phonenumbers
+
+from notifier.domain.errors import ValidationFailed, Violation
+from notifier.domain.model import Channel, NewMessage
+
+MAX_BODY = 1600
+MAX_VARIABLE = 1600
+MAX_VARIABLES = 100
+MAX_TAGS = 16
+MAX_IDEMPOTENCY_KEY = 255
+MAX_MEDIA = {Channel.WHATSAPP: 1, Channel.SMS: 10}
+MAX_URL = 2048
+MIN_VALIDITY_MS = 1_000
+MAX_VALIDITY_MS = 30 * 24 * 3600 * 1000
+MAX_SCHEDULE_AHEAD_MS = 366 * 24 * 3600 * 1000
+WHATSAPP_PREFIX = "whatsapp:"
+
+_CONTENT_SID = re.compile(r"^HX[0-9a-fA-F]{32}$")
+_TAG = re.compile(r"^[A-Za-z0-9_\-.:/]{1,64}$")
+_VARIABLE_KEY = re.compile(r"^[A-Za-z0-9_]{1,64}$")
+
+
+@dataclass(frozen=True, slots=True)
+class SendRequest:
+    """A send request as the caller wrote it, before any check."""
+
+    to: str
+    channel: Channel | None = None
+    body: str | None = None
+    content_sid: str | None = None
+    variables: Mapping[str, str] = field(default_factory=dict)
+    media_urls: Sequence[str] = ()
+    idempotency_key: str = ""
+    tags: Sequence[str] = ()
+    send_at_ms: int | None = None
+    validity_ms: int | None = None
+    deadline_ms: int | None = None  # set only when the caller asked to expire at its deadline
+    wait_for_acceptance: bool = False
+
+
+def parse_recipient(raw: str, channel: Channel | None) -> tuple[str, Channel, str | None]:
+    """Return (E.164 number, channel, problem); problem is None when the number is good."""
+    text = raw.strip()
+    prefixed = text.lower().startswith(WHATSAPP_PREFIX)
+    number = text[len(WHATSAPP_PREFIX) :].strip() if prefixed else text
+    if channel is None:
+        channel = Channel.WHATSAPP
+    if not text:
+        return "", channel, "is required"
+    if prefixed and channel is Channel.SMS:
+        return "", channel, "has the whatsapp: prefix but channel is SMS"
+    if not number.startswith("+"):
+        return "", channel, "must be in E.164 form with country code, e.g. +14155550100"
+    try:
+        parsed = phonenumbers.parse(number, None)
+    except phonenumbers.NumberParseException:
+        return "", channel, "is not a phone number; use E.164, e.g. +14155550100"
+    if not phonenumbers.is_valid_number(parsed):
+        return "", channel, f"{number} is not a valid phone number"
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164), channel, None
+
+
+def _media_problem(url: str) -> str | None:
+    if len(url) > MAX_URL:
+        return f"is longer than {MAX_URL} characters"
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "is not a URL"
+    if parts.scheme != "https":
+        return "must be an https:// URL"
+    if not parts.hostname or any(c.isspace() for c in url):
+        return "is not a valid https URL"
+    return None
+
+
+def validate_send(req: SendRequest, now_ms: int) -> NewMessage:
+    """Check every field of ``req``; return the message to store or raise with all problems."""
+    bad: list[Violation] = []
+    to, channel, problem = parse_recipient(req.to, req.channel)
+    if problem:
+        bad.append(Violation("to", problem))
+    _check_content(req, channel, bad)
+    tags = _check_tags(req.tags, bad)
+    key = req.idempotency_key
+    if len(key) > MAX_IDEMPOTENCY_KEY:
+        bad.append(Violation("idempotency_key", f"is longer than {MAX_IDEMPOTENCY_KEY} characters"))
+    elif key and (not key.isprintable() or key.strip() != key):
+        bad.append(Violation("idempotency_key", "must be printable, without surrounding spaces"))
+    send_at, validity, expires = _check_timing(req, now_ms, bad)
+    if bad:
+        raise ValidationFailed(bad)
+    return NewMessage(
+        to=to,
+        channel=channel,
+        body=req.body,
+        content_sid=req.content_sid,
+        variables=dict(req.variables),
+        media_urls=tuple(req.media_urls),
+        tags=tags,
+        send_at_ms=send_at,
+        validity_ms=validity,
+        expires_at_ms=expires,
+        idempotency_key=key or None,
+        wait_for_acceptance=req.wait_for_acceptance,
+    )
+
+
+def _check_content(req: SendRequest, channel: Channel, bad: list[Violation]) -> None:
+    if req.body is not None and req.content_sid is not None:
+        bad.append(Violation("content", "set either body or content_sid, not both"))
+    if req.body is None and req.content_sid is None and not req.media_urls:
+        bad.append(Violation("body", "one of body, content_sid or media_urls is required"))
+    if req.body is not None:
+        if not req.body.strip() and not req.media_urls:
+            bad.append(Violation("body", "must not be empty"))
+        elif len(req.body) > MAX_BODY:
+            bad.append(Violation("body", f"has {len(req.body):,} characters; at most {MAX_BODY:,}"))
+    if req.content_sid is not None:
+        if not _CONTENT_SID.match(req.content_sid):
+            bad.append(
+                Violation("content_sid", "must be a Content SID: HX followed by 32 hex digits")
+            )
+        if req.media_urls:
+            bad.append(
+                Violation("media_urls", "a template carries its own media; not with content_sid")
+            )
+    elif req.variables:
+        bad.append(Violation("variables", "only with content_sid"))
+    _check_variables(req.variables, bad)
+    limit = MAX_MEDIA[channel]
+    if len(req.media_urls) > limit:
+        bad.append(
+            Violation(
+                "media_urls", f"at most {limit} for {channel.name}, got {len(req.media_urls)}"
+            )
+        )
+    for i, url in enumerate(req.media_urls):
+        problem = _media_problem(url)
+        if problem:
+            bad.append(Violation(f"media_urls[{i}]", problem))
+
+
+def _check_variables(variables: Mapping[str, str], bad: list[Violation]) -> None:
+    if len(variables) > MAX_VARIABLES:
+        bad.append(Violation("variables", f"at most {MAX_VARIABLES} entries"))
+        return
+    for name, value in variables.items():
+        if not _VARIABLE_KEY.match(name):
+            bad.append(Violation(f"variables[{name}]", "names are 1-64 letters, digits or _"))
+        if len(value) > MAX_VARIABLE:
+            bad.append(Violation(f"variables[{name}]", f"longer than {MAX_VARIABLE:,} characters"))
+
+
+def _check_tags(tags: Sequence[str], bad: list[Violation]) -> tuple[str, ...]:
+    unique = tuple(dict.fromkeys(tags))
+    if len(unique) > MAX_TAGS:
+        bad.append(Violation("tags", f"at most {MAX_TAGS} tags, got {len(unique)}"))
+    for i, tag in enumerate(tags):
+        if not _TAG.match(tag):
+            bad.append(Violation(f"tags[{i}]", "1-64 characters: letters, digits and _-.:/"))
+    return unique
+
+
+def _check_timing(
+    req: SendRequest, now_ms: int, bad: list[Violation]
+) -> tuple[int | None, int | None, int | None]:
+    send_at = req.send_at_ms
+    if send_at is not None:
+        if send_at > now_ms + MAX_SCHEDULE_AHEAD_MS:
+            bad.append(Violation("send_at", "must be within 366 days from now"))
+        if send_at <= now_ms:
+            send_at = None  # due already: nothing to schedule
+    validity = req.validity_ms
+    if validity is not None and not MIN_VALIDITY_MS <= validity <= MAX_VALIDITY_MS:
+        bad.append(Violation("validity", "must be between 1 second and 30 days"))
+    start = send_at if send_at is not None else now_ms
+    expires = None
+    if validity is not None:
+        expires = start + validity
+    elif req.deadline_ms is not None:
+        expires = req.deadline_ms
+        if expires <= start:
+            bad.append(
+                Violation("expire_at_deadline", "the call's deadline is before the send time")
+            )
+    return send_at, validity, expires

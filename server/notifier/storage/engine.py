@@ -1,0 +1,65 @@
+"""Engines for SQLite and PostgreSQL.
+
+SQLite allows one writer at a time. Giving writes their own single connection that
+starts every transaction with ``BEGIN IMMEDIATE`` makes them queue inside the process
+instead of failing with "database is locked" on a read-to-write upgrade, while reads
+use a pool of their own that WAL lets run beside the writer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+SQLITE_BUSY_TIMEOUT_MS = 5_000
+
+
+@dataclass(frozen=True, slots=True)
+class Database:
+    writer: AsyncEngine
+    reader: AsyncEngine
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.writer.dialect.name == "sqlite"
+
+    async def dispose(self) -> None:
+        await self.writer.dispose()
+        if self.reader is not self.writer:
+            await self.reader.dispose()
+
+
+def _sqlite_engine(url: str, *, immediate: bool, pool_size: int) -> AsyncEngine:
+    engine = create_async_engine(url, pool_size=pool_size, max_overflow=0, pool_timeout=30)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: ConnectionPoolEntry) -> None:
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves, below
+        cursor = dbapi_conn.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        # FULL: a commit is on disk before we acknowledge it, even across power loss.
+        cursor.execute("PRAGMA synchronous = FULL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    begin = "BEGIN IMMEDIATE" if immediate else "BEGIN"
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql(begin)
+
+    return engine
+
+
+def create_database(url: str) -> Database:
+    if url.startswith("sqlite"):
+        writer = _sqlite_engine(url, immediate=True, pool_size=1)
+        reader = _sqlite_engine(url, immediate=False, pool_size=4)
+        return Database(writer=writer, reader=reader)
+    engine = create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    return Database(writer=engine, reader=engine)

@@ -1,0 +1,95 @@
+"""The schema. Times are epoch milliseconds (BIGINT): exact, portable, cheap in SQL."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", String(26), primary_key=True),  # ULID: sorts by creation time
+    Column("caller", String(128), nullable=False, server_default=""),
+    Column("channel", String(16), nullable=False),
+    Column("to_addr", String(32), nullable=False),
+    Column("body", Text),
+    Column("content_sid", String(34)),
+    Column("variables", Text),  # JSON object
+    Column("media_urls", Text),  # JSON array
+    Column("status", String(16), nullable=False),
+    Column("twilio_sid", String(34), unique=True),
+    Column("error_code", Integer),
+    Column("error_message", Text),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("send_at", BigInteger),
+    Column("expires_at", BigInteger),
+    Column("next_attempt_at", BigInteger),  # when the dispatcher may take it
+    Column("lease_owner", String(64)),
+    Column("lease_expires_at", BigInteger),
+    Column("traceparent", String(55)),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Index(None, "status", "next_attempt_at"),
+    Index(None, "created_at"),
+    Index(None, "to_addr", "created_at"),
+)
+
+message_tags = Table(
+    "message_tags",
+    metadata,
+    Column(
+        "message_id", String(26), ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True
+    ),
+    Column("tag", String(64), primary_key=True),
+    Index(None, "tag", "message_id"),
+)
+
+status_events = Table(
+    "status_events",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column(
+        "message_id",
+        String(26),
+        ForeignKey("messages.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("status", String(16), nullable=False),
+    Column("source", String(16), nullable=False),
+    Column("occurred_at", BigInteger, nullable=False),
+    Column("error_code", Integer),
+    Column("applied", Boolean, nullable=False, server_default="1"),
+)
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("caller", String(128), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("request_hash", String(64), nullable=False),
+    Column("message_id", String(26), ForeignKey("messages.id", ondelete="CASCADE"), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False, index=True),
+)
