@@ -19,24 +19,24 @@ log = logging.getLogger("notifier")
 
 def _banner(settings: Settings, port: int) -> str:
     host = settings.grpc_addr.rpartition(":")[0]
-    lines = [f"notifier: gRPC serving on {host}:{port} ({settings.env})"]
-    lines.append(f"notifier: database {settings.database_url}")
+    lines = [f"notifier: database {settings.database_url}"]
     if not settings.has_twilio_credentials:
         lines.append(
             "notifier: NO TWILIO CREDENTIALS - messages are stored and tracked; "
             "this version has no dispatcher, so nothing is sent yet"
         )
+    lines.append(f"notifier: gRPC serving on {host}:{port} ({settings.env})")
     return "\n".join(lines)
 
 
 async def _serve(settings: Settings) -> int:
-    notifier = await create_server(settings)
-    await notifier.start()
-    print(_banner(settings, notifier.port), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    notifier = await create_server(settings)
+    await notifier.start()
+    print(_banner(settings, notifier.port), flush=True)
     await stop.wait()
     log.info(
         "shutting down: finishing calls in flight (grace %.1fs)", settings.shutdown_grace_seconds

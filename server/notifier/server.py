@@ -68,7 +68,11 @@ async def create_server(settings: Settings, addr: str | None = None) -> Notifier
         repository, idempotency_ttl_ms=int(settings.idempotency_ttl_hours * 3600 * 1000)
     )
     health = StorageHealth(repository, settings.health_interval_seconds)
-    server = grpc.aio.server(interceptors=[ErrorInterceptor(health.report_down)])
+    server = grpc.aio.server(
+        interceptors=[ErrorInterceptor(health.report_down)],
+        # Without this a second server on the same port would silently share it.
+        options=[("grpc.so_reuseport", 0)],
+    )
     notifier_pb2_grpc.add_NotifierServicer_to_server(NotifierServicer(messages), server)
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
     names = (

@@ -1,0 +1,33 @@
+"""Small helpers for reading gRPC errors the way a caller would."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+
+def details(err: grpc.aio.AioRpcError) -> list[Any]:
+    """The google.rpc detail messages carried by ``err``, unpacked."""
+    status = rpc_status.from_call(err)
+    assert status is not None, "no google.rpc.Status in the trailers"
+    out: list[Any] = []
+    for packed in status.details:
+        for kind in (
+            error_details_pb2.BadRequest,
+            error_details_pb2.ResourceInfo,
+            error_details_pb2.RetryInfo,
+            error_details_pb2.PreconditionFailure,
+        ):
+            if packed.Is(kind.DESCRIPTOR):
+                msg = kind()
+                packed.Unpack(msg)
+                out.append(msg)
+    return out
+
+
+def field_violations(err: grpc.aio.AioRpcError) -> dict[str, str]:
+    (bad,) = [d for d in details(err) if isinstance(d, error_details_pb2.BadRequest)]
+    return {v.field: v.description for v in bad.field_violations}

@@ -1,0 +1,71 @@
+"""Run ``notifier`` as a real process, as an operator would."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+GRPCURL = str(BIN / "grpcurl")
+_SERVING = re.compile(r"gRPC serving on [\d.]+:(\d+)")
+
+
+@dataclass
+class ServerProcess:
+    proc: subprocess.Popen[str]
+    port: int
+    banner: str
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self, timeout: float = 15) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        return self.proc.wait(timeout)
+
+
+def notifier_env(db_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFIER_", "TWILIO_"))}
+    env.update(
+        NOTIFIER_DATABASE_URL=f"sqlite+aiosqlite:///{db_path}",
+        NOTIFIER_GRPC_ADDR="127.0.0.1:0",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def start_server(env: dict[str, str], *args: str, timeout: float = 30) -> ServerProcess:
+    """Start ``notifier serve`` and wait for the line that says where it listens."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "notifier", "serve", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        found = _SERVING.search(line)
+        if found:
+            # Collect the rest of the banner without blocking on later output.
+            return ServerProcess(proc, int(found.group(1)), "".join(lines))
+    proc.kill()
+    raise AssertionError("server did not start:\n" + "".join(lines))
+
+
+def grpcurl(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([GRPCURL, *args], capture_output=True, text=True, timeout=timeout)
