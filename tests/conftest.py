@@ -8,6 +8,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+
 from notifier.config import Settings, load_settings
 from notifier.server import NotifierServer, create_server
 from notifier_proto.v1 import notifier_pb2_grpc

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 import grpc
 import pytest
 from google.protobuf import duration_pb2, timestamp_pb2
-from notifier_proto.v1 import notifier_pb2 as pb
 
+from notifier_proto.v1 import notifier_pb2 as pb
 from tests.conftest import count_rows
 from tests.helpers import details, field_violations
 
@@ -199,9 +199,6 @@ async def test_rpcs_not_built_yet_answer_unimplemented(stub: Stub) -> None:
         (stub.NotifyOrder, pb.NotifyOrderRequest()),
         (stub.NotifyAdmins, pb.NotifyAdminsRequest()),
         (stub.GetMetrics, pb.GetMetricsRequest()),
-        (stub.ListMessages, pb.ListMessagesRequest()),
-        (stub.RetryMessages, pb.RetryMessagesRequest()),
-        (stub.CancelMessage, pb.CancelMessageRequest()),
     ]
     for call, req in unary:
         with pytest.raises(grpc.aio.AioRpcError) as info:

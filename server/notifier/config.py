@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     retry_cap_seconds: float = Field(300, alias="NOTIFIER_RETRY_CAP_SECONDS", gt=0)
     ambiguous_policy: Literal["retry", "fail"] = Field("retry", alias="NOTIFIER_AMBIGUOUS_POLICY")
 
+    dispatcher_enabled: bool = Field(True, alias="NOTIFIER_DISPATCHER_ENABLED")
+    lease_seconds: float = Field(60, alias="NOTIFIER_LEASE_SECONDS", ge=1)
+    emulator_addr: str = Field("127.0.0.1:8090", alias="NOTIFIER_EMULATOR_ADDR")
     idempotency_ttl_hours: float = Field(24, alias="NOTIFIER_IDEMPOTENCY_TTL_HOURS", ge=24)
     shutdown_grace_seconds: float = Field(10, alias="NOTIFIER_SHUTDOWN_GRACE_SECONDS", ge=0)
     health_interval_seconds: float = Field(1, alias="NOTIFIER_HEALTH_INTERVAL_SECONDS", gt=0)
@@ -95,7 +98,7 @@ class Settings(BaseSettings):
         "INFO", alias="NOTIFIER_LOG_LEVEL"
     )
 
-    @field_validator("grpc_addr", "http_addr")
+    @field_validator("grpc_addr", "http_addr", "emulator_addr")
     @classmethod
     def _check_addr(cls, value: str) -> str:
         return _addr(value)
@@ -146,6 +149,11 @@ class Settings(BaseSettings):
             raise ValueError("NOTIFIER_TLS_CERT and NOTIFIER_TLS_KEY go together")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("NOTIFIER_TLS_CLIENT_CA needs NOTIFIER_TLS_CERT and NOTIFIER_TLS_KEY")
+        if self.lease_seconds <= self.twilio_timeout_seconds:
+            raise ValueError(
+                "NOTIFIER_LEASE_SECONDS must exceed NOTIFIER_TWILIO_TIMEOUT_SECONDS, or a slow "
+                "send would lose its lease and go out twice"
+            )
         if self.retry_base_seconds > self.retry_cap_seconds:
             raise ValueError(
                 "NOTIFIER_RETRY_BASE_SECONDS must not exceed NOTIFIER_RETRY_CAP_SECONDS"

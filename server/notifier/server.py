@@ -1,23 +1,28 @@
-"""The composition root: builds storage, the domain service and the gRPC server."""
+"""The composition root: builds storage, the domain service, the dispatcher and the server."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from notifier_proto.v1 import notifier_pb2, notifier_pb2_grpc
 
 from notifier.api.errors import ErrorInterceptor
 from notifier.api.service import NotifierServicer
 from notifier.config import Settings
+from notifier.dispatch.dispatcher import DispatchConfig, Dispatcher
+from notifier.dispatch.rate_limit import RateLimiters
+from notifier.domain.retry import RetryPolicy
 from notifier.domain.service import MessageService
 from notifier.health import StorageHealth
 from notifier.storage.engine import Database, create_database
 from notifier.storage.migrate import pending_revisions, upgrade
 from notifier.storage.repository import Repository
+from notifier.twilio_provider import TwilioConfig, TwilioProvider
+from notifier_proto.v1 import notifier_pb2, notifier_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -32,17 +37,48 @@ class NotifierServer:
     port: int
     health: StorageHealth
     db: Database
+    dispatcher: Dispatcher | None = None
+    provider: TwilioProvider | None = None
 
     async def start(self) -> None:
         await self.server.start()
         await self.health.check()
         self.health.start()
+        if self.dispatcher is not None:
+            self.dispatcher.start()
 
     async def stop(self, grace: float) -> None:
-        """Refuse new calls, let running ones finish within ``grace`` seconds."""
+        """Refuse new calls; let running calls and sends finish within ``grace`` seconds."""
         await self.health.stop()
-        await self.server.stop(grace)
+        stopping = [self.server.stop(grace)]
+        if self.dispatcher is not None:
+            stopping.append(self.dispatcher.stop(grace))
+        await asyncio.gather(*stopping)
+        if self.provider is not None:
+            await self.provider.close()
         await self.db.dispose()
+
+
+def twilio_config(settings: Settings) -> TwilioConfig | None:
+    """How to reach Twilio, or None without credentials."""
+    if not settings.has_twilio_credentials or settings.twilio_account_sid is None:
+        return None
+    secret = settings.twilio_api_secret or settings.twilio_auth_token
+    assert secret is not None  # has_twilio_credentials
+    if not settings.twilio_whatsapp_from and not settings.twilio_messaging_service_sid:
+        raise StartupError("set TWILIO_WHATSAPP_FROM or TWILIO_MESSAGING_SERVICE_SID: no sender")
+    return TwilioConfig(
+        account_sid=settings.twilio_account_sid,
+        username=settings.twilio_api_key or settings.twilio_account_sid,
+        password=secret.get_secret_value(),
+        base_url=str(settings.twilio_api_base_url),
+        whatsapp_from=settings.twilio_whatsapp_from,
+        messaging_service_sid=settings.twilio_messaging_service_sid,
+        status_callback_url=(
+            str(settings.status_callback_url) if settings.status_callback_url else None
+        ),
+        timeout_seconds=settings.twilio_timeout_seconds,
+    )
 
 
 async def prepare_storage(settings: Settings) -> Database:
@@ -60,6 +96,21 @@ async def prepare_storage(settings: Settings) -> Database:
     return db
 
 
+def _dispatcher(settings: Settings, repository: Repository, provider: TwilioProvider) -> Dispatcher:
+    policy = RetryPolicy(
+        base_seconds=settings.retry_base_seconds,
+        cap_seconds=settings.retry_cap_seconds,
+        max_attempts=settings.retry_max_attempts,
+    )
+    config = DispatchConfig(
+        concurrency=settings.dispatch_concurrency,
+        lease_seconds=settings.lease_seconds,
+        retry=policy,
+        ambiguous_policy=settings.ambiguous_policy,
+    )
+    return Dispatcher(repository, provider, RateLimiters(settings.rate_limit_per_second), config)
+
+
 async def create_server(settings: Settings, addr: str | None = None) -> NotifierServer:
     """Build the gRPC server bound to ``addr`` (port 0 picks a free one)."""
     db = await prepare_storage(settings)
@@ -67,6 +118,17 @@ async def create_server(settings: Settings, addr: str | None = None) -> Notifier
     messages = MessageService(
         repository, idempotency_ttl_ms=int(settings.idempotency_ttl_hours * 3600 * 1000)
     )
+    provider = dispatcher = None
+    try:
+        config = twilio_config(settings) if settings.dispatcher_enabled else None
+    except StartupError:
+        await db.dispose()
+        raise
+    if config is not None:
+        provider = TwilioProvider(config)
+        dispatcher = _dispatcher(settings, repository, provider)
+        messages.acceptance = dispatcher
+        messages.on_accepted = dispatcher.wake
     health = StorageHealth(repository, settings.health_interval_seconds)
     server = grpc.aio.server(
         interceptors=[ErrorInterceptor(health.report_down)],
@@ -85,6 +147,10 @@ async def create_server(settings: Settings, addr: str | None = None) -> Notifier
     try:
         port = server.add_insecure_port(address)
     except RuntimeError as exc:
+        if provider is not None:
+            await provider.close()
         await db.dispose()
         raise StartupError(f"cannot listen on {address}: {exc}") from exc
-    return NotifierServer(server=server, port=port, health=health, db=db)
+    return NotifierServer(
+        server=server, port=port, health=health, db=db, dispatcher=dispatcher, provider=provider
+    )

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 from google.protobuf import timestamp_pb2
-from notifier_proto.v1 import notifier_pb2 as pb
 
-from notifier.domain.model import Accepted, Channel, Delivery, MessageRecord, Status, StatusEvent
-from notifier.domain.validation import SendRequest
+from notifier.domain.model import (
+    Accepted,
+    Channel,
+    Delivery,
+    MessageRecord,
+    Page,
+    RetryOutcome,
+    Status,
+    StatusEvent,
+)
+from notifier.domain.validation import QueryRequest, SendRequest
+from notifier_proto.v1 import notifier_pb2 as pb
 
 _TIMESTAMP_FIELDS = {
     Status.PENDING: "created",
@@ -136,4 +145,34 @@ def delivery_to_pb(delivery: Delivery) -> pb.GetDeliveryStatusResponse:
         message=message_to_pb(delivery.message, delivery),
         history=[event_to_pb(e) for e in delivery.events],
         attempts=attempts,
+    )
+
+
+_STATUS_FROM_PB: dict[int, Status] = {int(v): k for k, v in _STATUSES.items()}
+
+
+def query_request(f: pb.MessageFilter) -> QueryRequest:
+    return QueryRequest(
+        statuses=[_STATUS_FROM_PB[s] for s in f.statuses if s in _STATUS_FROM_PB],
+        to=f.to,
+        tag=f.tag,
+        channel=channel_from_pb(f.channel),
+        created_after_ms=f.created_after.ToMilliseconds() if f.HasField("created_after") else None,
+        created_before_ms=(
+            f.created_before.ToMilliseconds() if f.HasField("created_before") else None
+        ),
+    )
+
+
+def list_response(page: Page) -> pb.ListMessagesResponse:
+    return pb.ListMessagesResponse(
+        messages=[message_to_pb(m) for m in page.messages],
+        next_page_token=page.next_token or "",
+    )
+
+
+def retry_response(outcome: RetryOutcome) -> pb.RetryMessagesResponse:
+    return pb.RetryMessagesResponse(
+        message_ids=list(outcome.requeued),
+        skipped=[pb.SkippedMessage(message_id=m, reason=r) for m, r in outcome.skipped],
     )

@@ -6,12 +6,12 @@ from collections.abc import AsyncIterator
 from typing import Any, NoReturn
 
 import grpc
-from notifier_proto.v1 import notifier_pb2 as pb
-from notifier_proto.v1 import notifier_pb2_grpc as pb_grpc
 
 from notifier.api import convert
 from notifier.domain.clock import now_ms
 from notifier.domain.service import MessageService
+from notifier_proto.v1 import notifier_pb2 as pb
+from notifier_proto.v1 import notifier_pb2_grpc as pb_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -64,14 +64,30 @@ class NotifierServicer(pb_grpc.NotifierServicer):
     async def GetMetrics(self, request: pb.GetMetricsRequest, context: Context) -> Any:
         await _not_yet(context, "GetMetrics")
 
-    async def ListMessages(self, request: pb.ListMessagesRequest, context: Context) -> Any:
-        await _not_yet(context, "ListMessages")
+    async def ListMessages(
+        self, request: pb.ListMessagesRequest, context: Context
+    ) -> pb.ListMessagesResponse:
+        page = await self._messages.list_messages(
+            convert.query_request(request.filter), request.page_size, request.page_token
+        )
+        return convert.list_response(page)
 
-    async def RetryMessages(self, request: pb.RetryMessagesRequest, context: Context) -> Any:
-        await _not_yet(context, "RetryMessages")
+    async def RetryMessages(
+        self, request: pb.RetryMessagesRequest, context: Context
+    ) -> pb.RetryMessagesResponse:
+        outcome = await self._messages.retry(
+            list(request.message_ids),
+            convert.query_request(request.filter) if request.HasField("filter") else None,
+            request.limit,
+            request.validity.ToMilliseconds() if request.HasField("validity") else None,
+        )
+        return convert.retry_response(outcome)
 
-    async def CancelMessage(self, request: pb.CancelMessageRequest, context: Context) -> Any:
-        await _not_yet(context, "CancelMessage")
+    async def CancelMessage(
+        self, request: pb.CancelMessageRequest, context: Context
+    ) -> pb.CancelMessageResponse:
+        record = await self._messages.cancel(request.message_id)
+        return pb.CancelMessageResponse(message=convert.message_to_pb(record))
 
     async def WatchDeliveryStatus(
         self, request: pb.WatchDeliveryStatusRequest, context: Context

@@ -156,3 +156,55 @@ class Accepted:
 
     message: MessageRecord
     replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """One request to Twilio, as the dispatcher saw it."""
+
+    started_at_ms: int
+    finished_at_ms: int
+    outcome: str  # "accepted" or an ErrorKind value
+    http_status: int | None = None
+    error_code: int | None = None
+    error_message: str | None = None
+    twilio_sid: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """What an attempt (or a decision not to try) does to a message.
+
+    ``status`` PENDING with ``retry_at_ms`` puts it back in the outbox for later.
+    """
+
+    status: Status
+    retry_at_ms: int | None = None
+    twilio_sid: str | None = None
+    error_code: int | None = None
+    error_message: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageQuery:
+    """Which messages ListMessages, RetryMessages and GetMetrics look at."""
+
+    statuses: tuple[Status, ...] = ()
+    to: str | None = None
+    tag: str | None = None
+    channel: Channel | None = None
+    created_after_ms: int | None = None
+    created_before_ms: int | None = None
+    message_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    messages: tuple[MessageRecord, ...]
+    next_token: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RetryOutcome:
+    requeued: tuple[str, ...]
+    skipped: tuple[tuple[str, str], ...]  # (message id, reason)

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from notifier.domain.model import Accepted, Delivery, NewMessage
+from notifier.domain.model import (
+    Accepted,
+    Delivery,
+    MessageQuery,
+    MessageRecord,
+    NewMessage,
+    RetryOutcome,
+)
 
 
 class MessageStore(Protocol):
@@ -29,3 +36,16 @@ class MessageStore(Protocol):
         self, *, message_id: str | None = None, twilio_sid: str | None = None
     ) -> Delivery:
         """The message with its history; raises NotFound."""
+
+    async def list_messages(
+        self, query: MessageQuery, *, limit: int, before_id: str | None
+    ) -> list[MessageRecord]:
+        """Matching messages, newest first, older than ``before_id`` when given."""
+
+    async def cancel(self, message_id: str) -> MessageRecord:
+        """Cancel a message Twilio does not have yet; raises NotFound, PreconditionFailed."""
+
+    async def requeue(
+        self, query: MessageQuery, *, limit: int, validity_ms: int | None
+    ) -> RetryOutcome:
+        """Put failed, undelivered and expired messages back in the outbox."""

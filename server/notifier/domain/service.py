@@ -2,15 +2,37 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from notifier.domain.clock import Clock, now_ms
 from notifier.domain.errors import Unsupported, ValidationFailed, Violation
-from notifier.domain.model import Accepted, Delivery
+from notifier.domain.model import (
+    Accepted,
+    Delivery,
+    MessageQuery,
+    MessageRecord,
+    Page,
+    RetryOutcome,
+)
 from notifier.domain.ports import MessageStore
-from notifier.domain.validation import SendRequest, validate_send
+from notifier.domain.validation import (
+    DEFAULT_RETRY_LIMIT,
+    MAX_RETRY_LIMIT,
+    MAX_VALIDITY_MS,
+    MIN_VALIDITY_MS,
+    QueryRequest,
+    SendRequest,
+    validate_message_id,
+    validate_page_size,
+    validate_query,
+    validate_send,
+)
 
 
 def payload_hash(payload: dict[str, object]) -> str:
@@ -18,21 +40,57 @@ def payload_hash(payload: dict[str, object]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+class AcceptanceWaiter(Protocol):
+    async def wait_until_handed_over(self, message_id: str) -> None:
+        """Return once Twilio accepted or refused the message."""
+
+
+def _query_hash(query: MessageQuery) -> str:
+    return payload_hash({"q": repr(query)})[:16]
+
+
+def _encode_token(before_id: str, query: MessageQuery) -> str:
+    raw = json.dumps({"b": before_id, "q": _query_hash(query)}).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_token(token: str, query: MessageQuery, bad: list[Violation]) -> str | None:
+    if not token:
+        return None
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        before, digest = str(data["b"]), str(data["q"])
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        bad.append(Violation("page_token", "is not a next_page_token from ListMessages"))
+        return None
+    if digest != _query_hash(query):
+        bad.append(Violation("page_token", "belongs to a listing with a different filter"))
+    return before
+
+
 @dataclass(slots=True)
 class MessageService:
     store: MessageStore
     idempotency_ttl_ms: int = 24 * 3600 * 1000
     clock: Clock = now_ms
-    can_wait_for_acceptance: bool = False
+    acceptance: AcceptanceWaiter | None = None
+    on_accepted: Callable[[], None] = field(default=lambda: None)
 
     async def send(self, request: SendRequest, *, caller: str = "") -> Accepted:
         message = validate_send(request, self.clock())
-        if message.wait_for_acceptance and not self.can_wait_for_acceptance:
+        if message.wait_for_acceptance and self.acceptance is None:
             raise Unsupported("wait_for_acceptance", "this server has no dispatcher to wait for")
         digest = payload_hash(message.payload()) if message.idempotency_key else None
-        return await self.store.add_message(
+        accepted = await self.store.add_message(
             message, caller=caller, request_hash=digest, key_ttl_ms=self.idempotency_ttl_ms
         )
+        if not accepted.replayed and message.send_at_ms is None:
+            self.on_accepted()
+        if message.wait_for_acceptance and self.acceptance is not None:
+            await self.acceptance.wait_until_handed_over(accepted.message.id)
+            delivery = await self.store.get_delivery(message_id=accepted.message.id)
+            return Accepted(delivery.message, accepted.replayed)
+        return accepted
 
     async def delivery(
         self, *, message_id: str | None = None, twilio_sid: str | None = None
@@ -42,3 +100,52 @@ class MessageService:
         return await self.store.get_delivery(
             message_id=message_id or None, twilio_sid=twilio_sid or None
         )
+
+    async def list_messages(self, request: QueryRequest, page_size: int, page_token: str) -> Page:
+        bad: list[Violation] = []
+        query = validate_query(request, "filter.", bad)
+        size = validate_page_size(page_size, bad)
+        before = _decode_token(page_token, query, bad)
+        if bad:
+            raise ValidationFailed(bad)
+        rows = await self.store.list_messages(query, limit=size + 1, before_id=before)
+        page, more = rows[:size], len(rows) > size
+        token = _encode_token(page[-1].id, query) if more else None
+        return Page(tuple(page), token)
+
+    async def cancel(self, message_id: str) -> MessageRecord:
+        bad: list[Violation] = []
+        validate_message_id(message_id, "message_id", bad)
+        if bad:
+            raise ValidationFailed(bad)
+        return await self.store.cancel(message_id)
+
+    async def retry(
+        self,
+        message_ids: list[str],
+        request: QueryRequest | None,
+        limit: int,
+        validity_ms: int | None,
+    ) -> RetryOutcome:
+        bad: list[Violation] = []
+        if bool(message_ids) == (request is not None):
+            bad.append(Violation("message_ids", "give either message_ids or a filter"))
+        for i, mid in enumerate(message_ids):
+            validate_message_id(mid, f"message_ids[{i}]", bad)
+        if len(message_ids) > MAX_RETRY_LIMIT:
+            bad.append(Violation("message_ids", f"at most {MAX_RETRY_LIMIT:,} ids"))
+        query = validate_query(request, "filter.", bad) if request is not None else None
+        if not 0 <= limit <= MAX_RETRY_LIMIT:
+            bad.append(Violation("limit", f"must be between 1 and {MAX_RETRY_LIMIT:,}"))
+        if validity_ms is not None and not MIN_VALIDITY_MS <= validity_ms <= MAX_VALIDITY_MS:
+            bad.append(Violation("validity", "must be between 1 second and 30 days"))
+        if bad:
+            raise ValidationFailed(bad)
+        if query is None:
+            query = MessageQuery(message_ids=tuple(dict.fromkeys(message_ids)))
+        outcome = await self.store.requeue(
+            query, limit=limit or DEFAULT_RETRY_LIMIT, validity_ms=validity_ms
+        )
+        if outcome.requeued:
+            self.on_accepted()
+        return outcome

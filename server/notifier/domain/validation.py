@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import phonenumbers
 
 from notifier.domain.errors import ValidationFailed, Violation
-from notifier.domain.model import Channel, NewMessage
+from notifier.domain.model import Channel, MessageQuery, NewMessage, Status
 
 MAX_BODY = 1600
 MAX_VARIABLE = 1600
@@ -198,3 +198,59 @@ def _check_timing(
                 Violation("expire_at_deadline", "the call's deadline is before the send time")
             )
     return send_at, validity, expires
+
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+DEFAULT_RETRY_LIMIT = 1000
+MAX_RETRY_LIMIT = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class QueryRequest:
+    """A message filter as the caller wrote it (ListMessages, RetryMessages)."""
+
+    statuses: Sequence[Status] = ()
+    to: str = ""
+    tag: str = ""
+    channel: Channel | None = None
+    created_after_ms: int | None = None
+    created_before_ms: int | None = None
+
+
+def validate_query(req: QueryRequest, prefix: str, bad: list[Violation]) -> MessageQuery:
+    to = None
+    if req.to:
+        number, _, problem = parse_recipient(req.to, None)
+        if problem:
+            bad.append(Violation(f"{prefix}to", problem))
+        to = number
+    if req.tag and not _TAG.match(req.tag):
+        bad.append(Violation(f"{prefix}tag", "1-64 characters: letters, digits and _-.:/"))
+    after, before = req.created_after_ms, req.created_before_ms
+    if after is not None and before is not None and after >= before:
+        bad.append(Violation(f"{prefix}created_before", "must be later than created_after"))
+    return MessageQuery(
+        statuses=tuple(dict.fromkeys(req.statuses)),
+        to=to,
+        tag=req.tag or None,
+        channel=req.channel,
+        created_after_ms=after,
+        created_before_ms=before,
+    )
+
+
+def validate_page_size(size: int, bad: list[Violation]) -> int:
+    if size == 0:
+        return DEFAULT_PAGE_SIZE
+    if not 1 <= size <= MAX_PAGE_SIZE:
+        bad.append(Violation("page_size", f"must be between 1 and {MAX_PAGE_SIZE}"))
+    return size
+
+
+def validate_message_id(value: str, field_name: str, bad: list[Violation]) -> None:
+    if not _MESSAGE_ID.match(value):
+        bad.append(Violation(field_name, "is not a message id (26 characters, 0-9 and A-Z)"))
+
+
+_MESSAGE_ID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")

@@ -7,24 +7,40 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import Row, delete, insert, select, text
+from sqlalchemy import Row, delete, func, insert, or_, select, text, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection
 from ulid import ULID
 
 from notifier.domain.clock import Clock, now_ms
-from notifier.domain.errors import IdempotencyConflict, NotFound, StorageUnavailable
+from notifier.domain.errors import (
+    IdempotencyConflict,
+    NotFound,
+    PreconditionFailed,
+    StorageUnavailable,
+)
 from notifier.domain.model import (
     Accepted,
+    Attempt,
+    AttemptRecord,
     Channel,
     Delivery,
+    MessageQuery,
     MessageRecord,
     NewMessage,
+    RetryOutcome,
     Status,
     StatusEvent,
+    Transition,
 )
 from notifier.storage.engine import Database
-from notifier.storage.tables import idempotency_keys, message_tags, messages, status_events
+from notifier.storage.tables import (
+    delivery_attempts,
+    idempotency_keys,
+    message_tags,
+    messages,
+    status_events,
+)
 
 
 @asynccontextmanager
@@ -129,17 +145,7 @@ class Repository:
             await conn.execute(
                 insert(message_tags), [{"message_id": message_id, "tag": t} for t in message.tags]
             )
-        await conn.execute(
-            insert(status_events),
-            [
-                {
-                    "message_id": message_id,
-                    "status": status.value,
-                    "source": "api",
-                    "occurred_at": now,
-                }
-            ],
-        )
+        await _add_event(conn, message_id, status, "api", now)
         if key is not None:
             await conn.execute(
                 insert(idempotency_keys),
@@ -155,6 +161,242 @@ class Repository:
                 ],
             )
         return Accepted(_record(row, message.tags), replayed=False)
+
+    # -- the outbox, as the dispatcher uses it -------------------------------------
+
+    async def claim_due(self, owner: str, *, limit: int, lease_ms: int) -> list[MessageRecord]:
+        """Lease up to ``limit`` due messages to ``owner``, oldest due first.
+
+        A lease that runs out (its worker died) makes the message claimable again.
+        """
+        if limit <= 0:
+            return []
+        now = self._clock()
+        due = (
+            select(messages.c.id)
+            .where(
+                messages.c.status.in_((Status.PENDING.value, Status.SCHEDULED.value)),
+                messages.c.next_attempt_at <= now,
+                or_(messages.c.lease_expires_at.is_(None), messages.c.lease_expires_at < now),
+            )
+            .order_by(messages.c.next_attempt_at, messages.c.id)
+            .limit(limit)
+        )
+        if not self._db.is_sqlite:  # SQLite's single writer already excludes other claimers
+            due = due.with_for_update(skip_locked=True)
+        async with _storage_errors(), self._db.writer.begin() as conn:
+            ids = list((await conn.execute(due)).scalars())
+            if not ids:
+                return []
+            await conn.execute(
+                update(messages)
+                .where(messages.c.id.in_(ids))
+                .values(lease_owner=owner, lease_expires_at=now + lease_ms)
+            )
+            rows = (await conn.execute(select(messages).where(messages.c.id.in_(ids)))).all()
+        by_id = {row.id: _record(row._mapping, ()) for row in rows}
+        return [by_id[i] for i in ids]
+
+    async def record_attempt(
+        self, message_id: str, attempt: AttemptRecord | None, transition: Transition
+    ) -> None:
+        """Store an attempt and its effect on the message in one transaction."""
+        now = self._clock()
+        async with _storage_errors(), self._db.writer.begin() as conn:
+            if attempt is not None:
+                number = (
+                    await conn.execute(
+                        select(func.count())
+                        .select_from(delivery_attempts)
+                        .where(delivery_attempts.c.message_id == message_id)
+                    )
+                ).scalar_one() + 1
+                await conn.execute(
+                    insert(delivery_attempts),
+                    [
+                        {
+                            "message_id": message_id,
+                            "number": number,
+                            "started_at": attempt.started_at_ms,
+                            "finished_at": attempt.finished_at_ms,
+                            "outcome": attempt.outcome,
+                            "http_status": attempt.http_status,
+                            "error_code": attempt.error_code,
+                            "error_message": attempt.error_message,
+                            "twilio_sid": attempt.twilio_sid,
+                        }
+                    ],
+                )
+            values: dict[str, Any] = {
+                "lease_owner": None,
+                "lease_expires_at": None,
+                "updated_at": now,
+                "error_code": transition.error_code,
+                "error_message": transition.error_message,
+            }
+            if attempt is not None:
+                values["attempts"] = messages.c.attempts + 1
+            if transition.twilio_sid is not None:
+                values["twilio_sid"] = transition.twilio_sid
+            if transition.status is Status.PENDING:
+                values["next_attempt_at"] = transition.retry_at_ms
+            values["status"] = transition.status.value
+            # Only a message still in the outbox changes status here: a callback that
+            # already moved it on (or an operator's cancel) wins.
+            changed = (
+                await conn.execute(
+                    update(messages)
+                    .where(
+                        messages.c.id == message_id,
+                        messages.c.status.in_((Status.PENDING.value, Status.SCHEDULED.value)),
+                    )
+                    .values(**values)
+                )
+            ).rowcount
+            if changed and transition.status is not Status.PENDING:
+                await _add_event(
+                    conn, message_id, transition.status, "dispatcher", now, transition.error_code
+                )
+            elif not changed and transition.twilio_sid is not None:
+                await conn.execute(
+                    update(messages)
+                    .where(messages.c.id == message_id, messages.c.twilio_sid.is_(None))
+                    .values(twilio_sid=transition.twilio_sid, lease_owner=None)
+                )
+
+    async def release(self, owner: str, ids: Sequence[str]) -> int:
+        """Give back leases that were never used, so another worker takes them now."""
+        if not ids:
+            return 0
+        async with _storage_errors(), self._db.writer.begin() as conn:
+            result = await conn.execute(
+                update(messages)
+                .where(
+                    messages.c.id.in_(list(ids)),
+                    messages.c.lease_owner == owner,
+                    messages.c.status.in_((Status.PENDING.value, Status.SCHEDULED.value)),
+                )
+                .values(lease_owner=None, lease_expires_at=None)
+            )
+            return int(result.rowcount)
+
+    async def attempts_of(self, message_id: str) -> tuple[Status, int]:
+        async with _storage_errors(), self._db.reader.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(messages.c.status, messages.c.attempts).where(
+                        messages.c.id == message_id
+                    )
+                )
+            ).first()
+        if row is None:
+            raise NotFound("message", message_id)
+        return Status(row.status), int(row.attempts)
+
+    async def next_due_at(self) -> int | None:
+        """When the earliest unleased message becomes due, for the dispatcher's sleep."""
+        async with _storage_errors(), self._db.reader.connect() as conn:
+            value = (
+                await conn.execute(
+                    select(func.min(messages.c.next_attempt_at)).where(
+                        messages.c.status.in_((Status.PENDING.value, Status.SCHEDULED.value)),
+                        messages.c.lease_owner.is_(None),
+                    )
+                )
+            ).scalar()
+        return int(value) if value is not None else None
+
+    # -- operations -----------------------------------------------------------------
+
+    async def list_messages(
+        self, query: MessageQuery, *, limit: int, before_id: str | None
+    ) -> list[MessageRecord]:
+        """Newest first; ``before_id`` continues after the last message of a page."""
+        stmt = select(messages).where(*_conditions(query)).order_by(messages.c.id.desc())
+        if before_id is not None:
+            stmt = stmt.where(messages.c.id < before_id)
+        async with _storage_errors(), self._db.reader.connect() as conn:
+            rows = (await conn.execute(stmt.limit(limit))).all()
+            tags = await _tags_of(conn, [r.id for r in rows])
+        return [_record(r._mapping, tags.get(r.id, ())) for r in rows]
+
+    async def cancel(self, message_id: str) -> MessageRecord:
+        now = self._clock()
+        async with _storage_errors(), self._db.writer.begin() as conn:
+            record = await self._load(conn, message_id)
+            if record.status is Status.CANCELED:
+                return record
+            row = (
+                await conn.execute(
+                    select(messages.c.lease_expires_at).where(messages.c.id == message_id)
+                )
+            ).one()
+            if record.status.with_twilio or record.status.is_terminal:
+                raise PreconditionFailed(
+                    message_id,
+                    "NOT_CANCELABLE",
+                    f"message {message_id} is {record.status.name}: "
+                    "only PENDING or SCHEDULED messages can be canceled",
+                )
+            if row.lease_expires_at is not None and row.lease_expires_at >= now:
+                raise PreconditionFailed(
+                    message_id,
+                    "IN_FLIGHT",
+                    f"message {message_id} is being handed to Twilio right now",
+                )
+            await conn.execute(
+                update(messages)
+                .where(messages.c.id == message_id)
+                .values(status=Status.CANCELED.value, updated_at=now)
+            )
+            await _add_event(conn, message_id, Status.CANCELED, "api", now)
+            return await self._load(conn, message_id)
+
+    async def requeue(
+        self, query: MessageQuery, *, limit: int, validity_ms: int | None
+    ) -> RetryOutcome:
+        """Put failed, undelivered and expired messages back in the outbox."""
+        now = self._clock()
+        retryable = (Status.FAILED.value, Status.UNDELIVERED.value, Status.EXPIRED.value)
+        requeued: list[str] = []
+        skipped: list[tuple[str, str]] = []
+        async with _storage_errors(), self._db.writer.begin() as conn:
+            stmt = select(messages.c.id, messages.c.status, messages.c.expires_at)
+            if query.message_ids:
+                stmt = stmt.where(messages.c.id.in_(query.message_ids))
+            else:
+                stmt = stmt.where(*_conditions(query), messages.c.status.in_(retryable))
+            rows = (await conn.execute(stmt.order_by(messages.c.id).limit(limit))).all()
+            found = {r.id for r in rows}
+            skipped += [(mid, "not found") for mid in query.message_ids if mid not in found]
+            for row in rows:
+                if row.status not in retryable:
+                    skipped.append((row.id, f"status {row.status.upper()} is not retryable"))
+                    continue
+                expires = row.expires_at
+                if expires is not None and expires <= now:
+                    if validity_ms is None:
+                        skipped.append((row.id, "its validity has ended; pass validity to extend"))
+                        continue
+                    expires = now + validity_ms
+                await conn.execute(
+                    update(messages)
+                    .where(messages.c.id == row.id)
+                    .values(
+                        status=Status.PENDING.value,
+                        attempts=0,
+                        next_attempt_at=now,
+                        expires_at=expires,
+                        lease_owner=None,
+                        lease_expires_at=None,
+                        error_code=None,
+                        error_message=None,
+                        updated_at=now,
+                    )
+                )
+                await _add_event(conn, row.id, Status.PENDING, "operator", now)
+                requeued.append(row.id)
+        return RetryOutcome(tuple(requeued), tuple(skipped))
 
     async def get_delivery(
         self, *, message_id: str | None = None, twilio_sid: str | None = None
@@ -177,7 +419,18 @@ class Repository:
                     .order_by(status_events.c.id)
                 )
             ).all()
-        return Delivery(message=record, events=tuple(_event(e) for e in events))
+            attempts = (
+                await conn.execute(
+                    select(delivery_attempts)
+                    .where(delivery_attempts.c.message_id == message_id)
+                    .order_by(delivery_attempts.c.id)
+                )
+            ).all()
+        return Delivery(
+            message=record,
+            events=tuple(_event(e) for e in events),
+            attempts=tuple(_attempt(a) for a in attempts),
+        )
 
     async def _load(self, conn: AsyncConnection, message_id: str) -> MessageRecord:
         row = (await conn.execute(select(messages).where(messages.c.id == message_id))).first()
@@ -221,4 +474,72 @@ def _event(row: Row[Any]) -> StatusEvent:
         source=row.source,
         error_code=row.error_code,
         applied=bool(row.applied),
+    )
+
+
+def _conditions(query: MessageQuery) -> list[Any]:
+    conds: list[Any] = []
+    if query.message_ids:
+        conds.append(messages.c.id.in_(query.message_ids))
+    if query.statuses:
+        conds.append(messages.c.status.in_([s.value for s in query.statuses]))
+    if query.to is not None:
+        conds.append(messages.c.to_addr == query.to)
+    if query.channel is not None:
+        conds.append(messages.c.channel == query.channel.value)
+    if query.created_after_ms is not None:
+        conds.append(messages.c.created_at >= query.created_after_ms)
+    if query.created_before_ms is not None:
+        conds.append(messages.c.created_at < query.created_before_ms)
+    if query.tag is not None:
+        tagged = select(message_tags.c.message_id).where(message_tags.c.tag == query.tag)
+        conds.append(messages.c.id.in_(tagged))
+    return conds
+
+
+async def _tags_of(conn: AsyncConnection, ids: list[str]) -> dict[str, tuple[str, ...]]:
+    if not ids:
+        return {}
+    rows = await conn.execute(
+        select(message_tags.c.message_id, message_tags.c.tag).where(
+            message_tags.c.message_id.in_(ids)
+        )
+    )
+    out: dict[str, list[str]] = {}
+    for mid, tag in rows:
+        out.setdefault(mid, []).append(tag)
+    return {k: tuple(v) for k, v in out.items()}
+
+
+async def _add_event(
+    conn: AsyncConnection,
+    message_id: str,
+    status: Status,
+    source: str,
+    now: int,
+    error_code: int | None = None,
+) -> None:
+    await conn.execute(
+        insert(status_events),
+        [
+            {
+                "message_id": message_id,
+                "status": status.value,
+                "source": source,
+                "occurred_at": now,
+                "error_code": error_code,
+            }
+        ],
+    )
+
+
+def _attempt(row: Row[Any]) -> Attempt:
+    return Attempt(
+        number=row.number,
+        started_at_ms=row.started_at,
+        finished_at_ms=row.finished_at,
+        outcome=row.outcome,
+        http_status=row.http_status,
+        error_code=row.error_code,
+        error_message=row.error_message,
     )

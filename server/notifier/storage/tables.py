@@ -93,3 +93,27 @@ idempotency_keys = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("expires_at", BigInteger, nullable=False, index=True),
 )
+
+delivery_attempts = Table(
+    "delivery_attempts",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column(
+        "message_id",
+        String(26),
+        ForeignKey("messages.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("number", Integer, nullable=False),
+    Column("started_at", BigInteger, nullable=False),
+    Column("finished_at", BigInteger),
+    Column("outcome", String(16), nullable=False),
+    Column("http_status", Integer),
+    Column("error_code", Integer),
+    Column("error_message", Text),
+    Column("twilio_sid", String(34)),
+    Column("worker", String(64)),
+)

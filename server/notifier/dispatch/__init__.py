@@ -1,0 +1,1 @@
+"""The dispatcher: takes due messages from the outbox and hands them to Twilio."""

@@ -1,0 +1,279 @@
+"""Claims due messages under leases and sends them with bounded concurrency.
+
+Every send is recorded (attempt and effect in one transaction) before the lease is
+given up, so a crash at any point leaves either a recorded outcome or a lease that
+runs out and lets the message be claimed again: nothing is lost, and only messages
+in flight at the crash can go out twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ulid import ULID
+
+from notifier.dispatch.rate_limit import RateLimiters
+from notifier.domain.clock import Clock, now_ms
+from notifier.domain.delivery import (
+    ErrorKind,
+    OutgoingMessage,
+    ProviderError,
+    SendReceipt,
+    meaning,
+)
+from notifier.domain.errors import StorageUnavailable
+from notifier.domain.model import AttemptRecord, MessageRecord, Status, Transition
+from notifier.domain.retry import RetryPolicy, after_failure
+
+log = logging.getLogger(__name__)
+
+
+class Provider(Protocol):
+    @property
+    def sender(self) -> str: ...
+
+    async def send(self, msg: OutgoingMessage) -> SendReceipt: ...
+
+
+class OutboxStore(Protocol):
+    async def claim_due(self, owner: str, *, limit: int, lease_ms: int) -> list[MessageRecord]: ...
+
+    async def record_attempt(
+        self, message_id: str, attempt: AttemptRecord | None, transition: Transition
+    ) -> None: ...
+
+    async def release(self, owner: str, ids: list[str]) -> int: ...
+
+    async def next_due_at(self) -> int | None: ...
+
+    async def attempts_of(self, message_id: str) -> tuple[Status, int]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchConfig:
+    concurrency: int = 32
+    lease_seconds: float = 60.0
+    poll_seconds: float = 0.5
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    ambiguous_policy: str = "retry"
+
+
+def _worker_id() -> str:
+    return f"{socket.gethostname()[:24]}:{os.getpid()}:{str(ULID())[-8:]}"
+
+
+_TWILIO_STATUS = {"queued": Status.QUEUED, "accepted": Status.ACCEPTED, "scheduled": Status.QUEUED}
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: OutboxStore,
+        provider: Provider,
+        limiters: RateLimiters,
+        config: DispatchConfig,
+        clock: Clock = now_ms,
+    ) -> None:
+        self.owner = _worker_id()
+        self._store = store
+        self._provider = provider
+        self._limiters = limiters
+        self._config = config
+        self._clock = clock
+        self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._slot_freed = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._loop_task: asyncio.Task[None] | None = None
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+
+    def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._run(), name="dispatcher")
+
+    def wake(self) -> None:
+        """A message became due now (e.g. just accepted): look without waiting for the poll."""
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            try:
+                claimed = await self._claim()
+            except StorageUnavailable as exc:
+                log.warning("dispatcher cannot reach storage: %s", exc)
+                claimed = 0
+            if claimed == 0:
+                await self._idle()
+
+    async def _idle(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), self._config.poll_seconds)
+        self._wake.clear()
+
+    async def _claim(self) -> int:
+        while len(self._inflight) >= self._config.concurrency:
+            self._slot_freed.clear()
+            await self._slot_freed.wait()
+        free = self._config.concurrency - len(self._inflight)
+        headroom = self._limiters.for_sender(self._provider.sender).headroom()
+        # Claim no more than can be sent soon, so leases are not spent waiting for the limiter.
+        batch = await self._store.claim_due(
+            self.owner,
+            limit=max(1, min(free, headroom)),
+            lease_ms=int(self._config.lease_seconds * 1000),
+        )
+        for msg in batch:
+            task = asyncio.create_task(self._deliver(msg), name=f"deliver-{msg.id}")
+            self._inflight[msg.id] = task
+            task.add_done_callback(self._done)
+        return len(batch)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.pop(task.get_name().removeprefix("deliver-"), None)
+        self._slot_freed.set()
+
+    async def _deliver(self, msg: MessageRecord) -> None:
+        try:
+            if msg.expires_at_ms is not None and self._clock() >= msg.expires_at_ms:
+                await self._record(msg, None, Transition(Status.EXPIRED, error_message="expired"))
+                return
+            await self._limiters.for_sender(self._provider.sender).acquire()
+            if self._stopping:
+                return  # never sent: stop() releases the lease
+            await self._attempt(msg)
+        except StorageUnavailable as exc:
+            # The lease runs out and the message is claimed again: at-least-once.
+            log.warning("could not record the attempt for %s: %s", msg.id, exc)
+        except Exception:
+            log.exception("unexpected error delivering %s", msg.id)
+
+    async def _attempt(self, msg: MessageRecord) -> None:
+        started = self._clock()
+        try:
+            receipt = await self._provider.send(_outgoing(msg, started))
+        except ProviderError as err:
+            await self._failed(msg, started, err)
+            return
+        attempt = AttemptRecord(
+            started_at_ms=started,
+            finished_at_ms=self._clock(),
+            outcome="accepted",
+            http_status=201,
+            twilio_sid=receipt.sid,
+        )
+        status = _TWILIO_STATUS.get(receipt.status, Status.QUEUED)
+        await self._record(msg, attempt, Transition(status, twilio_sid=receipt.sid))
+
+    async def _failed(self, msg: MessageRecord, started: int, err: ProviderError) -> None:
+        finished = self._clock()
+        attempt = AttemptRecord(
+            started_at_ms=started,
+            finished_at_ms=finished,
+            outcome=err.kind.value,
+            http_status=err.http_status,
+            error_code=err.code,
+            error_message=str(err),
+        )
+        plan = after_failure(
+            kind=err.kind.value,
+            attempt=msg.attempts + 1,
+            now_ms=finished,
+            expires_at_ms=msg.expires_at_ms,
+            policy=self._config.retry,
+            ambiguous_policy=self._config.ambiguous_policy,
+            retry_after=err.retry_after if err.kind is ErrorKind.RATE_LIMITED else None,
+        )
+        detail = meaning(err.code) if err.code else str(err)
+        if plan.retry_at_ms is not None:
+            transition = Transition(
+                Status.PENDING,
+                retry_at_ms=plan.retry_at_ms,
+                error_code=err.code,
+                error_message=detail,
+            )
+        else:
+            final = Status.EXPIRED if plan.final_status == "expired" else Status.FAILED
+            transition = Transition(final, error_code=err.code, error_message=detail)
+        log.info(
+            "attempt %d for %s: %s (code %s): %s",
+            msg.attempts + 1,
+            msg.id,
+            err.kind.value,
+            err.code,
+            plan.reason,
+        )
+        await self._record(msg, attempt, transition)
+
+    async def _record(
+        self, msg: MessageRecord, attempt: AttemptRecord | None, transition: Transition
+    ) -> None:
+        await self._store.record_attempt(msg.id, attempt, transition)
+        for waiter in self._waiters.pop(msg.id, []):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def wait_until_handed_over(self, message_id: str) -> None:
+        """Return after the first attempt on the message was recorded (here or elsewhere).
+
+        Resolved at once when this process records it; polling covers another replica.
+        """
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(message_id, []).append(waiter)
+        self.wake()
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(waiter), self._config.poll_seconds)
+                    return
+                status, attempts = await self._store.attempts_of(message_id)
+                if attempts > 0 or status not in (Status.PENDING, Status.SCHEDULED):
+                    return
+        finally:
+            waiters = self._waiters.get(message_id, [])
+            if waiter in waiters:
+                waiters.remove(waiter)
+            if not waiters:
+                self._waiters.pop(message_id, None)
+
+    async def stop(self, grace: float) -> None:
+        """Stop claiming; let sends in flight finish within ``grace``; release the rest."""
+        self._stopping = True
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        ids = list(self._inflight)
+        tasks = list(self._inflight.values())
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+        if ids:
+            # Recorded messages hold no lease any more; this frees only the unfinished ones.
+            with contextlib.suppress(StorageUnavailable):
+                released = await self._store.release(self.owner, ids)
+                if released:
+                    log.info("released %d leased messages for other workers", released)
+
+
+def _outgoing(msg: MessageRecord, now: int) -> OutgoingMessage:
+    validity = None
+    if msg.expires_at_ms is not None:
+        validity = max(1, (msg.expires_at_ms - now) // 1000)
+    return OutgoingMessage(
+        message_id=msg.id,
+        to=msg.to,
+        channel=msg.channel.value,
+        body=msg.body,
+        content_sid=msg.content_sid,
+        variables=dict(msg.variables),
+        media_urls=msg.media_urls,
+        validity_seconds=validity,
+    )

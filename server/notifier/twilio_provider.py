@@ -1,0 +1,160 @@
+"""Sending through Twilio with the official SDK's async client.
+
+Two traps of that client are closed here (../shared/twilio/README.md): it would re-POST
+on any 5xx when given ``max_retries`` (duplicate messages), so SDK retries stay off and
+Notifier retries by its own policy; and it ignores its ``timeout``, so every call runs
+under our own ``asyncio.timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import aiohttp
+from twilio.base.exceptions import TwilioRestException
+from twilio.http.async_http_client import AsyncTwilioHttpClient
+from twilio.http.response import Response
+from twilio.rest import Client
+
+from notifier.domain.delivery import (
+    TWILIO_CODES,
+    ErrorKind,
+    OutgoingMessage,
+    ProviderError,
+    SendReceipt,
+    classify,
+    meaning,
+)
+
+log = logging.getLogger(__name__)
+
+# The SDK logs request bodies at INFO; message bodies must never reach logs.
+_sdk_logger = logging.getLogger("notifier.twilio_sdk")
+_sdk_logger.setLevel(logging.WARNING)
+
+# The SDK drops response headers when it raises; this keeps Retry-After for the
+# task that made the request (each send runs in its own task, so no cross-talk).
+_retry_after: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "twilio_retry_after", default=None
+)
+
+WHATSAPP = "whatsapp:"
+MAX_VALIDITY_SECONDS = 36_000
+
+
+class _HeaderKeepingClient(AsyncTwilioHttpClient):
+    async def request(self, *args: Any, **kwargs: Any) -> Response:
+        response: Response = await super().request(*args, **kwargs)
+        _retry_after.set(_parse_retry_after(response.headers))
+        return response
+
+
+def _parse_retry_after(headers: Any) -> float | None:
+    value = headers.get("Retry-After") if headers is not None else None
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP date; Twilio sends seconds
+
+
+@dataclass(frozen=True, slots=True)
+class TwilioConfig:
+    account_sid: str
+    username: str  # the account SID, or an API key SK…
+    password: str  # the auth token, or the API key's secret
+    base_url: str
+    whatsapp_from: str | None
+    messaging_service_sid: str | None
+    status_callback_url: str | None
+    timeout_seconds: float
+
+    @property
+    def sender(self) -> str:
+        """Who the rate limit is for: the messaging service or the sending number."""
+        return self.messaging_service_sid or (self.whatsapp_from or "").removeprefix(WHATSAPP)
+
+
+def _with_query(url: str, **params: str) -> str:
+    parts = urlsplit(url)
+    query = "&".join(filter(None, [parts.query, urlencode(params)]))
+    return urlunsplit(parts._replace(query=query))
+
+
+class TwilioProvider:
+    def __init__(self, config: TwilioConfig) -> None:
+        self._config = config
+        self._http = _HeaderKeepingClient(logger=_sdk_logger)  # max_retries=None: no SDK retries
+        self._client = Client(
+            config.username, config.password, account_sid=config.account_sid, http_client=self._http
+        )
+        self._client.api.base_url = config.base_url.rstrip("/")
+
+    @property
+    def sender(self) -> str:
+        return self._config.sender
+
+    def _params(self, msg: OutgoingMessage) -> dict[str, Any]:
+        cfg = self._config
+        whatsapp = msg.channel == "whatsapp"
+        params: dict[str, Any] = {"to": f"{WHATSAPP}{msg.to}" if whatsapp else msg.to}
+        if cfg.messaging_service_sid:
+            params["messaging_service_sid"] = cfg.messaging_service_sid
+            if msg.validity_seconds is not None:
+                params["validity_period"] = max(1, min(MAX_VALIDITY_SECONDS, msg.validity_seconds))
+        if cfg.whatsapp_from:
+            number = cfg.whatsapp_from.removeprefix(WHATSAPP)
+            params["from_"] = f"{WHATSAPP}{number}" if whatsapp else number
+        if msg.body is not None:
+            params["body"] = msg.body
+        if msg.media_urls:
+            params["media_url"] = list(msg.media_urls)
+        if msg.content_sid is not None:
+            params["content_sid"] = msg.content_sid
+            if msg.variables:
+                params["content_variables"] = json.dumps(msg.variables)
+        if cfg.status_callback_url:
+            # Our id in the callback URL links a callback to its message even when the
+            # process died between Twilio's answer and recording the SID.
+            params["status_callback"] = _with_query(
+                cfg.status_callback_url, message_id=msg.message_id
+            )
+        return params
+
+    async def send(self, msg: OutgoingMessage) -> SendReceipt:
+        _retry_after.set(None)
+        try:
+            async with asyncio.timeout(self._config.timeout_seconds):
+                created = await self._client.messages.create_async(**self._params(msg))
+        except TwilioRestException as exc:
+            code = exc.code if isinstance(exc.code, int) else None
+            raise ProviderError(
+                classify(exc.status, code),
+                meaning(code) if code in TWILIO_CODES else (exc.msg or f"HTTP {exc.status}"),
+                http_status=exc.status,
+                code=code,
+                retry_after=_retry_after.get(),
+            ) from None
+        except TimeoutError:
+            raise ProviderError(
+                ErrorKind.AMBIGUOUS,
+                f"no answer from Twilio within {self._config.timeout_seconds:g}s",
+            ) from None
+        except aiohttp.ClientConnectorError as exc:
+            # Never connected, so nothing was sent: safe to retry.
+            raise ProviderError(ErrorKind.TRANSIENT, f"cannot reach Twilio: {exc}") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise ProviderError(
+                ErrorKind.AMBIGUOUS, f"connection to Twilio broke: {type(exc).__name__}"
+            ) from None
+        return SendReceipt(sid=str(created.sid), status=str(created.status or "queued"))
+
+    async def close(self) -> None:
+        await self._http.close()
