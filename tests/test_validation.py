@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from notifier.domain.errors import ValidationFailed
 from notifier.domain.model import Channel
 from notifier.domain.validation import SendRequest, validate_send

@@ -5,11 +5,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
 
+from pydantic import ValidationError
+
 from notifier.config import ConfigError, Settings, load_settings
+from notifier.emulator import DEV_ACCOUNT_SID, DEV_AUTH_TOKEN
+from notifier.emulator.faults import Faults
+from notifier.emulator.server import run_emulator
 from notifier.server import StartupError, create_server
 from notifier.storage.engine import create_database
 from notifier.storage.migrate import upgrade
@@ -56,6 +62,38 @@ async def _db_upgrade(settings: Settings) -> int:
     return 0
 
 
+def _emulator(args: argparse.Namespace) -> int:
+    """The Twilio emulator; needs no settings, only TWILIO_* credentials if any are set."""
+    try:
+        faults = Faults.model_validate_json(args.faults) if args.faults else Faults()
+    except ValidationError as exc:
+        print(f"notifier: --faults: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    env = os.environ
+    try:
+        return asyncio.run(
+            run_emulator(
+                args.host,
+                args.port,
+                env.get("TWILIO_ACCOUNT_SID") or DEV_ACCOUNT_SID,
+                env.get("TWILIO_AUTH_TOKEN") or DEV_AUTH_TOKEN,
+                faults,
+                api_key=env.get("TWILIO_API_KEY") or None,
+                api_secret=env.get("TWILIO_API_SECRET") or None,
+            )
+        )
+    except OSError as exc:
+        print(
+            f"notifier: emulator: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr
+        )
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="notifier", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -70,11 +108,21 @@ def _parser() -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="database schema")
     db_sub = db.add_subparsers(dest="db_command", required=True)
     db_sub.add_parser("upgrade", help="apply every pending migration")
+    emulator = sub.add_parser(
+        "emulator", help="run the local Twilio emulator (Messages API + status callbacks)"
+    )
+    emulator.add_argument("--host", default="127.0.0.1", help="listen address")
+    emulator.add_argument("--port", type=int, default=8090, help="listen port (0: any free one)")
+    emulator.add_argument(
+        "--faults", metavar="JSON", help="faults, e.g. '{\"latency_seconds\": 0.2}'"
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "emulator":
+        return _emulator(args)
     try:
         settings = load_settings()
     except ConfigError as exc:

@@ -140,7 +140,12 @@ class Dispatcher:
     async def _deliver(self, msg: MessageRecord) -> None:
         try:
             if msg.expires_at_ms is not None and self._clock() >= msg.expires_at_ms:
-                await self._record(msg, None, Transition(Status.EXPIRED, error_message="expired"))
+                expired = Transition(
+                    Status.EXPIRED,
+                    error_code=msg.error_code,  # keep the last failure: it says why it is late
+                    error_message=msg.error_message or "validity ended before it could be sent",
+                )
+                await self._record(msg, None, expired)
                 return
             await self._limiters.for_sender(self._provider.sender).acquire()
             if self._stopping:

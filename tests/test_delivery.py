@@ -1,0 +1,372 @@
+"""The delivery engine through the real path: server on a port, SQLite file, the Twilio
+emulator over HTTP, and each fault knob ending messages in the right state."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import pytest
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from notifier.config import Settings, load_settings
+from notifier.emulator import DEV_FROM
+from notifier.emulator.faults import Faults
+from notifier.emulator.server import EmulatorServer
+from notifier.server import NotifierServer, create_server
+from notifier_proto.v1 import notifier_pb2 as pb
+from notifier_proto.v1 import notifier_pb2_grpc
+
+if TYPE_CHECKING:
+    from notifier_proto.v1.notifier_pb2_grpc import NotifierAsyncStub as Stub
+
+TO = "+14155550100"
+Status = pb.GetDeliveryStatusResponse
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[EmulatorServer]:
+    async with EmulatorServer() as emu:
+        yield emu
+
+
+def engine_settings(db_path: Path, emu: EmulatorServer, **env: Any) -> Settings:
+    values: dict[str, Any] = {
+        "NOTIFIER_DATABASE_URL": f"sqlite+aiosqlite:///{db_path}",
+        "NOTIFIER_GRPC_ADDR": "127.0.0.1:0",
+        "TWILIO_ACCOUNT_SID": emu.account_sid,
+        "TWILIO_AUTH_TOKEN": emu.auth_token,
+        "TWILIO_WHATSAPP_FROM": DEV_FROM,
+        "TWILIO_API_BASE_URL": emu.url,
+        "STATUS_CALLBACK_URL": "http://127.0.0.1:9/api/v1/whatsapp/status",
+        "NOTIFIER_RETRY_BASE_SECONDS": 0.05,
+        "NOTIFIER_RETRY_CAP_SECONDS": 0.2,
+        "NOTIFIER_RETRY_MAX_ATTEMPTS": 3,
+        "NOTIFIER_TWILIO_TIMEOUT_SECONDS": 0.5,
+        "NOTIFIER_RATE_LIMIT_PER_SECOND": 1000,
+    }
+    values.update(env)
+    return load_settings(**values)
+
+
+class Engine:
+    """A running server wired to the emulator, with a stub to call it."""
+
+    def __init__(self, server: NotifierServer, channel: grpc.aio.Channel) -> None:
+        self.server = server
+        self.stub: Stub = notifier_pb2_grpc.NotifierStub(channel)
+
+    async def send(self, to: str = TO, **kw: Any) -> str:
+        kw.setdefault("body", "hello")
+        reply = await self.stub.SendMessage(pb.SendMessageRequest(to=to, **kw))
+        return reply.message_id
+
+    async def status(self, mid: str) -> Status:
+        return await self.stub.GetDeliveryStatus(pb.GetDeliveryStatusRequest(message_id=mid))
+
+    async def until(self, mid: str, done: Callable[[Status], bool], within: float = 15) -> Status:
+        deadline = time.monotonic() + within
+        while True:
+            current = await self.status(mid)
+            if done(current):
+                return current
+            if time.monotonic() > deadline:
+                raise AssertionError(f"gave up waiting; last state:\n{current}")
+            await asyncio.sleep(0.02)
+
+    async def until_status(self, mid: str, status: int, within: float = 15) -> Status:
+        return await self.until(mid, lambda s: s.message.status == status, within)
+
+
+async def start_engine(settings: Settings) -> tuple[NotifierServer, grpc.aio.Channel]:
+    server = await create_server(settings)
+    await server.start()
+    return server, grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+
+
+@pytest.fixture
+def engine_env() -> dict[str, Any]:
+    """Per-test overrides of engine_settings; tests parametrize this indirectly."""
+    return {}
+
+
+@pytest.fixture
+async def engine(
+    db_path: Path, emulator: EmulatorServer, engine_env: dict[str, Any]
+) -> AsyncIterator[Engine]:
+    server, channel = await start_engine(engine_settings(db_path, emulator, **engine_env))
+    yield Engine(server, channel)
+    await channel.close()
+    await server.stop(grace=1)
+
+
+def requests_to(emu: EmulatorServer, body: str) -> int:
+    return sum(1 for r in emu.state.requests if r.param("Body") == body)
+
+
+async def test_message_is_handed_to_twilio(engine: Engine, emulator: EmulatorServer) -> None:
+    mid = await engine.send(body="Your table is ready", tags=["t"])
+    got = await engine.until_status(mid, pb.MESSAGE_STATUS_QUEUED)
+    (accepted,) = emulator.state.accepted
+    assert got.message.twilio_sid == accepted.sid
+    assert (accepted.to, accepted.from_, accepted.body) == (
+        f"whatsapp:{TO}",
+        DEV_FROM,
+        "Your table is ready",
+    )
+    assert accepted.status_callback == f"http://127.0.0.1:9/api/v1/whatsapp/status?message_id={mid}"
+    assert [(a.number, a.outcome, a.http_status) for a in got.attempts] == [(1, "accepted", 201)]
+    assert got.message.attempts == 1
+    assert [e.status for e in got.history] == [pb.MESSAGE_STATUS_PENDING, pb.MESSAGE_STATUS_QUEUED]
+    assert got.message.timestamps.HasField("queued")
+    by_sid = await engine.stub.GetDeliveryStatus(
+        pb.GetDeliveryStatusRequest(twilio_sid=accepted.sid)
+    )
+    assert by_sid.message.message_id == mid
+
+
+async def test_template_and_sms_media_reach_twilio_as_sent(
+    engine: Engine, emulator: EmulatorServer
+) -> None:
+    sid = "HX" + "ab" * 16
+    t = await engine.send(body=None, content_sid=sid, variables={"1": "Ana"})
+    m = await engine.send(
+        to="+447911123456", channel=pb.CHANNEL_SMS, media_urls=["https://e.com/a.png"]
+    )
+    await engine.until_status(t, pb.MESSAGE_STATUS_QUEUED)
+    await engine.until_status(m, pb.MESSAGE_STATUS_QUEUED)
+    template = next(a for a in emulator.state.accepted if a.content_sid)
+    assert (template.content_sid, template.content_variables) == (sid, '{"1": "Ana"}')
+    media = next(a for a in emulator.state.accepted if a.media_urls)
+    assert (media.to, media.from_, media.media_urls) == (
+        "+447911123456",
+        DEV_FROM.removeprefix("whatsapp:"),
+        ["https://e.com/a.png"],
+    )
+
+
+async def test_wait_for_acceptance_replies_with_the_sid(
+    engine: Engine, emulator: EmulatorServer
+) -> None:
+    reply = await engine.stub.SendMessage(
+        pb.SendMessageRequest(to=TO, body="wait", wait_for_acceptance=True), timeout=10
+    )
+    assert reply.status == pb.MESSAGE_STATUS_QUEUED
+    assert reply.twilio_sid == emulator.state.accepted[0].sid
+
+
+async def test_permanent_error_is_tried_once(engine: Engine, emulator: EmulatorServer) -> None:
+    emulator.faults = Faults(to_errors={TO: 21211})
+    mid = await engine.send(body="perm")
+    got = await engine.until_status(mid, pb.MESSAGE_STATUS_FAILED)
+    assert requests_to(emulator, "perm") == 1
+    assert (got.message.error_code, got.message.attempts) == (21211, 1)
+    assert got.message.error_message == "Invalid 'To' phone number"
+    assert [(a.outcome, a.http_status, a.error_code) for a in got.attempts] == [
+        ("permanent", 400, 21211)
+    ]
+    assert got.message.timestamps.HasField("failed")
+
+
+async def test_transient_errors_retry_up_to_max_attempts(
+    engine: Engine, emulator: EmulatorServer
+) -> None:
+    emulator.faults = Faults(error_rates={20503: 1.0})
+    mid = await engine.send(body="flaky")
+    got = await engine.until_status(mid, pb.MESSAGE_STATUS_FAILED)
+    assert requests_to(emulator, "flaky") == 3  # NOTIFIER_RETRY_MAX_ATTEMPTS
+    assert [a.outcome for a in got.attempts] == ["transient"] * 3
+    assert got.message.error_code == 20503
+
+
+async def test_transient_error_then_success(engine: Engine, emulator: EmulatorServer) -> None:
+    emulator.faults = Faults(error_rates={30500: 1.0})
+    mid = await engine.send(body="recovers")
+    await engine.until(mid, lambda s: len(s.attempts) >= 1)
+    emulator.faults = Faults()
+    got = await engine.until_status(mid, pb.MESSAGE_STATUS_QUEUED)
+    assert [a.outcome for a in got.attempts][-1] == "accepted"
+    assert got.message.error_code == 0
+
+
+async def test_429_waits_for_retry_after(engine: Engine, emulator: EmulatorServer) -> None:
+    emulator.faults = Faults(rate_limit_burst=1, retry_after_seconds=0.6)
+    mid = await engine.send(body="throttled")
+    got = await engine.until_status(mid, pb.MESSAGE_STATUS_QUEUED)
+    first, second = got.attempts
+    assert (first.outcome, first.http_status, first.error_code) == ("rate_limited", 429, 20429)
+    waited = second.started_at.ToMilliseconds() - first.finished_at.ToMilliseconds()
+    assert waited >= 600  # the policy alone would wait at most 50 ms
+    assert requests_to(emulator, "throttled") == 2
+
+
+@pytest.mark.parametrize("engine_env", [{"NOTIFIER_AMBIGUOUS_POLICY": "fail"}])
+async def test_hang_times_out_and_at_most_once_fails(
+    engine: Engine, emulator: EmulatorServer
+) -> None:
+    emulator.faults = Faults(hang_fraction=1.0)
+    mid = await engine.send(body="hung")
+    got = await engine.until_status(mid, pb.MESSAGE_STATUS_FAILED)
+    (attempt,) = got.attempts
+    assert attempt.outcome == "ambiguous"
+    elapsed = attempt.finished_at.ToMilliseconds() - attempt.started_at.ToMilliseconds()
+    assert 450 <= elapsed < 2000  # NOTIFIER_TWILIO_TIMEOUT_SECONDS=0.5
+    assert "no answer from Twilio" in got.message.error_message
+
+
+async def test_ambiguous_500_is_retried_at_least_once(
+    engine: Engine, emulator: EmulatorServer
+) -> None:
+    emulator.faults = Faults(error_rates={20500: 1.0}, record_on_error=True)
+    mid = await engine.send(body="twice")
+    await engine.until(mid, lambda s: len(s.attempts) >= 1)
+    emulator.faults = Faults()
+    got = await engine.until_status(mid, pb.MESSAGE_STATUS_QUEUED)
+    assert got.attempts[0].outcome == "ambiguous"
+    # Twilio took it the first time as well: the price of at-least-once.
+    assert sum(1 for a in emulator.state.accepted if a.body == "twice") >= 2
+
+
+@pytest.mark.parametrize(
+    "engine_env",
+    [
+        {
+            "NOTIFIER_RETRY_BASE_SECONDS": 2,
+            "NOTIFIER_RETRY_CAP_SECONDS": 60,
+            "NOTIFIER_RETRY_MAX_ATTEMPTS": 8,
+        }
+    ],
+)
+async def test_expiry_before_the_next_attempt(engine: Engine, emulator: EmulatorServer) -> None:
+    emulator.faults = Faults(error_rates={20503: 1.0})
+    mid = await engine.send(body="late", validity=duration_pb2.Duration(seconds=1))
+    got = await engine.until_status(mid, pb.MESSAGE_STATUS_EXPIRED)
+    last = max(a.started_at.ToMilliseconds() for a in got.attempts)
+    assert last < got.message.expires_at.ToMilliseconds()
+    assert got.message.error_code == 20503
+    assert got.message.timestamps.HasField("expired")
+
+
+async def test_expired_message_is_never_sent(db_path: Path, emulator: EmulatorServer) -> None:
+    idle, chan = await start_engine(
+        engine_settings(db_path, emulator, NOTIFIER_DISPATCHER_ENABLED=False)
+    )
+    mid = await Engine(idle, chan).send(body="stale", validity=duration_pb2.Duration(seconds=1))
+    await chan.close()
+    await idle.stop(grace=1)
+    await asyncio.sleep(1.2)
+    server, chan = await start_engine(engine_settings(db_path, emulator))
+    try:
+        got = await Engine(server, chan).until_status(mid, pb.MESSAGE_STATUS_EXPIRED)
+    finally:
+        await chan.close()
+        await server.stop(grace=1)
+    assert requests_to(emulator, "stale") == 0
+    assert list(got.attempts) == []
+
+
+async def test_scheduled_message_waits_for_send_at(
+    engine: Engine, emulator: EmulatorServer
+) -> None:
+    send_at = timestamp_pb2.Timestamp()
+    send_at.FromMilliseconds(int(time.time() * 1000) + 1200)
+    mid = await engine.send(body="later", send_at=send_at)
+    assert (await engine.status(mid)).message.status == pb.MESSAGE_STATUS_SCHEDULED
+    got = await engine.until_status(mid, pb.MESSAGE_STATUS_QUEUED)
+    assert got.attempts[0].started_at.ToMilliseconds() >= send_at.ToMilliseconds()
+
+
+async def test_cancel_scheduled_is_never_sent(engine: Engine, emulator: EmulatorServer) -> None:
+    send_at = timestamp_pb2.Timestamp()
+    send_at.FromMilliseconds(int(time.time() * 1000) + 500)
+    mid = await engine.send(body="never", send_at=send_at)
+    await engine.stub.CancelMessage(pb.CancelMessageRequest(message_id=mid))
+    await asyncio.sleep(1.0)
+    assert (await engine.status(mid)).message.status == pb.MESSAGE_STATUS_CANCELED
+    assert requests_to(emulator, "never") == 0
+    queued = await engine.send(body="gone")
+    await engine.until_status(queued, pb.MESSAGE_STATUS_QUEUED)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await engine.stub.CancelMessage(pb.CancelMessageRequest(message_id=queued))
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_retry_failed_messages_by_id_and_filter(
+    engine: Engine, emulator: EmulatorServer
+) -> None:
+    emulator.faults = Faults(to_errors={TO: 21612})
+    a = await engine.send(body="a", tags=["r"])
+    b = await engine.send(body="b", tags=["r"])
+    for mid in (a, b):
+        await engine.until_status(mid, pb.MESSAGE_STATUS_FAILED)
+    emulator.faults = Faults()
+    by_id = await engine.stub.RetryMessages(pb.RetryMessagesRequest(message_ids=[a]))
+    assert list(by_id.message_ids) == [a]
+    await engine.until_status(a, pb.MESSAGE_STATUS_QUEUED)
+    by_filter = await engine.stub.RetryMessages(
+        pb.RetryMessagesRequest(filter=pb.MessageFilter(tag="r"))
+    )
+    assert list(by_filter.message_ids) == [b]
+    got = await engine.until_status(b, pb.MESSAGE_STATUS_QUEUED)
+    assert [x.outcome for x in got.attempts] == ["permanent", "accepted"]
+    assert [e.source for e in got.history] == ["api", "dispatcher", "operator", "dispatcher"]
+
+
+@pytest.mark.parametrize("engine_env", [{"NOTIFIER_RATE_LIMIT_PER_SECOND": 20}])
+async def test_no_one_second_window_exceeds_the_rate(
+    engine: Engine, emulator: EmulatorServer
+) -> None:
+    ids = await asyncio.gather(*(engine.send(body=f"r{i}") for i in range(50)))
+    for mid in ids:
+        await engine.until_status(mid, pb.MESSAGE_STATUS_QUEUED)
+    times = sorted(r.monotonic for r in emulator.state.requests)
+    assert len(times) == 50
+    worst = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
+    assert worst <= 20
+    assert times[-1] - times[0] >= 2.0  # 50 at 20/s cannot take less
+
+
+async def test_graceful_stop_finishes_in_flight_sends(
+    db_path: Path, emulator: EmulatorServer
+) -> None:
+    emulator.faults = Faults(latency_seconds=0.4)
+    server, chan = await start_engine(engine_settings(db_path, emulator))
+    eng = Engine(server, chan)
+    ids = [await eng.send(body=f"g{i}") for i in range(5)]
+    await asyncio.sleep(0.2)  # all five are at the emulator now
+    await server.stop(grace=3)
+    await chan.close()
+    server, chan = await start_engine(
+        engine_settings(db_path, emulator, NOTIFIER_DISPATCHER_ENABLED=False)
+    )
+    try:
+        eng = Engine(server, chan)
+        for mid in ids:
+            assert (await eng.status(mid)).message.status == pb.MESSAGE_STATUS_QUEUED
+    finally:
+        await chan.close()
+        await server.stop(grace=1)
+
+
+async def test_stop_after_grace_releases_unfinished_sends(
+    db_path: Path, emulator: EmulatorServer
+) -> None:
+    emulator.faults = Faults(latency_seconds=2.0)
+    server, chan = await start_engine(engine_settings(db_path, emulator))
+    mid = await Engine(server, chan).send(body="slow")
+    await asyncio.sleep(0.3)
+    await server.stop(grace=0.2)
+    await chan.close()
+    emulator.faults = Faults()
+    # Released, not left leased for a minute: a new server sends it at once.
+    server, chan = await start_engine(engine_settings(db_path, emulator))
+    try:
+        got = await Engine(server, chan).until_status(mid, pb.MESSAGE_STATUS_QUEUED, within=5)
+    finally:
+        await chan.close()
+        await server.stop(grace=1)
+    assert got.message.twilio_sid
