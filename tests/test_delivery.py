@@ -370,3 +370,60 @@ async def test_stop_after_grace_releases_unfinished_sends(
         await chan.close()
         await server.stop(grace=1)
     assert got.message.twilio_sid
+
+
+@pytest.mark.parametrize("engine_env", [{"NOTIFIER_DISPATCH_CONCURRENCY": 3}])
+async def test_in_flight_cap(engine: Engine, emulator: EmulatorServer) -> None:
+    emulator.faults = Faults(latency_seconds=0.3)
+    ids = [await engine.send(body=f"c{i}") for i in range(9)]
+    for mid in ids:
+        await engine.until_status(mid, pb.MESSAGE_STATUS_QUEUED)
+    arrivals = sorted(r.monotonic for r in emulator.state.requests)
+    # Each request is held 0.3 s: more than 3 arriving within 0.25 s means more than 3 in flight.
+    assert max(sum(1 for t in arrivals if s <= t < s + 0.25) for s in arrivals) <= 3
+    assert arrivals[-1] - arrivals[0] >= 0.55  # three rounds of three
+
+
+async def test_api_key_and_messaging_service(db_path: Path) -> None:
+    key, secret = "SK" + "12" * 16, "s" * 32
+    async with EmulatorServer(api_key=key, api_secret=secret) as emu:
+        settings = engine_settings(
+            db_path,
+            emu,
+            TWILIO_AUTH_TOKEN=None,
+            TWILIO_API_KEY=key,
+            TWILIO_API_SECRET=secret,
+            TWILIO_WHATSAPP_FROM=None,
+            TWILIO_MESSAGING_SERVICE_SID="MG" + "34" * 16,
+        )
+        server, chan = await start_engine(settings)
+        try:
+            eng = Engine(server, chan)
+            mid = await eng.send(body="via service", validity=duration_pb2.Duration(seconds=600))
+            got = await eng.until_status(mid, pb.MESSAGE_STATUS_ACCEPTED)
+        finally:
+            await chan.close()
+            await server.stop(grace=1)
+        (accepted,) = emu.state.accepted
+        assert accepted.messaging_service_sid == "MG" + "34" * 16
+        assert accepted.validity_period is not None
+        assert 590 <= accepted.validity_period <= 600
+        assert got.message.twilio_sid == accepted.sid
+
+
+async def test_call_deadline_becomes_the_expiry(db_path: Path, emulator: EmulatorServer) -> None:
+    server, chan = await start_engine(
+        engine_settings(db_path, emulator, NOTIFIER_DISPATCHER_ENABLED=False)
+    )
+    try:
+        eng = Engine(server, chan)
+        before = int(time.time() * 1000)
+        reply = await eng.stub.SendMessage(
+            pb.SendMessageRequest(to=TO, body="otp", expire_at_deadline=True), timeout=5
+        )
+        got = await eng.status(reply.message_id)
+    finally:
+        await chan.close()
+        await server.stop(grace=1)
+    expires = got.message.expires_at.ToMilliseconds()
+    assert before + 4_000 < expires <= before + 5_100

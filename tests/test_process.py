@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from tests.conftest import count_rows
@@ -24,7 +25,7 @@ def _send(address: str, payload: dict[str, object]) -> dict[str, object]:
 
 def test_accepted_message_survives_kill_and_restart(tmp_path: Path) -> None:
     db = tmp_path / "n.db"
-    env = notifier_env(db)
+    env = notifier_env(db, NOTIFIER_DISPATCHER_ENABLED="false")  # storage alone is under test
     first = start_server(env)
     try:
         sent = _send(
@@ -68,13 +69,44 @@ def test_sigterm_and_sigint_stop_gracefully(tmp_path: Path) -> None:
         assert "Traceback" not in out
 
 
-def test_development_banner_is_loud_about_missing_credentials(tmp_path: Path) -> None:
+def test_development_without_credentials_sends_through_the_emulator_and_says_so(
+    tmp_path: Path,
+) -> None:
     server = start_server(notifier_env(tmp_path / "n.db"))
     try:
         assert "(development)" in server.banner
-        assert "NO TWILIO CREDENTIALS" in server.banner
+        assert "*** TWILIO EMULATOR at http://127.0.0.1:" in server.banner
+        sent = _send(server.address, {"to": "+14155550100", "body": "dev"})
+        deadline = time.monotonic() + 10
+        while True:
+            out = grpcurl(
+                "-plaintext",
+                "-d",
+                json.dumps({"message_id": sent["message_id"]}),
+                server.address,
+                STATUS,
+            )
+            message = json.loads(out.stdout)["message"]
+            if message["status"] == "MESSAGE_STATUS_QUEUED":
+                break
+            assert time.monotonic() < deadline, message
+            time.sleep(0.1)
+        assert message["twilio_sid"].startswith("SM")
     finally:
-        server.stop()
+        assert server.stop() == 0
+
+
+def test_production_without_credentials_refuses_to_start(tmp_path: Path) -> None:
+    env = notifier_env(tmp_path / "n.db", NOTIFIER_ENV="production")
+    out = subprocess.run(
+        [sys.executable, "-m", "notifier", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 1
+    assert "production needs Twilio credentials" in out.stderr
 
 
 def test_db_upgrade_then_production_start_without_auto_migration(tmp_path: Path) -> None:

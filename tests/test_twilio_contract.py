@@ -4,6 +4,7 @@ own OpenAPI description of the Messages API (tests/contract, Apache-2.0, see NOT
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import socket
 import subprocess
@@ -11,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -71,19 +73,18 @@ def prism(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prism]:
         proc.wait(10)
 
 
-def _provider(prism: Prism, **overrides: object) -> TwilioProvider:
-    config = {
-        "account_sid": ACCOUNT,
-        "username": ACCOUNT,
-        "password": "t" * 32,
-        "base_url": prism.url,
-        "whatsapp_from": "whatsapp:+14155238886",
-        "messaging_service_sid": None,
-        "status_callback_url": "https://notifier.example.com/api/v1/whatsapp/status",
-        "timeout_seconds": 10.0,
-    }
-    config.update(overrides)
-    return TwilioProvider(TwilioConfig(**config))  # type: ignore[arg-type]
+def _provider(prism: Prism, **overrides: Any) -> TwilioProvider:
+    config = TwilioConfig(
+        account_sid=ACCOUNT,
+        username=ACCOUNT,
+        password="t" * 32,
+        base_url=prism.url,
+        whatsapp_from="whatsapp:+14155238886",
+        messaging_service_sid=None,
+        status_callback_url="https://notifier.example.com/api/v1/whatsapp/status",
+        timeout_seconds=10.0,
+    )
+    return TwilioProvider(dataclasses.replace(config, **overrides))
 
 
 @pytest.fixture

@@ -10,12 +10,12 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from pydantic import ValidationError
+from pydantic import AnyHttpUrl, SecretStr, ValidationError
 
 from notifier.config import ConfigError, Settings, load_settings
-from notifier.emulator import DEV_ACCOUNT_SID, DEV_AUTH_TOKEN
+from notifier.emulator import DEV_ACCOUNT_SID, DEV_AUTH_TOKEN, DEV_FROM
 from notifier.emulator.faults import Faults
-from notifier.emulator.server import run_emulator
+from notifier.emulator.server import EmulatorServer, run_emulator
 from notifier.server import StartupError, create_server
 from notifier.storage.engine import create_database
 from notifier.storage.migrate import upgrade
@@ -23,16 +23,43 @@ from notifier.storage.migrate import upgrade
 log = logging.getLogger("notifier")
 
 
-def _banner(settings: Settings, port: int) -> str:
+def _banner(settings: Settings, port: int, emulator: EmulatorServer | None) -> str:
     host = settings.grpc_addr.rpartition(":")[0]
     lines = [f"notifier: database {settings.database_url}"]
-    if not settings.has_twilio_credentials:
+    if emulator is not None:
         lines.append(
-            "notifier: NO TWILIO CREDENTIALS - messages are stored and tracked; "
-            "this version has no dispatcher, so nothing is sent yet"
+            f"notifier: *** TWILIO EMULATOR at {emulator.url} - no TWILIO_* credentials set, "
+            "so no real WhatsApp or SMS message leaves this machine ***"
         )
+    elif settings.has_twilio_credentials:
+        sender = settings.twilio_messaging_service_sid or settings.twilio_whatsapp_from
+        lines.append(f"notifier: sending through {settings.twilio_api_base_url} as {sender}")
     lines.append(f"notifier: gRPC serving on {host}:{port} ({settings.env})")
     return "\n".join(lines)
+
+
+async def _start_emulator(settings: Settings) -> EmulatorServer:
+    host, _, port = settings.emulator_addr.rpartition(":")
+    emulator = EmulatorServer(host=host, port=int(port))
+    try:
+        await emulator.start()
+    except OSError as exc:
+        raise StartupError(
+            f"cannot start the Twilio emulator on {settings.emulator_addr} ({exc.strerror}): "
+            "set NOTIFIER_EMULATOR_ADDR to a free address"
+        ) from exc
+    return emulator
+
+
+def _use_emulator(settings: Settings, emulator: EmulatorServer) -> Settings:
+    return settings.model_copy(
+        update={
+            "twilio_account_sid": emulator.account_sid,
+            "twilio_auth_token": SecretStr(emulator.auth_token),
+            "twilio_whatsapp_from": DEV_FROM,
+            "twilio_api_base_url": AnyHttpUrl(emulator.url),
+        }
+    )
 
 
 async def _serve(settings: Settings) -> int:
@@ -40,14 +67,28 @@ async def _serve(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    notifier = await create_server(settings)
-    await notifier.start()
-    print(_banner(settings, notifier.port), flush=True)
-    await stop.wait()
-    log.info(
-        "shutting down: finishing calls in flight (grace %.1fs)", settings.shutdown_grace_seconds
-    )
-    await notifier.stop(settings.shutdown_grace_seconds)
+    emulator = None
+    if not settings.has_twilio_credentials:
+        if not settings.is_development:
+            raise StartupError(
+                "production needs Twilio credentials: set TWILIO_ACCOUNT_SID and "
+                "TWILIO_AUTH_TOKEN (or TWILIO_API_KEY and TWILIO_API_SECRET)"
+            )
+        emulator = await _start_emulator(settings)
+        settings = _use_emulator(settings, emulator)
+    try:
+        notifier = await create_server(settings)
+        await notifier.start()
+        print(_banner(settings, notifier.port, emulator), flush=True)
+        await stop.wait()
+        log.info(
+            "shutting down: finishing calls in flight (grace %.1fs)",
+            settings.shutdown_grace_seconds,
+        )
+        await notifier.stop(settings.shutdown_grace_seconds)
+    finally:
+        if emulator is not None:
+            await emulator.stop()
     print("notifier: stopped", flush=True)
     return 0
 

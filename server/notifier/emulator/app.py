@@ -37,7 +37,13 @@ from starlette.routing import Route
 
 from notifier.emulator import DEV_FROM
 from notifier.emulator.callbacks import CallbackSender, plan_callbacks
-from notifier.emulator.faults import RATE_LIMITED, FaultInjector, Faults, http_status_for
+from notifier.emulator.faults import (
+    RATE_LIMITED,
+    FaultInjector,
+    Faults,
+    error_message,
+    http_status_for,
+)
 from notifier.emulator.state import (
     WHATSAPP,
     AcceptedMessage,
@@ -64,51 +70,33 @@ _GSM7 = set(
 )
 _GSM7_EXTENDED = set("^{}\\[~]|€\f")
 
-ERROR_MESSAGES = {
-    20003: "Authenticate",
-    20404: "The requested resource was not found",
-    20429: "Too Many Requests",
-    20500: "Internal Server Error",
-    20503: "Service Unavailable",
-    21211: "Invalid 'To' Phone Number",
-    21602: "Message body is required.",
-    21603: "A 'From' phone number is required.",
-    21604: "A 'To' phone number is required.",
-    21608: "The number is unverified. Trial accounts cannot send messages to unverified numbers",
-    21610: "Attempt to send to unsubscribed recipient",
-    21611: "This 'From' number has exceeded the maximum number of queued messages",
-    21612: "The 'To' phone number is not currently reachable using the 'From' phone number",
-    21614: "'To' number is not a valid mobile number",
-    21617: "The concatenated message body exceeds the 1600 character limit.",
-    30001: "Queue overflow",
-    30500: "Internal failure",
-    63016: "Failed to send freeform message because you are outside the allowed window.",
-    63018: "Rate limit exceeded for Channel",
-    63024: "Invalid message recipient",
-}
-
 
 class TwilioError(Exception):
-    """An answer in Twilio's error shape; raised by validation, rendered by the handler."""
+    """A refusal in Twilio's terms; validation raises it, the handler renders it."""
 
     def __init__(self, code: int, message: str | None = None) -> None:
         super().__init__(code, message)
         self.code = code
-        self.message = message or ERROR_MESSAGES.get(code, f"Emulated Twilio error {code}")
+        self.message = message
 
 
-def twilio_error(
-    code: int, message: str | None = None, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    """``{"code", "message", "more_info", "status"}`` with the status Twilio uses for it."""
-    error = TwilioError(code, message)
+def twilio_error(code: int, message: str | None = None, *, retry_after: float = 1) -> JSONResponse:
+    """``{"code", "message", "more_info", "status"}`` with the status Twilio uses for it.
+
+    A 401 says how to authenticate and a 429 when to come back, as Twilio's do.
+    """
     status = http_status_for(code)
     body = {
         "code": code,
-        "message": error.message,
+        "message": message or error_message(code),
         "more_info": f"https://www.twilio.com/docs/errors/{code}",
         "status": status,
     }
+    headers = {}
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Basic realm="Twilio API"'
+    if status == 429:
+        headers["Retry-After"] = format_seconds(retry_after)
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -382,13 +370,13 @@ class _Handlers:
         return self.emulator.credentials.allows(request.headers.get("Authorization"), account)
 
     async def create_message(self, request: Request) -> Response:
-        if not self._authorized(request):
-            return _unauthorized()
         body = (await request.body()).decode("utf-8", errors="replace")
         form = Form(parse_qsl(body, keep_blank_values=True))
         record = self.emulator.state.record_request(
             request.path_params["AccountSid"], list(form.multi_items())
         )
+        if not self._authorized(request):
+            return self._fail(record, 20003)
         return await self._answer(request, form, record)
 
     async def _answer(self, request: Request, form: Form, record: ReceivedRequest) -> Response:
@@ -417,15 +405,12 @@ class _Handlers:
         return JSONResponse(message.to_resource(), status_code=201)
 
     def _fail(self, record: ReceivedRequest, code: int, message: str | None = None) -> Response:
-        headers = None
-        if code == RATE_LIMITED:
-            headers = {"Retry-After": format_seconds(self.emulator.faults.retry_after_seconds)}
         record.http_status, record.error_code = http_status_for(code), code
-        return twilio_error(code, message, headers)
+        return twilio_error(code, message, retry_after=self.emulator.faults.retry_after_seconds)
 
     async def fetch_message(self, request: Request) -> Response:
         if not self._authorized(request):
-            return _unauthorized()
+            return twilio_error(20003)
         message = self.emulator.state.message(request.path_params["MessageSid"])
         if message is None or message.account_sid != request.path_params["AccountSid"]:
             return twilio_error(20404, f"The requested resource {request.url.path} was not found")
@@ -447,10 +432,6 @@ class _Handlers:
 
     async def messages(self, request: Request) -> Response:
         return JSONResponse({"messages": [m.to_json() for m in self.emulator.state.accepted]})
-
-
-def _unauthorized() -> JSONResponse:
-    return twilio_error(20003, headers={"WWW-Authenticate": 'Basic realm="Twilio API"'})
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

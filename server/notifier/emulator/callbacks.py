@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import aiohttp
 from twilio.request_validator import RequestValidator
 
-from notifier.emulator.faults import Faults
+from notifier.emulator.faults import Faults, error_message
 from notifier.emulator.state import (
     API_VERSION,
     AcceptedMessage,
@@ -32,15 +32,6 @@ from notifier.emulator.state import (
 log = logging.getLogger(__name__)
 
 CHANNEL_INSTALL_SID = "XE" + "0123456789abcdef" * 2
-ERROR_MESSAGES = {
-    30003: "Unreachable destination handset",
-    30005: "Unknown destination handset",
-    30006: "Landline or unreachable carrier",
-    30007: "Message filtered",
-    30008: "Unknown error",
-    63016: "Failed to send freeform message because you are outside the allowed window.",
-    63024: "Invalid message recipient",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +113,7 @@ def callback_params(
         params["EventType"] = "READ"
     if error_code is not None:
         params["ErrorCode"] = str(error_code)
-        params["ErrorMessage"] = error_message(error_code) or ""
+        params["ErrorMessage"] = error_message(error_code)
     return params
 
 
@@ -168,6 +159,7 @@ class CallbackSender:
         self._state = state
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     @property
     def pending(self) -> int:
@@ -181,6 +173,8 @@ class CallbackSender:
 
         Without a ``StatusCallback`` the status still moves on (a fetch shows it).
         """
+        if self._closed:  # a request answered while the server stops: nothing more goes out
+            return
         for step in plan:
             task = asyncio.create_task(self._run_step(message, step, faults))
             self._tasks.add(task)
@@ -194,6 +188,7 @@ class CallbackSender:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def close(self) -> None:
+        self._closed = True
         await self.cancel_pending()
         if self._session is not None:
             await self._session.close()
@@ -203,7 +198,11 @@ class CallbackSender:
         self, message: AcceptedMessage, step: PlannedCallback, faults: Faults
     ) -> None:
         await asyncio.sleep(step.after_seconds)
-        message.advance(step.status, step.error_code, error_message(step.error_code))
+        message.advance(
+            step.status,
+            step.error_code,
+            None if step.error_code is None else error_message(step.error_code),
+        )
         url = message.status_callback
         if url is None:
             return
@@ -251,8 +250,3 @@ class CallbackSender:
             raise
         except Exception as exc:  # a bad target must never break the emulator
             record.error = f"{type(exc).__name__}: {exc}"
-
-
-def error_message(code: int | None) -> str | None:
-    """The ``ErrorMessage`` Twilio pairs with a delivery error code."""
-    return None if code is None else ERROR_MESSAGES.get(code, f"Error {code}")

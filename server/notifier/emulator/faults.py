@@ -11,9 +11,17 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    field_validator,
+    model_validator,
+)
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 TerminalStatus = Literal["failed", "undelivered"]
@@ -22,6 +30,40 @@ RATE_LIMITED = 20429
 AMBIGUOUS = 20500  # Twilio failed the answer: the message may or may not have been taken
 
 _HTTP_STATUS = {20003: 401, 20404: 404, 20429: 429, 20500: 500, 20503: 503, 30500: 500}
+
+
+ERROR_MESSAGES = {
+    20003: "Authenticate",
+    20404: "The requested resource was not found",
+    20429: "Too Many Requests",
+    20500: "Internal Server Error",
+    20503: "Service Unavailable",
+    21211: "Invalid 'To' Phone Number",
+    21602: "Message body is required.",
+    21603: "A 'From' phone number is required.",
+    21604: "A 'To' phone number is required.",
+    21608: "The number is unverified. Trial accounts cannot send messages to unverified numbers",
+    21610: "Attempt to send to unsubscribed recipient",
+    21611: "This 'From' number has exceeded the maximum number of queued messages",
+    21612: "The 'To' phone number is not currently reachable using the 'From' phone number",
+    21614: "'To' number is not a valid mobile number",
+    21617: "The concatenated message body exceeds the 1600 character limit.",
+    30001: "Queue overflow",
+    30003: "Unreachable destination handset",
+    30005: "Unknown destination handset",
+    30006: "Landline or unreachable carrier",
+    30007: "Message filtered",
+    30008: "Unknown error",
+    30500: "Internal failure",
+    63016: "Failed to send freeform message because you are outside the allowed window.",
+    63018: "Rate limit exceeded for Channel",
+    63024: "Invalid message recipient",
+}
+
+
+def error_message(code: int) -> str:
+    """Twilio's wording for ``code`` (a generic one for codes the table lacks)."""
+    return ERROR_MESSAGES.get(code, f"Emulated Twilio error {code}")
 
 
 def http_status_for(code: int) -> int:
@@ -37,7 +79,7 @@ class Faults(BaseModel):
     exclusive slices of one draw, so together they may not exceed 1.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
     seed: int = 0
     error_rates: dict[int, Fraction] = Field(default_factory=dict)
@@ -75,6 +117,14 @@ class Faults(BaseModel):
     callback_retry_delay_seconds: NonNegativeFloat = 0.05
     callback_timeout_seconds: Annotated[float, Field(gt=0.0)] = 15.0
     """How long a callback target may take to answer (Twilio waits about 15 s)."""
+
+    @field_validator("to_errors", "to_outcomes", mode="before")
+    @classmethod
+    def _bare_numbers(cls, table: Any) -> Any:
+        """Recipients may be written with ``whatsapp:``; they are matched without it."""
+        if isinstance(table, dict):
+            return {str(to).removeprefix("whatsapp:"): value for to, value in table.items()}
+        return table
 
     @model_validator(mode="after")
     def _fractions_fit(self) -> Self:
