@@ -3,7 +3,10 @@
 A token bucket with a burst allowance lets 2N through in some one-second windows
 (a full bucket plus a second's refill); a sliding log of the last N send times cannot.
 A small guard added to the window absorbs the jitter between taking a slot here and
-the request reaching Twilio, so the limit also holds where Twilio counts.
+the request reaching Twilio, so the limit also holds where Twilio counts. Slots are
+also spaced evenly (window / N apart) instead of granted in bursts of N: a burst
+opens N connections at once, and the uneven delays that causes are exactly the jitter
+that could push N + 1 arrivals into one second at the far end.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ class SlidingWindowLimiter:
         else:
             self.limit, window = 1, 1.0 / rate_per_second
         self.window = window + guard_seconds
+        self.spacing = self.window / self.limit
+        self._last: float | None = None
         self._clock = clock
         self._stamps: deque[float] = deque()
         self._lock = asyncio.Lock()
@@ -40,20 +45,27 @@ class SlidingWindowLimiter:
             self._stamps.popleft()
 
     def headroom(self) -> int:
-        """Sends that could start right now."""
+        """Sends that could start within the next second or so (for sizing claims)."""
         self._expire(self._clock())
         return self.limit - len(self._stamps)
+
+    def _wait_needed(self, now: float) -> float:
+        self._expire(now)
+        wait = 0.0
+        if len(self._stamps) >= self.limit:
+            wait = self._stamps[0] + self.window - now
+        if self._last is not None:
+            wait = max(wait, self._last + self.spacing - now)
+        return wait
 
     async def acquire(self) -> None:
         """Wait for a slot; slots are granted in the order they were asked for."""
         async with self._lock:
-            while True:
-                now = self._clock()
-                self._expire(now)
-                if len(self._stamps) < self.limit:
-                    self._stamps.append(now)
-                    return
-                await asyncio.sleep(self._stamps[0] + self.window - now)
+            while (wait := self._wait_needed(self._clock())) > 0:  # noqa: ASYNC110 - a timed wait, not a poll
+                await asyncio.sleep(wait)
+            now = self._clock()
+            self._stamps.append(now)
+            self._last = now
 
 
 class RateLimiters:

@@ -20,6 +20,7 @@ import hmac
 import json
 import math
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -370,10 +371,11 @@ class _Handlers:
         return self.emulator.credentials.allows(request.headers.get("Authorization"), account)
 
     async def create_message(self, request: Request) -> Response:
+        arrived = (time.monotonic(), datetime.now(UTC))  # before the body: rate tests read it
         body = (await request.body()).decode("utf-8", errors="replace")
         form = Form(parse_qsl(body, keep_blank_values=True))
         record = self.emulator.state.record_request(
-            request.path_params["AccountSid"], list(form.multi_items())
+            request.path_params["AccountSid"], list(form.multi_items()), arrived
         )
         if not self._authorized(request):
             return self._fail(record, 20003)

@@ -195,12 +195,19 @@ class EmulatorState:
         """Every callback attempt, dropped ones included (``dropped=True``), in order."""
         return list(self._callbacks)
 
-    def record_request(self, account_sid: str, params: list[tuple[str, str]]) -> ReceivedRequest:
+    def record_request(
+        self,
+        account_sid: str,
+        params: list[tuple[str, str]],
+        arrived: tuple[float, datetime] | None = None,
+    ) -> ReceivedRequest:
+        """Record a create request; ``arrived`` is its (monotonic, wall) time, default now."""
         self._request_count += 1
+        monotonic, wall = arrived or (time.monotonic(), datetime.now(UTC))
         request = ReceivedRequest(
             index=self._request_count,
-            monotonic=time.monotonic(),
-            received_at=datetime.now(UTC),
+            monotonic=monotonic,
+            received_at=wall,
             account_sid=account_sid,
             params=params,
             status_callback=next((v for k, v in params if k == "StatusCallback"), None),
