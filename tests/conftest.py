@@ -10,8 +10,16 @@ import grpc
 import pytest
 
 from notifier.config import Settings, load_settings
+from notifier.emulator.server import EmulatorServer
 from notifier.server import NotifierServer, create_server
 from notifier_proto.v1 import notifier_pb2_grpc
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[EmulatorServer]:
+    """The Twilio emulator on an ephemeral port, standing in for Twilio."""
+    async with EmulatorServer() as emu:
+        yield emu
 
 
 @pytest.fixture

@@ -28,12 +28,6 @@ TO = "+14155550100"
 Status = pb.GetDeliveryStatusResponse
 
 
-@pytest.fixture
-async def emulator() -> AsyncIterator[EmulatorServer]:
-    async with EmulatorServer() as emu:
-        yield emu
-
-
 def engine_settings(db_path: Path, emu: EmulatorServer, **env: Any) -> Settings:
     values: dict[str, Any] = {
         "NOTIFIER_DATABASE_URL": f"sqlite+aiosqlite:///{db_path}",

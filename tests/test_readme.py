@@ -8,7 +8,9 @@ import re
 import subprocess
 from pathlib import Path
 
+from notifier.emulator.server import EmulatorServer
 from tests.process import BIN
+from tests.test_delivery import engine_settings, start_engine
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -34,8 +36,13 @@ async def run_block(script: str, address: str) -> subprocess.CompletedProcess[st
     )
 
 
-async def test_walkthrough_runs_as_written(address: str) -> None:
-    out = await run_block(block("walkthrough"), address)
+async def test_walkthrough_runs_as_written(db_path: Path, emulator: EmulatorServer) -> None:
+    server, channel = await start_engine(engine_settings(db_path, emulator))
+    try:
+        out = await run_block(block("walkthrough"), f"127.0.0.1:{server.port}")
+    finally:
+        await channel.close()
+        await server.stop(grace=1)
     assert out.returncode == 0, out.stderr
     assert "notifier.v1.Notifier" in out.stdout
     assert '"status": "SERVING"' in out.stdout
@@ -43,8 +50,12 @@ async def test_walkthrough_runs_as_written(address: str) -> None:
     ids = re.findall(r'"message_id": "([0-9A-Z]{26})"', out.stdout)
     assert len(set(ids)) == 1  # the replay and the status name the first message
     assert re.search(r"message id: [0-9A-Z]{26}\n", out.stdout)
-    assert '"status": "MESSAGE_STATUS_PENDING"' in out.stdout
-    assert '"tags": [\n      "restaurant"\n    ]' in out.stdout
+    assert '"status": "MESSAGE_STATUS_PENDING"' in out.stdout  # the first reply
+    assert '"status": "MESSAGE_STATUS_QUEUED"' in out.stdout  # a second later
+    (accepted,) = emulator.state.accepted
+    assert f'"twilio_sid": "{accepted.sid}"' in out.stdout
+    assert '"outcome": "accepted"' in out.stdout
+    assert out.stdout.count('"tags": [\n') >= 2  # status and the listing
 
 
 async def test_invalid_example_shows_every_violation(address: str) -> None:
