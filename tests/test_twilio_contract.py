@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import re
 import socket
 import subprocess
@@ -50,14 +51,34 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+CREATE = "/2010-04-01/Accounts/{AccountSid}/Messages.json"
+
+
+def _spec_for_prism(folder: Path) -> Path:
+    """Twilio's description plus one hint for Prism, which cannot read repeated form keys
+    as an array (stoplightio/prism#2473): ``MediaUrl`` is declared ``explode: false``.
+    For a single media URL, which is what WhatsApp takes, the wire form is the same under
+    both styles (``MediaUrl=<url>``), so the request checked is exactly the one sent."""
+    spec = json.loads(SPEC.read_text())
+    form = spec["paths"][CREATE]["post"]["requestBody"]["content"][
+        "application/x-www-form-urlencoded"
+    ]
+    form["encoding"] = {"MediaUrl": {"style": "form", "explode": False}}
+    path = folder / "twilio_messages_for_prism.json"
+    path.write_text(json.dumps(spec))
+    return path
+
+
 @pytest.fixture(scope="module")
 def prism(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prism]:
     assert PRISM.exists(), "Prism is missing: run `make install` (npm @stoplight/prism-cli)"
     port = _free_port()
-    log_path = tmp_path_factory.mktemp("prism") / "prism.log"
+    folder = tmp_path_factory.mktemp("prism")
+    spec = _spec_for_prism(folder)
+    log_path = folder / "prism.log"
     with log_path.open("w") as log:
         proc = subprocess.Popen(
-            [str(PRISM), "mock", "--errors", "-h", "127.0.0.1", "-p", str(port), str(SPEC)],
+            [str(PRISM), "mock", "--errors", "-h", "127.0.0.1", "-p", str(port), str(spec)],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -124,21 +145,24 @@ async def test_template_message_is_a_valid_create(prism: Prism, provider: Twilio
     await _validated(prism, provider, _message(content_sid=SID, variables={"1": "Ana"}))
 
 
-async def test_media_message_is_valid_but_for_prisms_form_array_limitation(
-    prism: Prism, provider: TwilioProvider
-) -> None:
-    """Twilio takes media as repeated ``MediaUrl`` form fields, which the SDK sends; Prism
-    cannot read repeated form keys as an array (stoplightio/prism#2473, fix pending in
-    #2654), so it flags exactly that field and nothing else of the request."""
+async def test_media_message_is_a_valid_create(prism: Prism, provider: TwilioProvider) -> None:
+    await _validated(
+        prism, provider, _message(body="Receipt", media_urls=("https://example.com/r.pdf",))
+    )
+
+
+async def test_media_only_message_is_a_valid_create(prism: Prism, provider: TwilioProvider) -> None:
+    await _validated(prism, provider, _message(media_urls=("https://example.com/menu.jpg",)))
+
+
+async def test_an_invalid_request_is_caught(prism: Prism, provider: TwilioProvider) -> None:
+    """The check can fail: a bad media URL is reported by Prism and refused."""
     mark = prism.mark()
     with pytest.raises(ProviderError) as info:
-        await provider.send(_message(body="Receipt", media_urls=("https://example.com/r.pdf",)))
+        await provider.send(_message(body="x", media_urls=("notaurl",)))
     assert info.value.http_status == 422
     await asyncio.sleep(0.2)
-    assert prism.violations(mark) == [
-        "⚠  warning   Request did not pass the validation rules",
-        "✖  error     Request body property MediaUrl must be array",
-    ]
+    assert any("MediaUrl" in line for line in prism.violations(mark))
 
 
 async def test_sms_through_a_messaging_service_with_validity(prism: Prism) -> None:
