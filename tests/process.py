@@ -37,6 +37,7 @@ def notifier_env(db_path: Path, **extra: str) -> dict[str, str]:
         NOTIFIER_DATABASE_URL=f"sqlite+aiosqlite:///{db_path}",
         NOTIFIER_GRPC_ADDR="127.0.0.1:0",
         NOTIFIER_EMULATOR_ADDR="127.0.0.1:0",
+        NOTIFIER_HTTP_ADDR="127.0.0.1:0",
         PYTHONUNBUFFERED="1",
     )
     env.update(extra)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -16,7 +17,7 @@ from notifier.config import ConfigError, Settings, load_settings
 from notifier.emulator import DEV_ACCOUNT_SID, DEV_AUTH_TOKEN, DEV_FROM
 from notifier.emulator.faults import Faults
 from notifier.emulator.server import EmulatorServer, run_emulator
-from notifier.server import StartupError, create_server
+from notifier.server import StartupError, create_server, create_sidecar, sidecar_urls
 from notifier.storage.engine import create_database
 from notifier.storage.migrate import upgrade
 
@@ -25,7 +26,7 @@ log = logging.getLogger("notifier")
 
 def _banner(settings: Settings, port: int, emulator: EmulatorServer | None) -> str:
     host = settings.grpc_addr.rpartition(":")[0]
-    lines = [f"notifier: database {settings.database_url}"]
+    lines = []
     if emulator is not None:
         lines.append(
             f"notifier: *** TWILIO EMULATOR at {emulator.url} - no TWILIO_* credentials set, "
@@ -62,33 +63,45 @@ def _use_emulator(settings: Settings, emulator: EmulatorServer) -> Settings:
     )
 
 
-async def _serve(settings: Settings) -> int:
+async def _serve(settings: Settings, part: str) -> int:
+    """``all`` (development): sidecar, gRPC server and, without credentials, the emulator."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    emulator = None
-    if not settings.has_twilio_credentials:
-        if not settings.is_development:
-            raise StartupError(
-                "production needs Twilio credentials: set TWILIO_ACCOUNT_SID and "
-                "TWILIO_AUTH_TOKEN (or TWILIO_API_KEY and TWILIO_API_SECRET)"
-            )
-        emulator = await _start_emulator(settings)
-        settings = _use_emulator(settings, emulator)
-    try:
-        notifier = await create_server(settings)
-        await notifier.start()
-        print(_banner(settings, notifier.port, emulator), flush=True)
+    async with contextlib.AsyncExitStack() as running:
+        emulator = None
+        if part != "webhooks" and not settings.has_twilio_credentials:
+            if not settings.is_development:
+                raise StartupError(
+                    "production needs Twilio credentials: set TWILIO_ACCOUNT_SID and "
+                    "TWILIO_AUTH_TOKEN (or TWILIO_API_KEY and TWILIO_API_SECRET)"
+                )
+            emulator = await _start_emulator(settings)
+            running.push_async_callback(emulator.stop)
+            settings = _use_emulator(settings, emulator)
+        if part == "webhooks" and not settings.webhook_tokens and settings.is_development:
+            log.warning("no TWILIO_AUTH_TOKEN: accepting webhooks signed for the emulator")
+            settings = settings.model_copy(update={"twilio_auth_token": SecretStr(DEV_AUTH_TOKEN)})
+        lines = [f"notifier: database {settings.database_url}"]
+        if part in ("all", "webhooks"):
+            sidecar, settings = await create_sidecar(settings)
+            await sidecar.start()
+            running.push_async_callback(sidecar.stop)
+            lines.append(f"notifier: webhooks serving on {sidecar.url}")
+        elif settings.status_callback_url is None and settings.is_development:
+            settings = sidecar_urls(settings, f"http://{settings.http_addr}")
+        if part in ("all", "grpc"):
+            notifier = await create_server(settings)
+            await notifier.start()
+            grace = settings.shutdown_grace_seconds
+            running.push_async_callback(notifier.stop, grace)
+            lines.append(_banner(settings, notifier.port, emulator))
+        print("\n".join(lines), flush=True)
         await stop.wait()
         log.info(
-            "shutting down: finishing calls in flight (grace %.1fs)",
-            settings.shutdown_grace_seconds,
+            "shutting down: finishing work in flight (grace %.1fs)", settings.shutdown_grace_seconds
         )
-        await notifier.stop(settings.shutdown_grace_seconds)
-    finally:
-        if emulator is not None:
-            await emulator.stop()
     print("notifier: stopped", flush=True)
     return 0
 
@@ -176,10 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "db":
             return asyncio.run(_db_upgrade(settings))
-        if args.part == "webhooks":
-            print("notifier: the webhook sidecar is not part of this version yet", file=sys.stderr)
-            return 2
-        return asyncio.run(_serve(settings))
+        return asyncio.run(_serve(settings, args.part))
     except StartupError as exc:
         print(f"notifier: {exc}", file=sys.stderr)
         return 1

@@ -90,6 +90,17 @@ class Settings(BaseSettings):
     dispatcher_enabled: bool = Field(True, alias="NOTIFIER_DISPATCHER_ENABLED")
     lease_seconds: float = Field(60, alias="NOTIFIER_LEASE_SECONDS", ge=1)
     emulator_addr: str = Field("127.0.0.1:8090", alias="NOTIFIER_EMULATOR_ADDR")
+    status_path: str = Field("/api/v1/whatsapp/status", alias="NOTIFIER_STATUS_PATH")
+    inbound_path: str = Field("/api/v1/whatsapp/webhook", alias="NOTIFIER_INBOUND_PATH")
+    webhook_max_bytes: int = Field(65_536, alias="NOTIFIER_WEBHOOK_MAX_BYTES", ge=1024)
+    opt_out_keywords: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"],
+        alias="NOTIFIER_OPT_OUT_KEYWORDS",
+    )
+    opt_in_keywords: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["START", "YES", "UNSTOP"], alias="NOTIFIER_OPT_IN_KEYWORDS"
+    )
+    refuse_outside_window: bool = Field(False, alias="NOTIFIER_REFUSE_OUTSIDE_WINDOW")
     idempotency_ttl_hours: float = Field(24, alias="NOTIFIER_IDEMPOTENCY_TTL_HOURS", ge=24)
     shutdown_grace_seconds: float = Field(10, alias="NOTIFIER_SHUTDOWN_GRACE_SECONDS", ge=0)
     health_interval_seconds: float = Field(1, alias="NOTIFIER_HEALTH_INTERVAL_SECONDS", gt=0)
@@ -108,6 +119,21 @@ class Settings(BaseSettings):
     def _check_database_url(cls, value: str) -> str:
         if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
             raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+        return value
+
+    @field_validator("opt_out_keywords", "opt_in_keywords", mode="before")
+    @classmethod
+    def _check_keywords(cls, value: object) -> list[str]:
+        words = [w.upper() for w in _split(value)]
+        if any(not w.isalnum() for w in words):
+            raise ValueError("must be comma-separated single words, e.g. STOP,UNSUBSCRIBE")
+        return words
+
+    @field_validator("status_path", "inbound_path")
+    @classmethod
+    def _check_path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("must be a path starting with /")
         return value
 
     @field_validator("twilio_whatsapp_from")
@@ -169,6 +195,17 @@ class Settings(BaseSettings):
         if self.migrate_on_start is None:
             return self.is_development
         return self.migrate_on_start
+
+    @property
+    def webhook_tokens(self) -> list[str]:
+        """Tokens that may sign Twilio's requests: the auth token, and during a rotation
+        the secondary one (webhooks are signed with the auth token even when REST calls
+        use an API key)."""
+        return [
+            t.get_secret_value()
+            for t in (self.twilio_auth_token, self.twilio_auth_token_secondary)
+            if t is not None
+        ]
 
     @property
     def has_twilio_credentials(self) -> bool:

@@ -5,16 +5,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from pydantic import AnyHttpUrl
 
 from notifier.api.errors import ErrorInterceptor
 from notifier.api.service import NotifierServicer
+from notifier.asgi_server import InProcessServer, bind
 from notifier.config import Settings
 from notifier.dispatch.dispatcher import DispatchConfig, Dispatcher
 from notifier.dispatch.rate_limit import RateLimiters
+from notifier.domain.inbound import Keywords
 from notifier.domain.retry import RetryPolicy
 from notifier.domain.service import MessageService
 from notifier.health import StorageHealth
@@ -22,6 +26,7 @@ from notifier.storage.engine import Database, create_database
 from notifier.storage.migrate import pending_revisions, upgrade
 from notifier.storage.repository import Repository
 from notifier.twilio_provider import TwilioConfig, TwilioProvider
+from notifier.webhooks.app import WebhookConfig, create_webhook_app
 from notifier_proto.v1 import notifier_pb2, notifier_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -29,6 +34,77 @@ log = logging.getLogger(__name__)
 
 class StartupError(Exception):
     """The server cannot start; the message says what to do."""
+
+
+@dataclass(slots=True)
+class Sidecar:
+    """The webhook sidecar on its port, with the storage it uses."""
+
+    http: InProcessServer
+    db: Database
+    owns_db: bool
+
+    @property
+    def url(self) -> str:
+        return self.http.url
+
+    async def start(self) -> None:
+        await self.http.start()
+
+    async def stop(self) -> None:
+        await self.http.stop()
+        if self.owns_db:
+            await self.db.dispose()
+
+
+def _split_addr(addr: str) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    return host, int(port)
+
+
+def sidecar_urls(settings: Settings, base: str) -> Settings:
+    """Development default: Twilio calls the sidecar itself at ``base``."""
+    update: dict[str, Any] = {}
+    if settings.status_callback_url is None:
+        update["status_callback_url"] = AnyHttpUrl(base + settings.status_path)
+    if settings.webhook_url is None:
+        update["webhook_url"] = AnyHttpUrl(base + settings.inbound_path)
+    return settings.model_copy(update=update) if update else settings
+
+
+async def create_sidecar(
+    settings: Settings, db: Database | None = None
+) -> tuple[Sidecar, Settings]:
+    """The sidecar bound to NOTIFIER_HTTP_ADDR; returns it with the settings it implies
+    (in development, Twilio's URLs default to the sidecar's own)."""
+    host, port = _split_addr(settings.http_addr)
+    try:
+        sock = bind(host, port)
+    except OSError as exc:
+        raise StartupError(f"cannot listen on {settings.http_addr}: {exc.strerror}") from exc
+    base = f"http://{host}:{sock.getsockname()[1]}"
+    if settings.is_development:
+        settings = sidecar_urls(settings, base)
+    if settings.status_callback_url is None or settings.webhook_url is None:
+        sock.close()
+        raise StartupError("set STATUS_CALLBACK_URL and WEBHOOK_URL: the public URLs Twilio calls")
+    owns_db = db is None
+    if db is None:
+        db = await prepare_storage(settings)
+    repository = Repository(db)
+    config = WebhookConfig(
+        status_url=str(settings.status_callback_url),
+        inbound_url=str(settings.webhook_url),
+        status_path=settings.status_path,
+        inbound_path=settings.inbound_path,
+        tokens=settings.webhook_tokens,
+        max_bytes=settings.webhook_max_bytes,
+        keywords=Keywords(
+            frozenset(settings.opt_out_keywords), frozenset(settings.opt_in_keywords)
+        ),
+    )
+    app = create_webhook_app(repository, config)
+    return Sidecar(InProcessServer(app, host, sock=sock), db, owns_db), settings
 
 
 @dataclass(slots=True)
@@ -114,7 +190,7 @@ def _dispatcher(settings: Settings, repository: Repository, provider: TwilioProv
 async def create_server(settings: Settings, addr: str | None = None) -> NotifierServer:
     """Build the gRPC server bound to ``addr`` (port 0 picks a free one)."""
     db = await prepare_storage(settings)
-    repository = Repository(db)
+    repository = Repository(db, refuse_outside_window=settings.refuse_outside_window)
     messages = MessageService(
         repository, idempotency_ttl_ms=int(settings.idempotency_ttl_hours * 3600 * 1000)
     )

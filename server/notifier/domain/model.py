@@ -41,6 +41,32 @@ _TERMINAL = frozenset(
     {Status.READ, Status.FAILED, Status.UNDELIVERED, Status.CANCELED, Status.EXPIRED}
 )
 
+# How far along the success path a status is. A failure counts as far as delivery: it
+# ends a message that was queued or sent, but never undoes a delivery.
+_RANK = {
+    Status.PENDING: 0,
+    Status.SCHEDULED: 0,
+    Status.QUEUED: 1,
+    Status.ACCEPTED: 1,
+    Status.SENDING: 2,
+    Status.SENT: 3,
+    Status.DELIVERED: 4,
+    Status.FAILED: 4,
+    Status.UNDELIVERED: 4,
+    Status.READ: 5,
+    Status.CANCELED: 6,
+    Status.EXPIRED: 6,
+}
+
+
+def moves_forward(current: Status, new: Status) -> bool:
+    """Whether a reported status may replace the current one: updates are monotonic,
+    so a late or repeated callback never moves a message back (a late "sent" never
+    undoes "read"), and nothing leaves a terminal status."""
+    if current.is_terminal:
+        return False
+    return _RANK[new] > _RANK[current]
+
 
 @dataclass(frozen=True, slots=True)
 class NewMessage:
@@ -183,6 +209,24 @@ class Transition:
     twilio_sid: str | None = None
     error_code: int | None = None
     error_message: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReport:
+    """A status Twilio reported for a message (a status callback)."""
+
+    status: Status
+    twilio_sid: str
+    message_id: str | None = None  # from our StatusCallback URL, when present
+    error_code: int | None = None
+    error_message: str | None = None
+
+
+class CallbackResult(enum.StrEnum):
+    APPLIED = "applied"  # the message moved to the reported status
+    RECORDED = "recorded"  # kept in the history, but out of order: status unchanged
+    DUPLICATE = "duplicate"  # this status was already reported for this message
+    UNKNOWN = "unknown"  # no such message here
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,29 +9,15 @@ the socket itself, so a busy port is a plain ``OSError`` instead of uvicorn's
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
-import socket
-from collections.abc import Generator
 from types import TracebackType
 from typing import Self
 
-import uvicorn
-
+from notifier.asgi_server import InProcessServer
 from notifier.emulator import DEV_ACCOUNT_SID, DEV_AUTH_TOKEN
 from notifier.emulator.app import Credentials, Emulator, create_app
 from notifier.emulator.faults import Faults
 from notifier.emulator.state import EmulatorState
-
-GRACEFUL_STOP_SECONDS = 5
-
-
-class _InProcessServer(uvicorn.Server):
-    """uvicorn without its signal handlers: the owner of the event loop decides when to stop."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
 
 
 class EmulatorServer:
@@ -52,8 +38,7 @@ class EmulatorServer:
         self.emulator = Emulator(credentials, faults)
         self._host = host
         self._requested_port = port
-        self._server: _InProcessServer | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._http: InProcessServer | None = None
         self.port = 0
 
     @property
@@ -88,48 +73,19 @@ class EmulatorServer:
 
     async def start(self) -> None:
         """Listen, and return once uvicorn has started (lifespan done, socket open)."""
-        config = uvicorn.Config(
-            create_app(self.emulator),
-            lifespan="on",
-            log_config=None,
-            log_level="warning",
-            access_log=False,
-            timeout_graceful_shutdown=GRACEFUL_STOP_SECONDS,
-        )
-        server = _InProcessServer(config)
-        self._server = server
-        self._task = asyncio.create_task(server.serve(sockets=[self._bind()]))
-        while not server.started:
-            if self._task.done():
-                await self._task
-                raise RuntimeError("the Twilio emulator stopped while starting")
-            await asyncio.sleep(0.005)
-        self.port = server.servers[0].sockets[0].getsockname()[1]
-
-    def _bind(self) -> socket.socket:
-        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
-        # IPPROTO_TCP, not 0: asyncio only sets TCP_NODELAY on accepted sockets whose
-        # protocol says TCP, and without it every answer waits ~40 ms for a delayed ACK.
-        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((self._host, self._requested_port))
-        except OSError:
-            sock.close()
-            raise
-        return sock
+        self._http = InProcessServer(create_app(self.emulator), self._host, self._requested_port)
+        await self._http.start()
+        self.port = self._http.port
 
     async def stop(self) -> None:
         """Stop: wake held requests, close connections, cancel pending callbacks."""
-        if self._server is None or self._task is None:
+        if self._http is None:
             return
         self.emulator.begin_shutdown()
-        self._server.should_exit = True
         try:
-            await self._task
+            await self._http.stop()
         finally:
-            self._server = None
-            self._task = None
+            self._http = None
 
     async def __aenter__(self) -> Self:
         await self.start()

@@ -19,10 +19,12 @@ from notifier.domain.errors import (
     PreconditionFailed,
     StorageUnavailable,
 )
+from notifier.domain.inbound import WINDOW_MS, Consent, InboundMessage
 from notifier.domain.model import (
     Accepted,
     Attempt,
     AttemptRecord,
+    CallbackResult,
     Channel,
     Delivery,
     MessageQuery,
@@ -31,16 +33,26 @@ from notifier.domain.model import (
     RetryOutcome,
     Status,
     StatusEvent,
+    StatusReport,
     Transition,
+    moves_forward,
 )
 from notifier.storage.engine import Database
 from notifier.storage.tables import (
     delivery_attempts,
     idempotency_keys,
+    inbound_messages,
     message_tags,
     messages,
+    recipients,
     status_events,
 )
+
+_FIRST_REACHED = {
+    Status.SENT: "sent_at",
+    Status.DELIVERED: "delivered_at",
+    Status.READ: "read_at",
+}
 
 
 @asynccontextmanager
@@ -61,9 +73,12 @@ def new_message_id() -> str:
 
 
 class Repository:
-    def __init__(self, db: Database, clock: Clock = now_ms) -> None:
+    def __init__(
+        self, db: Database, clock: Clock = now_ms, *, refuse_outside_window: bool = False
+    ) -> None:
         self._db = db
         self._clock = clock
+        self.refuse_outside_window = refuse_outside_window
 
     async def ping(self) -> None:
         """Check that a write could start now (SQLite: take and drop the write lock)."""
@@ -121,6 +136,7 @@ class Repository:
                         idempotency_keys.c.caller == caller, idempotency_keys.c.key == key
                     )
                 )
+        await self._check_recipient(conn, message, now)
         message_id = new_message_id()
         status = Status.SCHEDULED if message.send_at_ms is not None else Status.PENDING
         row = {
@@ -161,6 +177,169 @@ class Repository:
                 ],
             )
         return Accepted(_record(row, message.tags), replayed=False)
+
+    async def _check_recipient(self, conn: AsyncConnection, message: NewMessage, now: int) -> None:
+        row = (
+            await conn.execute(
+                select(recipients.c.opted_out, recipients.c.last_inbound_at).where(
+                    recipients.c.channel == message.channel.value,
+                    recipients.c.address == message.to,
+                )
+            )
+        ).first()
+        if row is not None and row.opted_out:
+            raise PreconditionFailed(
+                message.to,
+                "OPTED_OUT",
+                f"{message.to} opted out (sent an opt-out keyword); "
+                "nothing is sent until they opt in again",
+            )
+        if self.refuse_outside_window and message.channel.value == "whatsapp":
+            last = row.last_inbound_at if row is not None else None
+            if message.body is not None and (last is None or now - last >= WINDOW_MS):
+                raise PreconditionFailed(
+                    message.to,
+                    "OUTSIDE_WINDOW",
+                    f"{message.to} has not written in the last 24 hours: WhatsApp only "
+                    "allows approved templates (content_sid) now (Twilio error 63016)",
+                )
+
+    # -- status callbacks and inbound messages ---------------------------------------
+
+    async def apply_report(self, report: StatusReport) -> tuple[CallbackResult, str | None]:
+        """Record a status Twilio reported; move the message only forward."""
+        now = self._clock()
+        async with _storage_errors(), self._db.writer.begin() as conn:
+            row = None
+            if report.message_id:
+                row = (
+                    await conn.execute(select(messages).where(messages.c.id == report.message_id))
+                ).first()
+            if row is None:
+                row = (
+                    await conn.execute(
+                        select(messages).where(messages.c.twilio_sid == report.twilio_sid)
+                    )
+                ).first()
+            if row is None:
+                return CallbackResult.UNKNOWN, None
+            seen = (
+                await conn.execute(
+                    select(status_events.c.id).where(
+                        status_events.c.message_id == row.id,
+                        status_events.c.status == report.status.value,
+                        status_events.c.source == "callback",
+                    )
+                )
+            ).first()
+            if seen is not None:
+                return CallbackResult.DUPLICATE, row.id
+            # A callback about an earlier Twilio message of a re-queued message only
+            # goes into the history.
+            same_send = row.twilio_sid in (None, report.twilio_sid)
+            applies = same_send and moves_forward(Status(row.status), report.status)
+            values: dict[str, Any] = {"updated_at": now}
+            if row.twilio_sid is None:
+                values["twilio_sid"] = report.twilio_sid
+            if applies:
+                values["status"] = report.status.value
+                if report.error_code is not None:
+                    values["error_code"] = report.error_code
+                    values["error_message"] = report.error_message
+            column = _FIRST_REACHED.get(report.status)
+            if same_send and column is not None and getattr(row, column) is None:
+                values[column] = now
+            await conn.execute(update(messages).where(messages.c.id == row.id).values(**values))
+            await conn.execute(
+                insert(status_events),
+                [
+                    {
+                        "message_id": row.id,
+                        "status": report.status.value,
+                        "source": "callback",
+                        "occurred_at": now,
+                        "error_code": report.error_code,
+                        "applied": applies,
+                    }
+                ],
+            )
+        return (CallbackResult.APPLIED if applies else CallbackResult.RECORDED), row.id
+
+    async def record_inbound(self, inbound: InboundMessage, consent: Consent | None) -> bool:
+        """Store an inbound message and update its sender's window and consent.
+
+        Returns False for a repeat of a message already stored (Twilio retries).
+        """
+        now = self._clock()
+        async with _storage_errors(), self._db.writer.begin() as conn:
+            seen = (
+                await conn.execute(
+                    select(inbound_messages.c.id).where(
+                        inbound_messages.c.message_sid == inbound.message_sid
+                    )
+                )
+            ).first()
+            if seen is not None:
+                return False
+            await conn.execute(
+                insert(inbound_messages),
+                [
+                    {
+                        "id": new_message_id(),
+                        "message_sid": inbound.message_sid,
+                        "from_addr": inbound.from_addr,
+                        "to_addr": inbound.to_addr,
+                        "channel": inbound.channel,
+                        "body": inbound.body,
+                        "media": json.dumps(
+                            [{"url": u, "content_type": t} for u, t in inbound.media]
+                        )
+                        if inbound.media
+                        else None,
+                        "profile_name": inbound.profile_name,
+                        "wa_id": inbound.wa_id,
+                        "received_at": now,
+                    }
+                ],
+            )
+            key = {"channel": inbound.channel, "address": inbound.from_addr}
+            values: dict[str, Any] = {"last_inbound_at": now, "updated_at": now}
+            if consent is Consent.OPT_OUT:
+                values |= {"opted_out": True, "opted_out_at": now}
+            elif consent is Consent.OPT_IN:
+                values |= {"opted_out": False}
+            changed = (
+                await conn.execute(
+                    update(recipients)
+                    .where(
+                        recipients.c.channel == inbound.channel,
+                        recipients.c.address == inbound.from_addr,
+                    )
+                    .values(**values)
+                )
+            ).rowcount
+            if not changed:
+                await conn.execute(insert(recipients), [{**key, **values}])
+        return True
+
+    async def status_counts(self) -> tuple[dict[str, int], int, int | None]:
+        """(messages per status, due PENDING messages, oldest due PENDING creation time)."""
+        now = self._clock()
+        async with _storage_errors(), self._db.reader.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(messages.c.status, func.count()).group_by(messages.c.status)
+                )
+            ).all()
+            due = (
+                await conn.execute(
+                    select(func.count(), func.min(messages.c.created_at)).where(
+                        messages.c.status == Status.PENDING.value,
+                        messages.c.next_attempt_at <= now,
+                    )
+                )
+            ).one()
+        return {str(k): int(v) for k, v in rows}, int(due[0]), due[1]
 
     # -- the outbox, as the dispatcher uses it -------------------------------------
 
@@ -257,12 +436,20 @@ class Repository:
                 await _add_event(
                     conn, message_id, transition.status, "dispatcher", now, transition.error_code
                 )
-            elif not changed and transition.twilio_sid is not None:
+            elif not changed:
+                # A callback (or a cancel) moved it on first; keep the attempt's facts.
+                late: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None}
+                if attempt is not None:
+                    late["attempts"] = messages.c.attempts + 1
                 await conn.execute(
-                    update(messages)
-                    .where(messages.c.id == message_id, messages.c.twilio_sid.is_(None))
-                    .values(twilio_sid=transition.twilio_sid, lease_owner=None)
+                    update(messages).where(messages.c.id == message_id).values(**late)
                 )
+                if transition.twilio_sid is not None:
+                    await conn.execute(
+                        update(messages)
+                        .where(messages.c.id == message_id, messages.c.twilio_sid.is_(None))
+                        .values(twilio_sid=transition.twilio_sid)
+                    )
 
     async def release(self, owner: str, ids: Sequence[str]) -> int:
         """Give back leases that were never used, so another worker takes them now."""

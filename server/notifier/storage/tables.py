@@ -48,6 +48,11 @@ messages = Table(
     Column("traceparent", String(55)),
     Column("created_at", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
+    # When each success-path status was first reached (from callbacks, in any order):
+    # kept here so delivery times and metrics are plain column arithmetic in SQL.
+    Column("sent_at", BigInteger),
+    Column("delivered_at", BigInteger),
+    Column("read_at", BigInteger),
     Index(None, "status", "next_attempt_at"),
     Index(None, "created_at"),
     Index(None, "to_addr", "created_at"),
@@ -116,4 +121,31 @@ delivery_attempts = Table(
     Column("error_message", Text),
     Column("twilio_sid", String(34)),
     Column("worker", String(64)),
+)
+
+inbound_messages = Table(
+    "inbound_messages",
+    metadata,
+    Column("id", String(26), primary_key=True),
+    Column("message_sid", String(34), unique=True),
+    Column("from_addr", String(32), nullable=False),  # E.164, no prefix
+    Column("to_addr", String(48), nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("body", Text),
+    Column("media", Text),  # JSON array of {"url", "content_type"}
+    Column("profile_name", String(256)),
+    Column("wa_id", String(32)),
+    Column("received_at", BigInteger, nullable=False),
+    Index(None, "from_addr", "received_at"),
+)
+
+recipients = Table(
+    "recipients",
+    metadata,
+    Column("channel", String(16), primary_key=True),
+    Column("address", String(32), primary_key=True),  # E.164
+    Column("opted_out", Boolean, nullable=False, server_default="0"),
+    Column("opted_out_at", BigInteger),
+    Column("last_inbound_at", BigInteger),  # opens the 24-hour WhatsApp window
+    Column("updated_at", BigInteger, nullable=False),
 )

@@ -1,0 +1,1 @@
+"""The webhook sidecar: Twilio's status callbacks and inbound messages, health, metrics."""
