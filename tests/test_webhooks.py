@@ -1,0 +1,452 @@
+"""The webhook sidecar: signed status callbacks, inbound messages, health and metrics.
+
+Most tests drive the Starlette app over ASGI against a real SQLite file; the last ones
+run the whole path on real ports: dispatcher -> emulator -> signed callback -> sidecar.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
+
+import grpc
+import httpx
+import pytest
+from twilio.request_validator import RequestValidator
+
+from notifier.config import Settings
+from notifier.domain.inbound import Keywords
+from notifier.domain.model import AttemptRecord, Channel, NewMessage, Status, Transition
+from notifier.emulator.faults import Faults
+from notifier.emulator.server import EmulatorServer
+from notifier.server import create_sidecar, prepare_storage
+from notifier.storage.engine import Database
+from notifier.storage.repository import Repository
+from notifier.webhooks.app import WebhookConfig, create_webhook_app
+from notifier_proto.v1 import notifier_pb2 as pb
+from tests.conftest import count_rows
+from tests.helpers import details
+from tests.test_delivery import Engine, engine_settings
+
+if TYPE_CHECKING:
+    from notifier_proto.v1.notifier_pb2_grpc import NotifierAsyncStub as Stub
+
+TOKEN, OLD_TOKEN = "a" * 32, "b" * 32
+STATUS_URL = "https://notifier.example.com/api/v1/whatsapp/status"
+INBOUND_URL = "https://notifier.example.com/api/v1/whatsapp/webhook"
+SID = "SM" + "1" * 32
+
+
+@pytest.fixture
+async def db(settings: Settings) -> AsyncIterator[Database]:
+    database = await prepare_storage(settings)
+    yield database
+    await database.dispose()
+
+
+@pytest.fixture
+def repo(db: Database) -> Repository:
+    return Repository(db)
+
+
+@pytest.fixture
+async def client(repo: Repository) -> AsyncIterator[httpx.AsyncClient]:
+    config = WebhookConfig(
+        status_url=STATUS_URL,
+        inbound_url=INBOUND_URL,
+        status_path="/api/v1/whatsapp/status",
+        inbound_path="/api/v1/whatsapp/webhook",
+        tokens=[TOKEN, OLD_TOKEN],
+        max_bytes=4096,
+        keywords=Keywords(frozenset({"STOP", "UNSUBSCRIBE"}), frozenset({"START"})),
+    )
+    app = create_webhook_app(repo, config)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://sidecar.internal") as c:
+        yield c
+
+
+async def queued_message(repo: Repository, sid: str | None = SID) -> str:
+    """A message the dispatcher has handed to Twilio (or not yet, with sid=None)."""
+    accepted = await repo.add_message(
+        NewMessage(to="+14155550100", channel=Channel.WHATSAPP, body="hi"),
+        caller="",
+        request_hash=None,
+        key_ttl_ms=1,
+    )
+    mid = accepted.message.id
+    if sid is not None:
+        attempt = AttemptRecord(1, 2, "accepted", 201, twilio_sid=sid)
+        await repo.record_attempt(mid, attempt, Transition(Status.QUEUED, twilio_sid=sid))
+    return mid
+
+
+def signed(
+    url: str, params: dict[str, str], token: str = TOKEN, query: str = ""
+) -> tuple[str, dict[str, str]]:
+    full = f"{url}?{query}" if query else url
+    signature = RequestValidator(token).compute_signature(full, params)
+    return urlencode(params), {
+        "X-Twilio-Signature": signature,
+        "Content-Type": "application/x-www-form-urlencoded",
+    }
+
+
+def callback(status: str, sid: str = SID, **extra: str) -> dict[str, str]:
+    return {
+        "MessageSid": sid,
+        "SmsSid": sid,
+        "MessageStatus": status,
+        "SmsStatus": status,
+        "AccountSid": "AC" + "0" * 32,
+        "From": "whatsapp:+14155238886",
+        "To": "whatsapp:+14155550100",
+        "ApiVersion": "2010-04-01",
+        "ChannelPrefix": "whatsapp",
+        **extra,
+    }
+
+
+async def post_status(
+    client: httpx.AsyncClient, params: dict[str, str], token: str = TOKEN, query: str = ""
+) -> httpx.Response:
+    body, headers = signed(STATUS_URL, params, token, query)
+    path = "/api/v1/whatsapp/status" + (f"?{query}" if query else "")
+    return await client.post(path, content=body, headers=headers)
+
+
+def history(db_path: Path, mid: str) -> list[tuple[str, str, int]]:
+    with sqlite3.connect(db_path) as conn:
+        return list(
+            conn.execute(
+                "SELECT status, source, applied FROM status_events"
+                " WHERE message_id = ? ORDER BY id",
+                (mid,),
+            )
+        )
+
+
+def message_row(db_path: Path, mid: str) -> sqlite3.Row:
+    with sqlite3.connect(db_path) as conn:
+        conn.row_factory = sqlite3.Row
+        row: sqlite3.Row = conn.execute("SELECT * FROM messages WHERE id = ?", (mid,)).fetchone()
+        return row
+
+
+async def test_signed_callbacks_move_the_message_forward(
+    client: httpx.AsyncClient, repo: Repository, db_path: Path
+) -> None:
+    mid = await queued_message(repo)
+    for status in ("sent", "delivered", "read"):
+        reply = await post_status(client, callback(status))
+        assert reply.status_code == 200
+    row = message_row(db_path, mid)
+    assert row["status"] == "read"
+    assert row["sent_at"] <= row["delivered_at"] <= row["read_at"]
+    assert history(db_path, mid)[-3:] == [
+        ("sent", "callback", 1),
+        ("delivered", "callback", 1),
+        ("read", "callback", 1),
+    ]
+
+
+@pytest.mark.parametrize(
+    "forge",
+    [
+        "missing signature",
+        "wrong token",
+        "other URL",
+        "tampered status",
+        "added parameter",
+        "garbage signature",
+    ],
+)
+async def test_forged_callbacks_are_403_and_store_nothing(
+    client: httpx.AsyncClient, repo: Repository, db_path: Path, forge: str
+) -> None:
+    mid = await queued_message(repo)
+    before = history(db_path, mid)
+    params = callback("delivered")
+    body, headers = signed(STATUS_URL, params)
+    if forge == "missing signature":
+        del headers["X-Twilio-Signature"]
+    elif forge == "wrong token":
+        body, headers = signed(STATUS_URL, params, token="c" * 32)
+    elif forge == "other URL":
+        body, headers = signed("https://evil.example.com/api/v1/whatsapp/status", params)
+    elif forge == "tampered status":
+        body = urlencode({**params, "MessageStatus": "read"})
+    elif forge == "added parameter":
+        body = urlencode({**params, "ErrorCode": "30003"})
+    else:
+        headers["X-Twilio-Signature"] = "bm90IGEgc2lnbmF0dXJl"
+    reply = await client.post("/api/v1/whatsapp/status", content=body, headers=headers)
+    assert reply.status_code == 403
+    assert history(db_path, mid) == before
+    assert message_row(db_path, mid)["status"] == "queued"
+
+
+async def test_both_tokens_validate_during_a_rotation(
+    client: httpx.AsyncClient, repo: Repository, db_path: Path
+) -> None:
+    mid = await queued_message(repo)
+    assert (await post_status(client, callback("sent"), token=OLD_TOKEN)).status_code == 200
+    assert (await post_status(client, callback("delivered"), token=TOKEN)).status_code == 200
+    assert message_row(db_path, mid)["status"] == "delivered"
+
+
+async def test_replayed_and_duplicated_callbacks_are_harmless(
+    client: httpx.AsyncClient, repo: Repository, db_path: Path
+) -> None:
+    mid = await queued_message(repo)
+    for _ in range(3):
+        assert (await post_status(client, callback("delivered"))).status_code == 200
+    assert [h for h in history(db_path, mid) if h[1] == "callback"] == [
+        ("delivered", "callback", 1)
+    ]
+    metrics = (await client.get("/metrics")).text
+    assert 'notifier_status_callbacks_total{result="duplicate"} 2.0' in metrics
+
+
+async def test_out_of_order_callbacks_never_move_back(
+    client: httpx.AsyncClient, repo: Repository, db_path: Path
+) -> None:
+    mid = await queued_message(repo)
+    for status in ("read", "delivered", "sent", "failed"):
+        assert (await post_status(client, callback(status))).status_code == 200
+    row = message_row(db_path, mid)
+    assert row["status"] == "read"
+    assert row["sent_at"] is not None  # the late "sent" still dates the step
+    assert history(db_path, mid)[-4:] == [
+        ("read", "callback", 1),
+        ("delivered", "callback", 0),
+        ("sent", "callback", 0),
+        ("failed", "callback", 0),
+    ]
+
+
+async def test_failure_carries_the_code_and_its_meaning(
+    client: httpx.AsyncClient, repo: Repository, stub: Stub
+) -> None:
+    mid = await queued_message(repo)
+    await post_status(client, callback("sent"))
+    reply = await post_status(
+        client, callback("undelivered", ErrorCode="30003", ErrorMessage="Unreachable")
+    )
+    assert reply.status_code == 200
+    got = await stub.GetDeliveryStatus(pb.GetDeliveryStatusRequest(message_id=mid))
+    assert got.message.status == pb.MESSAGE_STATUS_UNDELIVERED
+    assert (got.message.error_code, got.message.error_message) == (
+        30003,
+        "Unreachable destination handset",
+    )
+    assert got.message.timestamps.HasField("undelivered")
+
+
+async def test_callback_finds_its_message_by_id_before_the_sid_is_recorded(
+    client: httpx.AsyncClient, repo: Repository, db_path: Path
+) -> None:
+    mid = await queued_message(repo, sid=None)  # the process died before recording the SID
+    reply = await post_status(client, callback("sent"), query=f"message_id={mid}")
+    assert reply.status_code == 200
+    row = message_row(db_path, mid)
+    assert (row["status"], row["twilio_sid"]) == ("sent", SID)
+
+
+async def test_unknown_sid_is_acknowledged_and_counted(
+    client: httpx.AsyncClient, db_path: Path
+) -> None:
+    reply = await post_status(client, callback("delivered", sid="SM" + "9" * 32))
+    assert reply.status_code == 200
+    assert count_rows(db_path, "status_events") == 0
+    metrics = (await client.get("/metrics")).text
+    assert 'notifier_status_callbacks_total{result="unknown"} 1.0' in metrics
+
+
+async def test_malformed_and_oversized_bodies(
+    client: httpx.AsyncClient, repo: Repository, db_path: Path
+) -> None:
+    mid = await queued_message(repo)
+    before = history(db_path, mid)
+    path = "/api/v1/whatsapp/status"
+    body, headers = signed(STATUS_URL, callback("sent"))
+    as_json = {**headers, "Content-Type": "application/json"}
+    assert (await client.post(path, content=body, headers=as_json)).status_code == 400
+    bad_utf8 = {**headers}
+    reply = await client.post(path, content=b"MessageSid=%ff%fe&x=1", headers=bad_utf8)
+    assert reply.status_code == 400
+    missing = {k: v for k, v in callback("sent").items() if k != "MessageSid"}
+    assert (await post_status(client, missing)).status_code == 400
+    big = {**callback("sent"), "Padding": "x" * 5000}
+    assert (await post_status(client, big)).status_code == 413
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted while read
+        for _ in range(10):
+            yield b"x" * 1000
+
+    streamed = await client.post(path, content=chunks(), headers=headers)
+    assert streamed.status_code == 413
+    assert history(db_path, mid) == before
+
+
+def inbound(body: str, sid: str = "SM" + "2" * 32, **extra: str) -> dict[str, str]:
+    return {
+        "MessageSid": sid,
+        "AccountSid": "AC" + "0" * 32,
+        "From": "whatsapp:+14155550100",
+        "To": "whatsapp:+14155238886",
+        "Body": body,
+        "NumMedia": "0",
+        "ProfileName": "Ana",
+        "WaId": "14155550100",
+        **extra,
+    }
+
+
+async def post_inbound(client: httpx.AsyncClient, params: dict[str, str]) -> httpx.Response:
+    body, headers = signed(INBOUND_URL, params)
+    return await client.post("/api/v1/whatsapp/webhook", content=body, headers=headers)
+
+
+async def test_inbound_message_is_stored_and_answered_with_empty_twiml(
+    client: httpx.AsyncClient, db_path: Path
+) -> None:
+    params = inbound(
+        "Here is the photo",
+        NumMedia="1",
+        MediaUrl0="https://api.twilio.com/media/ME1",
+        MediaContentType0="image/jpeg",
+    )
+    reply = await post_inbound(client, params)
+    assert reply.status_code == 200
+    assert reply.headers["content-type"].startswith("text/xml")
+    assert reply.text == '<?xml version="1.0" encoding="UTF-8"?><Response/>'
+    assert (await post_inbound(client, params)).status_code == 200  # Twilio retried
+    with sqlite3.connect(db_path) as conn:
+        rows = conn.execute(
+            "SELECT from_addr, body, media, profile_name, channel FROM inbound_messages"
+        ).fetchall()
+        window = conn.execute("SELECT last_inbound_at, opted_out FROM recipients").fetchall()
+    assert rows == [
+        (
+            "+14155550100",
+            "Here is the photo",
+            '[{"url": "https://api.twilio.com/media/ME1", "content_type": "image/jpeg"}]',
+            "Ana",
+            "whatsapp",
+        )
+    ]
+    assert len(window) == 1
+    assert window[0][0] is not None
+    assert window[0][1] == 0
+
+
+async def test_forged_inbound_is_refused_and_not_stored(
+    client: httpx.AsyncClient, db_path: Path
+) -> None:
+    body, headers = signed(INBOUND_URL, inbound("STOP"), token="c" * 32)
+    reply = await client.post("/api/v1/whatsapp/webhook", content=body, headers=headers)
+    assert reply.status_code == 403
+    assert count_rows(db_path, "inbound_messages") == 0
+    assert count_rows(db_path, "recipients") == 0
+
+
+async def test_opt_out_blocks_the_next_send_until_opt_in(
+    client: httpx.AsyncClient, stub: Stub, db_path: Path
+) -> None:
+    ok = await stub.SendMessage(pb.SendMessageRequest(to="+14155550100", body="before"))
+    assert ok.status == pb.MESSAGE_STATUS_PENDING
+    assert (await post_inbound(client, inbound(" stop ", sid="SM" + "3" * 32))).status_code == 200
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.SendMessage(pb.SendMessageRequest(to="whatsapp:+14155550100", body="after"))
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    (failure,) = details(info.value)
+    assert failure.violations[0].type == "OPTED_OUT"
+    assert count_rows(db_path, "messages") == 1  # nothing half-written
+    # A keyword inside a sentence is not an opt-out, and START opts back in.
+    await post_inbound(client, inbound("please stop the music", sid="SM" + "4" * 32))
+    await post_inbound(client, inbound("START", sid="SM" + "5" * 32))
+    again = await stub.SendMessage(pb.SendMessageRequest(to="+14155550100", body="welcome back"))
+    assert again.status == pb.MESSAGE_STATUS_PENDING
+    metrics = (await client.get("/metrics")).text
+    assert 'notifier_inbound_messages_total{kind="opt_out"} 1.0' in metrics
+    assert 'notifier_inbound_messages_total{kind="opt_in"} 1.0' in metrics
+
+
+async def test_health_readiness_and_metrics(client: httpx.AsyncClient, repo: Repository) -> None:
+    await queued_message(repo)
+    await repo.add_message(
+        NewMessage(to="+14155550100", channel=Channel.WHATSAPP, body="x"),
+        caller="",
+        request_hash=None,
+        key_ttl_ms=1,
+    )
+    assert (await client.get("/healthz")).text == "ok"
+    assert (await client.get("/readyz")).status_code == 200
+    metrics = await client.get("/metrics")
+    assert metrics.headers["content-type"].startswith("text/plain")
+    assert 'notifier_messages{status="queued"} 1.0' in metrics.text
+    assert "notifier_queue_depth 1.0" in metrics.text
+    assert "notifier_oldest_pending_age_seconds" in metrics.text
+
+
+async def _through_everything(
+    db_path: Path, emulator: EmulatorServer, **env: Any
+) -> tuple[pb.GetDeliveryStatusResponse, str]:
+    settings = engine_settings(
+        db_path, emulator, STATUS_CALLBACK_URL=None, NOTIFIER_HTTP_ADDR="127.0.0.1:0", **env
+    )
+    sidecar, settings = await create_sidecar(settings)
+    await sidecar.start()
+    from tests.test_delivery import start_engine
+
+    server, channel = await start_engine(settings)
+    try:
+        eng = Engine(server, channel)
+        mid = await eng.send(body="full path")
+        got = await eng.until_status(mid, pb.MESSAGE_STATUS_READ)
+        await asyncio.sleep(0.3)  # let duplicated or late callbacks land too
+        got = await eng.status(mid)
+    finally:
+        await channel.close()
+        await server.stop(grace=1)
+        await sidecar.stop()
+    return got, mid
+
+
+async def test_emulator_callbacks_through_the_sidecar_reach_read_with_every_time(
+    db_path: Path, emulator: EmulatorServer
+) -> None:
+    got, _ = await _through_everything(db_path, emulator)
+    stamps = got.message.timestamps
+    order = [stamps.created, stamps.queued, stamps.sent, stamps.delivered, stamps.read]
+    assert all(t.ToMilliseconds() > 0 for t in order)
+    assert [t.ToMilliseconds() for t in order] == sorted(t.ToMilliseconds() for t in order)
+    assert got.message.delivery_time_ms == (
+        stamps.delivered.ToMilliseconds() - stamps.sent.ToMilliseconds()
+    )
+    assert [e.status for e in got.history] == [
+        pb.MESSAGE_STATUS_PENDING,
+        pb.MESSAGE_STATUS_QUEUED,
+        pb.MESSAGE_STATUS_SENT,
+        pb.MESSAGE_STATUS_DELIVERED,
+        pb.MESSAGE_STATUS_READ,
+    ]
+    assert all(c.ok for c in emulator.state.callbacks)
+
+
+async def test_duplicated_and_reordered_emulator_callbacks_still_end_read(
+    db_path: Path, emulator: EmulatorServer
+) -> None:
+    emulator.faults = Faults(duplicate_callback_fraction=1.0, reorder_callbacks=True, seed=7)
+    got, _ = await _through_everything(db_path, emulator)
+    assert got.message.status == pb.MESSAGE_STATUS_READ
+    callback_events = [e for e in got.history if e.source == "callback"]
+    assert sorted(e.status for e in callback_events) == sorted(
+        [pb.MESSAGE_STATUS_SENT, pb.MESSAGE_STATUS_DELIVERED, pb.MESSAGE_STATUS_READ]
+    )  # each once, duplicates dropped
+    assert sum(1 for c in emulator.state.callbacks if c.duplicate) >= 3
