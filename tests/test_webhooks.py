@@ -450,3 +450,31 @@ async def test_duplicated_and_reordered_emulator_callbacks_still_end_read(
         [pb.MESSAGE_STATUS_SENT, pb.MESSAGE_STATUS_DELIVERED, pb.MESSAGE_STATUS_READ]
     )  # each once, duplicates dropped
     assert sum(1 for c in emulator.state.callbacks if c.duplicate) >= 3
+
+
+async def test_optionally_refuse_free_text_outside_the_24_hour_window(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    from notifier.server import create_server
+
+    strict = settings.model_copy(update={"refuse_outside_window": True})
+    server = await create_server(strict)
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            from notifier_proto.v1 import notifier_pb2_grpc
+
+            stub = notifier_pb2_grpc.NotifierStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.SendMessage(pb.SendMessageRequest(to="+14155550100", body="hello"))
+            assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "63016" in (info.value.details() or "")
+            template = await stub.SendMessage(
+                pb.SendMessageRequest(to="+14155550100", content_sid="HX" + "0" * 32)
+            )
+            assert template.status == pb.MESSAGE_STATUS_PENDING  # templates are always allowed
+            await post_inbound(client, inbound("hi there", sid="SM" + "6" * 32))
+            inside = await stub.SendMessage(pb.SendMessageRequest(to="+14155550100", body="hi"))
+            assert inside.status == pb.MESSAGE_STATUS_PENDING  # the window is open now
+    finally:
+        await server.stop(grace=1)
