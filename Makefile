@@ -9,7 +9,7 @@ UV := .cache/uv/bin/uv
 BUF := node_modules/.bin/buf
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: help install run test lint proto proto-check fmt clean
+.PHONY: help install run test lint proto proto-check fmt bench clean
 
 help:
 	@echo "make install      .venv with the project and its locked dependencies"
@@ -18,6 +18,7 @@ help:
 	@echo "make lint         buf lint (+ buf breaking), ruff, mypy"
 	@echo "make proto        regenerate server/notifier_proto from proto/"
 	@echo "make proto-check  fail if the generated code is stale"
+	@echo "make bench        the benchmark table (SPEC section 9); writes bench/results.json"
 
 $(UV):
 	python3 -m venv .cache/uv
@@ -55,6 +56,9 @@ proto: install
 
 proto-check: install
 	$(PY) tools/gen_proto.py --check
+
+bench: install
+	$(PY) -m bench
 
 fmt: install
 	$(VENV)/bin/ruff format .

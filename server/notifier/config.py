@@ -104,6 +104,7 @@ class Settings(BaseSettings):
     idempotency_ttl_hours: float = Field(24, alias="NOTIFIER_IDEMPOTENCY_TTL_HOURS", ge=24)
     shutdown_grace_seconds: float = Field(10, alias="NOTIFIER_SHUTDOWN_GRACE_SECONDS", ge=0)
     health_interval_seconds: float = Field(1, alias="NOTIFIER_HEALTH_INTERVAL_SECONDS", gt=0)
+    watch_poll_seconds: float = Field(0.2, alias="NOTIFIER_WATCH_POLL_SECONDS", gt=0, le=60)
     migrate_on_start: bool | None = Field(None, alias="NOTIFIER_MIGRATE_ON_START")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", alias="NOTIFIER_LOG_LEVEL"

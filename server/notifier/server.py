@@ -18,14 +18,16 @@ from notifier.asgi_server import InProcessServer, bind
 from notifier.config import Settings
 from notifier.dispatch.dispatcher import DispatchConfig, Dispatcher
 from notifier.dispatch.rate_limit import RateLimiters
+from notifier.domain.bulk import BulkSender
 from notifier.domain.inbound import Keywords
 from notifier.domain.retry import RetryPolicy
-from notifier.domain.service import MessageService
+from notifier.domain.service import MessageService, payload_hash
 from notifier.health import StorageHealth
 from notifier.storage.engine import Database, create_database
 from notifier.storage.migrate import pending_revisions, upgrade
 from notifier.storage.repository import Repository
 from notifier.twilio_provider import TwilioConfig, TwilioProvider
+from notifier.watch import StatusFeed
 from notifier.webhooks.app import WebhookConfig, create_webhook_app
 from notifier_proto.v1 import notifier_pb2, notifier_pb2_grpc
 
@@ -115,6 +117,7 @@ class NotifierServer:
     db: Database
     dispatcher: Dispatcher | None = None
     provider: TwilioProvider | None = None
+    feed: StatusFeed | None = None
 
     async def start(self) -> None:
         await self.server.start()
@@ -126,6 +129,10 @@ class NotifierServer:
     async def stop(self, grace: float) -> None:
         """Refuse new calls; let running calls and sends finish within ``grace`` seconds."""
         await self.health.stop()
+        if self.feed is not None:
+            # Watches never finish on their own: end them now (UNAVAILABLE, reopen
+            # elsewhere) instead of letting them hold the grace period.
+            await self.feed.close()
         stopping = [self.server.stop(grace)]
         if self.dispatcher is not None:
             stopping.append(self.dispatcher.stop(grace))
@@ -192,7 +199,9 @@ async def create_server(settings: Settings, addr: str | None = None) -> Notifier
     db = await prepare_storage(settings)
     repository = Repository(db, refuse_outside_window=settings.refuse_outside_window)
     messages = MessageService(
-        repository, idempotency_ttl_ms=int(settings.idempotency_ttl_hours * 3600 * 1000)
+        repository,
+        idempotency_ttl_ms=int(settings.idempotency_ttl_hours * 3600 * 1000),
+        admins=tuple(settings.admin_whatsapp_numbers),
     )
     provider = dispatcher = None
     try:
@@ -211,7 +220,17 @@ async def create_server(settings: Settings, addr: str | None = None) -> Notifier
         # Without this a second server on the same port would silently share it.
         options=[("grpc.so_reuseport", 0)],
     )
-    notifier_pb2_grpc.add_NotifierServicer_to_server(NotifierServicer(messages), server)
+    # One poller for every watch in this process; it reads the database, so it also
+    # sees the status callbacks a webhook sidecar in another process records.
+    feed = StatusFeed(repository, settings.watch_poll_seconds)
+    bulk = BulkSender(
+        repository,
+        payload_hash,
+        idempotency_ttl_ms=messages.idempotency_ttl_ms,
+        on_accepted=messages.on_accepted,
+    )
+    servicer = NotifierServicer(messages, feed, bulk)
+    notifier_pb2_grpc.add_NotifierServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
     names = (
         notifier_pb2.DESCRIPTOR.services_by_name["Notifier"].full_name,
@@ -228,5 +247,11 @@ async def create_server(settings: Settings, addr: str | None = None) -> Notifier
         await db.dispose()
         raise StartupError(f"cannot listen on {address}: {exc}") from exc
     return NotifierServer(
-        server=server, port=port, health=health, db=db, dispatcher=dispatcher, provider=provider
+        server=server,
+        port=port,
+        health=health,
+        db=db,
+        dispatcher=dispatcher,
+        provider=provider,
+        feed=feed,
     )

@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
-from google.protobuf import timestamp_pb2
+from collections.abc import AsyncIterator
 
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from notifier.domain.bulk import (
+    BulkDefaults,
+    BulkItem,
+    BulkRequest,
+    BulkResult,
+    ItemFailure,
+)
+from notifier.domain.metrics import Metrics, MetricsRequest
 from notifier.domain.model import (
     Accepted,
     Channel,
@@ -14,7 +24,19 @@ from notifier.domain.model import (
     Status,
     StatusEvent,
 )
+from notifier.domain.notifications import (
+    AdminNotified,
+    AdminRequest,
+    Booking,
+    Custom,
+    EventCapacity,
+    LowStock,
+    Notification,
+    OrderItem,
+    OrderRequest,
+)
 from notifier.domain.validation import QueryRequest, SendRequest
+from notifier.domain.watch import StatusChange
 from notifier_proto.v1 import notifier_pb2 as pb
 
 _TIMESTAMP_FIELDS = {
@@ -175,4 +197,184 @@ def retry_response(outcome: RetryOutcome) -> pb.RetryMessagesResponse:
     return pb.RetryMessagesResponse(
         message_ids=list(outcome.requeued),
         skipped=[pb.SkippedMessage(message_id=m, reason=r) for m, r in outcome.skipped],
+    )
+
+
+def metrics_request(req: pb.GetMetricsRequest) -> MetricsRequest:
+    """Unset window ends stay None: the domain fills in its defaults from its own clock."""
+    return MetricsRequest(
+        start_ms=req.start_time.ToMilliseconds() if req.HasField("start_time") else None,
+        end_ms=req.end_time.ToMilliseconds() if req.HasField("end_time") else None,
+        channel=channel_from_pb(req.channel),
+        tag=req.tag,
+    )
+
+
+def metrics_response(metrics: Metrics) -> pb.GetMetricsResponse:
+    age = duration_pb2.Duration()
+    age.FromMilliseconds(metrics.oldest_pending_age_ms)
+    return pb.GetMetricsResponse(
+        total=metrics.total,
+        # In lifecycle order (the Status enum's), so a reader sees the pipeline in order.
+        by_status=[
+            pb.StatusCount(status=status_to_pb(s), count=metrics.by_status[s])
+            for s in Status
+            if metrics.by_status.get(s, 0) > 0
+        ],
+        delivery_rate=metrics.delivery_rate,
+        read_rate=metrics.read_rate,
+        failure_rate=metrics.failure_rate,
+        avg_delivery_time_ms=metrics.avg_delivery_time_ms,
+        p50_delivery_time_ms=metrics.p50_delivery_time_ms,
+        p95_delivery_time_ms=metrics.p95_delivery_time_ms,
+        error_codes=[
+            pb.ErrorCodeCount(error_code=e.code, error_message=e.meaning, count=e.count)
+            for e in metrics.error_codes
+        ],
+        retries=metrics.retries,
+        ambiguous_outcomes=metrics.ambiguous_outcomes,
+        queue_depth=metrics.queue_depth,
+        oldest_pending_age=age,
+        scheduled=metrics.scheduled,
+    )
+
+
+def watch_response(change: StatusChange) -> pb.WatchDeliveryStatusResponse:
+    """One status change of a watched message; ``message`` is its state when read."""
+    return pb.WatchDeliveryStatusResponse(
+        message_id=change.message.id,
+        status=status_to_pb(change.message.status),
+        event=event_to_pb(change.event),
+        message=message_to_pb(change.message),
+    )
+
+
+def _bulk_defaults(d: pb.BulkContent) -> BulkDefaults:
+    content = d.WhichOneof("content")
+    return BulkDefaults(
+        channel=channel_from_pb(d.channel),
+        body=d.body if content == "body" else None,
+        content_sid=d.content_sid if content == "content_sid" else None,
+        variables=dict(d.variables),
+        media_urls=list(d.media_urls),
+        tags=list(d.tags),
+        send_at_ms=d.send_at.ToMilliseconds() if d.HasField("send_at") else None,
+        validity_ms=d.validity.ToMilliseconds() if d.HasField("validity") else None,
+    )
+
+
+def _bulk_item(i: pb.BulkItem) -> BulkItem:
+    content = i.WhichOneof("content")
+    return BulkItem(
+        correlation_id=i.correlation_id,
+        to=i.to,
+        variables=dict(i.variables),
+        body=i.body if content == "body" else None,
+        content_sid=i.content_sid if content == "content_sid" else None,
+        media_urls=list(i.media_urls),
+        idempotency_key=i.idempotency_key,
+        tags=list(i.tags),
+    )
+
+
+async def bulk_requests(requests: AsyncIterator[pb.SendBulkRequest]) -> AsyncIterator[BulkRequest]:
+    async for request in requests:
+        defaults = _bulk_defaults(request.defaults) if request.HasField("defaults") else None
+        yield BulkRequest(defaults, [_bulk_item(i) for i in request.items])
+
+
+def bulk_response(results: list[BulkResult]) -> pb.SendBulkResponse:
+    out = pb.SendBulkResponse()
+    for r in results:
+        item = out.results.add(correlation_id=r.correlation_id, index=r.index)
+        if isinstance(r.outcome, ItemFailure):
+            item.error.code = r.outcome.code
+            item.error.message = r.outcome.message
+            item.error.violations.extend(
+                pb.FieldViolation(field=v.field, description=v.description)
+                for v in r.outcome.violations
+            )
+        else:
+            item.accepted.CopyFrom(send_response(r.outcome))
+    return out
+
+
+def order_request(req: pb.NotifyOrderRequest) -> OrderRequest:
+    return OrderRequest(
+        order_id=req.order_id,
+        customer_name=req.customer_name,
+        customer_email=req.customer_email,
+        items=[
+            OrderItem(title=i.title, quantity=i.quantity, unit_price=i.unit_price)
+            for i in req.items
+        ],
+        total=req.total,
+        currency=req.currency,
+        content_sid=req.content_sid,
+        variables=dict(req.variables),
+    )
+
+
+def _admin_notification(req: pb.NotifyAdminsRequest) -> Notification | None:
+    """The oneof as a domain value; None when unset (the domain reports it)."""
+    kind = req.WhichOneof("notification")
+    if kind == "booking":
+        b = req.booking
+        return Booking(
+            booking_id=b.booking_id,
+            customer_name=b.customer_name,
+            customer_email=b.customer_email,
+            item=b.item,
+            starts_at_ms=b.starts_at.ToMilliseconds() if b.HasField("starts_at") else None,
+            quantity=b.quantity,
+            time_zone=b.time_zone,
+        )
+    if kind == "low_stock":
+        s = req.low_stock
+        return LowStock(
+            product_id=s.product_id,
+            product_name=s.product_name,
+            sku=s.sku,
+            current_stock=s.current_stock,
+            threshold=s.threshold,
+        )
+    if kind == "event_capacity":
+        e = req.event_capacity
+        return EventCapacity(
+            event_id=e.event_id,
+            event_name=e.event_name,
+            registered=e.registered,
+            capacity=e.capacity,
+            starts_at_ms=e.starts_at.ToMilliseconds() if e.HasField("starts_at") else None,
+        )
+    if kind == "custom":
+        return Custom(title=req.custom.title, body=req.custom.body)
+    return None
+
+
+def admin_request(req: pb.NotifyAdminsRequest) -> AdminRequest:
+    return AdminRequest(
+        notification=_admin_notification(req),
+        idempotency_key=req.idempotency_key,
+        content_sid=req.content_sid,
+        variables=dict(req.variables),
+    )
+
+
+def _admin_deliveries(notified: AdminNotified) -> list[pb.AdminDelivery]:
+    return [
+        pb.AdminDelivery(to=d.to, message_id=d.message_id, status=status_to_pb(d.status))
+        for d in notified.deliveries
+    ]
+
+
+def notify_order_response(notified: AdminNotified) -> pb.NotifyOrderResponse:
+    return pb.NotifyOrderResponse(
+        deliveries=_admin_deliveries(notified), replayed=notified.replayed
+    )
+
+
+def notify_admins_response(notified: AdminNotified) -> pb.NotifyAdminsResponse:
+    return pb.NotifyAdminsResponse(
+        deliveries=_admin_deliveries(notified), replayed=notified.replayed
     )

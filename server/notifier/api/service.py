@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any, NoReturn
 
 import grpc
 
 from notifier.api import convert
+from notifier.domain.bulk import BulkSender
 from notifier.domain.clock import now_ms
+from notifier.domain.ports import StatusWatch
 from notifier.domain.service import MessageService
+from notifier.domain.watch import FeedClosed, FellBehind, validate_watch
 from notifier_proto.v1 import notifier_pb2 as pb
 from notifier_proto.v1 import notifier_pb2_grpc as pb_grpc
 
@@ -30,8 +34,15 @@ async def _not_yet(context: Context, rpc: str) -> NoReturn:
 
 
 class NotifierServicer(pb_grpc.NotifierServicer):
-    def __init__(self, messages: MessageService) -> None:
+    def __init__(
+        self,
+        messages: MessageService,
+        watch: StatusWatch | None = None,
+        bulk: BulkSender | None = None,
+    ) -> None:
         self._messages = messages
+        self._watch = watch
+        self._bulk = bulk
 
     async def SendMessage(
         self, request: pb.SendMessageRequest, context: Context
@@ -50,19 +61,30 @@ class NotifierServicer(pb_grpc.NotifierServicer):
         return convert.delivery_to_pb(delivery)
 
     async def SendBulk(
-        self, request_iterator: Any, context: Context
+        self, request_iterator: AsyncIterator[pb.SendBulkRequest], context: Context
     ) -> AsyncIterator[pb.SendBulkResponse]:
-        await _not_yet(context, "SendBulk")
-        yield pb.SendBulkResponse()  # never reached; makes this a stream handler
+        if self._bulk is None:
+            await _not_yet(context, "SendBulk")
+        async for results in self._bulk.run(convert.bulk_requests(request_iterator)):
+            yield convert.bulk_response(results)
 
-    async def NotifyOrder(self, request: pb.NotifyOrderRequest, context: Context) -> Any:
-        await _not_yet(context, "NotifyOrder")
+    async def NotifyOrder(
+        self, request: pb.NotifyOrderRequest, context: Context
+    ) -> pb.NotifyOrderResponse:
+        notified = await self._messages.notify_order(convert.order_request(request))
+        return convert.notify_order_response(notified)
 
-    async def NotifyAdmins(self, request: pb.NotifyAdminsRequest, context: Context) -> Any:
-        await _not_yet(context, "NotifyAdmins")
+    async def NotifyAdmins(
+        self, request: pb.NotifyAdminsRequest, context: Context
+    ) -> pb.NotifyAdminsResponse:
+        notified = await self._messages.notify_admins(convert.admin_request(request))
+        return convert.notify_admins_response(notified)
 
-    async def GetMetrics(self, request: pb.GetMetricsRequest, context: Context) -> Any:
-        await _not_yet(context, "GetMetrics")
+    async def GetMetrics(
+        self, request: pb.GetMetricsRequest, context: Context
+    ) -> pb.GetMetricsResponse:
+        metrics = await self._messages.metrics(convert.metrics_request(request))
+        return convert.metrics_response(metrics)
 
     async def ListMessages(
         self, request: pb.ListMessagesRequest, context: Context
@@ -92,5 +114,21 @@ class NotifierServicer(pb_grpc.NotifierServicer):
     async def WatchDeliveryStatus(
         self, request: pb.WatchDeliveryStatusRequest, context: Context
     ) -> AsyncIterator[pb.WatchDeliveryStatusResponse]:
-        await _not_yet(context, "WatchDeliveryStatus")
-        yield pb.WatchDeliveryStatusResponse()  # never reached; makes this a stream handler
+        """Stream each new status event of the watched messages until the caller cancels
+        or its deadline passes (both end the stream quietly and free the watch).
+
+        A watch that falls behind (its buffer of unread changes fills) ends with
+        RESOURCE_EXHAUSTED, a server shutting down ends every watch with UNAVAILABLE;
+        either way the caller reopens it, with include_current to catch up.
+        """
+        if self._watch is None:
+            await _not_yet(context, "WatchDeliveryStatus")
+        spec = validate_watch(list(request.message_ids), request.tag, request.include_current)
+        try:
+            async with contextlib.aclosing(self._watch.watch(spec)) as changes:
+                async for change in changes:
+                    yield convert.watch_response(change)
+        except FellBehind as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        except FeedClosed as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))

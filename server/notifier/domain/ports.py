@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator, Sequence
 from typing import Protocol
 
+from notifier.domain.errors import DomainError
+from notifier.domain.metrics import Metrics, MetricsQuery
 from notifier.domain.model import (
     Accepted,
     Delivery,
@@ -12,6 +15,7 @@ from notifier.domain.model import (
     NewMessage,
     RetryOutcome,
 )
+from notifier.domain.watch import StatusChange, WatchSpec
 
 
 class MessageStore(Protocol):
@@ -32,6 +36,17 @@ class MessageStore(Protocol):
         Raises IdempotencyConflict when the key names a message with another hash.
         """
 
+    async def add_messages(
+        self,
+        items: Sequence[tuple[NewMessage, str | None]],
+        *,
+        caller: str,
+        key_ttl_ms: int,
+        traceparent: str | None = None,
+        priority: int = 0,
+    ) -> list[Accepted | DomainError]:
+        """Store many messages in one transaction; one result (or error) per item."""
+
     async def get_delivery(
         self, *, message_id: str | None = None, twilio_sid: str | None = None
     ) -> Delivery:
@@ -49,3 +64,45 @@ class MessageStore(Protocol):
         self, query: MessageQuery, *, limit: int, validity_ms: int | None
     ) -> RetryOutcome:
         """Put failed, undelivered and expired messages back in the outbox."""
+
+    async def metrics(self, query: MetricsQuery, *, now_ms: int) -> Metrics:
+        """The figures of ``query``'s window, aggregated by the database.
+
+        ``now_ms`` is the caller's clock reading, the same one that placed the default
+        window, for the "now" figures (queue depth, oldest pending age).
+        """
+
+
+class StatusEventStore(Protocol):
+    """What a status feed reads: the status events table, in the order rows were stored."""
+
+    async def last_event_id(self) -> int:
+        """The id of the newest status event (0 when there is none)."""
+
+    async def events_after(
+        self,
+        after_id: int,
+        *,
+        limit: int,
+        message_ids: Sequence[str] = (),
+        tag: str | None = None,
+    ) -> list[StatusChange]:
+        """Events with id > ``after_id``, oldest first, each with its message (and tags).
+
+        Without ``message_ids`` or ``tag`` every event; with them, events of those
+        messages or of messages carrying the tag.
+        """
+
+    async def current_states(self, message_ids: Sequence[str]) -> list[StatusChange]:
+        """Each existing message of ``message_ids`` with its latest event, in the order
+        given; unknown ids are left out."""
+
+
+class StatusWatch(Protocol):
+    """A stream of status changes for one watch (WatchDeliveryStatus)."""
+
+    def watch(self, spec: WatchSpec) -> AsyncGenerator[StatusChange, None]:
+        """Raise NotFound for unknown ids before the first change; then (with
+        include_current) the current state of each id, then every matching change in
+        the order stored, until the caller stops iterating. Raises FellBehind when the
+        caller reads too slowly, FeedClosed when the server shuts down."""

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from notifier.domain.clock import Clock, now_ms
-from notifier.domain.errors import Unsupported, ValidationFailed, Violation
+from notifier.domain.errors import PreconditionFailed, Unsupported, ValidationFailed, Violation
+from notifier.domain.metrics import Metrics, MetricsRequest, validate_metrics
 from notifier.domain.model import (
     Accepted,
     Delivery,
@@ -19,6 +20,15 @@ from notifier.domain.model import (
     MessageRecord,
     Page,
     RetryOutcome,
+)
+from notifier.domain.notifications import (
+    AdminNotified,
+    AdminRequest,
+    Alert,
+    OrderRequest,
+    settle,
+    validate_admin_request,
+    validate_order,
 )
 from notifier.domain.ports import MessageStore
 from notifier.domain.validation import (
@@ -75,6 +85,7 @@ class MessageService:
     clock: Clock = now_ms
     acceptance: AcceptanceWaiter | None = None
     on_accepted: Callable[[], None] = field(default=lambda: None)
+    admins: tuple[str, ...] = ()  # E.164 recipients of NotifyOrder and NotifyAdmins
 
     async def send(self, request: SendRequest, *, caller: str = "") -> Accepted:
         message = validate_send(request, self.clock())
@@ -113,6 +124,13 @@ class MessageService:
         token = _encode_token(page[-1].id, query) if more else None
         return Page(tuple(page), token)
 
+    async def metrics(self, request: MetricsRequest) -> Metrics:
+        """One clock reading places the default window and dates the "now" figures, so
+        an answer never mixes two different nows."""
+        now = self.clock()
+        query = validate_metrics(request, now)
+        return await self.store.metrics(query, now_ms=now)
+
     async def cancel(self, message_id: str) -> MessageRecord:
         bad: list[Violation] = []
         validate_message_id(message_id, "message_id", bad)
@@ -149,3 +167,41 @@ class MessageService:
         if outcome.requeued:
             self.on_accepted()
         return outcome
+
+    async def notify_order(self, request: OrderRequest, *, caller: str = "") -> AdminNotified:
+        """Send the new-order alert to every admin; idempotent per order id.
+
+        Each admin's message has the key ``order:{order_id}:{admin}`` and the hash of
+        the whole validated order, so a retried order event gets the first result
+        (``replayed``) and sends nothing, and the same order id with other contents
+        is ALREADY_EXISTS. Partial refusals are handled by ``settle``.
+        """
+        return await self._notify(validate_order(request), caller)
+
+    async def notify_admins(self, request: AdminRequest, *, caller: str = "") -> AdminNotified:
+        """Booking, low stock, event capacity or custom alert to every admin, keyed
+        ``admin:{kind}:{key}:{admin}`` (key: idempotency_key or the natural id)."""
+        return await self._notify(validate_admin_request(request), caller)
+
+    async def _notify(self, alert: Alert, caller: str) -> AdminNotified:
+        """All admins' messages go into one transaction: either every admin's copy is
+        stored or none is, so a crash never leaves an order half-notified and a retry
+        finds all of them. The input is checked before the configuration, so a caller
+        learns about a bad request even on a server without admins."""
+        admins = tuple(dict.fromkeys(self.admins))
+        if not admins:
+            raise PreconditionFailed(
+                subject="ADMIN_WHATSAPP_NUMBERS",
+                kind="NO_ADMINS",
+                description="no admin recipients configured: set ADMIN_WHATSAPP_NUMBERS",
+            )
+        digest = payload_hash(alert.payload) if alert.key is not None else None
+        results = await self.store.add_messages(
+            [(alert.message_to(admin), digest) for admin in admins],
+            caller=caller,
+            key_ttl_ms=self.idempotency_ttl_ms,
+        )
+        notified = settle(admins, results)
+        if not notified.replayed:
+            self.on_accepted()
+        return notified

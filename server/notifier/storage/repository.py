@@ -7,19 +7,22 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import Row, delete, func, insert, or_, select, text, update
+from sqlalchemy import Row, and_, case, delete, func, insert, or_, select, text, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection
 from ulid import ULID
 
 from notifier.domain.clock import Clock, now_ms
+from notifier.domain.delivery import ErrorKind
 from notifier.domain.errors import (
+    DomainError,
     IdempotencyConflict,
     NotFound,
     PreconditionFailed,
     StorageUnavailable,
 )
 from notifier.domain.inbound import WINDOW_MS, Consent, InboundMessage
+from notifier.domain.metrics import FAILURES, ErrorCount, Metrics, MetricsQuery
 from notifier.domain.model import (
     Accepted,
     Attempt,
@@ -37,6 +40,7 @@ from notifier.domain.model import (
     Transition,
     moves_forward,
 )
+from notifier.domain.watch import StatusChange
 from notifier.storage.engine import Database
 from notifier.storage.tables import (
     delivery_attempts,
@@ -53,6 +57,35 @@ _FIRST_REACHED = {
     Status.DELIVERED: "delivered_at",
     Status.READ: "read_at",
 }
+
+
+def _chunks(values: Sequence[str], size: int = 500) -> list[Sequence[str]]:
+    """Keep IN (...) lists under SQLite's limit on bound parameters."""
+    return [values[i : i + size] for i in range(0, len(values), size)]
+
+
+def _message_row(
+    message: NewMessage, message_id: str, caller: str, traceparent: str | None, now: int
+) -> dict[str, Any]:
+    status = Status.SCHEDULED if message.send_at_ms is not None else Status.PENDING
+    return {
+        "id": message_id,
+        "caller": caller,
+        "channel": message.channel.value,
+        "to_addr": message.to,
+        "body": message.body,
+        "content_sid": message.content_sid,
+        "variables": json.dumps(message.variables) if message.variables else None,
+        "media_urls": json.dumps(list(message.media_urls)) if message.media_urls else None,
+        "status": status.value,
+        "send_at": message.send_at_ms,
+        "expires_at": message.expires_at_ms,
+        "next_attempt_at": message.send_at_ms or now,
+        "traceparent": traceparent,
+        "created_at": now,
+        "updated_at": now,
+        "attempts": 0,
+    }
 
 
 @asynccontextmanager
@@ -94,115 +127,182 @@ class Repository:
         key_ttl_ms: int,
         traceparent: str | None = None,
     ) -> Accepted:
+        (result,) = await self.add_messages(
+            [(message, request_hash)], caller=caller, key_ttl_ms=key_ttl_ms, traceparent=traceparent
+        )
+        if isinstance(result, DomainError):
+            raise result
+        return result
+
+    async def add_messages(
+        self,
+        items: Sequence[tuple[NewMessage, str | None]],
+        *,
+        caller: str,
+        key_ttl_ms: int,
+        traceparent: str | None = None,
+        priority: int = 0,
+    ) -> list[Accepted | DomainError]:
+        """Store many messages in one transaction; one result per item, in order.
+
+        An item refused for its own reason (its idempotency key names another payload,
+        its recipient opted out) gets that error as its result and does not stop the
+        others. Each (message, hash) pair is a validated message and, when it has an
+        idempotency key, the hash of its payload.
+        """
         for attempt in range(2):
             try:
                 async with _storage_errors(), self._db.writer.begin() as conn:
-                    return await self._add(
-                        conn, message, caller, request_hash, key_ttl_ms, traceparent
+                    return await self._add_many(
+                        conn, items, caller, key_ttl_ms, traceparent, priority
                     )
             except sa_exc.IntegrityError:
-                # Another replica stored the same idempotency key first; the second
-                # pass finds its row and answers as a replay.
-                if attempt or message.idempotency_key is None:
+                # Another replica stored one of these idempotency keys first; the second
+                # pass finds its row and answers that item as a replay.
+                if attempt or all(m.idempotency_key is None for m, _ in items):
                     raise
         raise AssertionError("unreachable")
 
-    async def _add(
+    async def _add_many(
         self,
         conn: AsyncConnection,
-        message: NewMessage,
+        items: Sequence[tuple[NewMessage, str | None]],
         caller: str,
-        request_hash: str | None,
         key_ttl_ms: int,
         traceparent: str | None,
-    ) -> Accepted:
+        priority: int,
+    ) -> list[Accepted | DomainError]:
         now = self._clock()
-        key = message.idempotency_key
-        if key is not None:
-            found = (
-                await conn.execute(
-                    select(idempotency_keys).where(
-                        idempotency_keys.c.caller == caller, idempotency_keys.c.key == key
-                    )
-                )
-            ).first()
-            if found is not None and found.expires_at > now:
-                if found.request_hash != request_hash:
-                    raise IdempotencyConflict(key, found.message_id)
-                return Accepted(await self._load(conn, found.message_id), replayed=True)
-            if found is not None:
-                await conn.execute(
-                    delete(idempotency_keys).where(
-                        idempotency_keys.c.caller == caller, idempotency_keys.c.key == key
-                    )
-                )
-        await self._check_recipient(conn, message, now)
-        message_id = new_message_id()
-        status = Status.SCHEDULED if message.send_at_ms is not None else Status.PENDING
-        row = {
-            "id": message_id,
-            "caller": caller,
-            "channel": message.channel.value,
-            "to_addr": message.to,
-            "body": message.body,
-            "content_sid": message.content_sid,
-            "variables": json.dumps(message.variables) if message.variables else None,
-            "media_urls": json.dumps(list(message.media_urls)) if message.media_urls else None,
-            "status": status.value,
-            "send_at": message.send_at_ms,
-            "expires_at": message.expires_at_ms,
-            "next_attempt_at": message.send_at_ms or now,
-            "traceparent": traceparent,
-            "created_at": now,
-            "updated_at": now,
-        }
-        await conn.execute(insert(messages), [row])
-        if message.tags:
-            await conn.execute(
-                insert(message_tags), [{"message_id": message_id, "tag": t} for t in message.tags]
+        known = await self._known_keys(conn, caller, [m.idempotency_key for m, _ in items], now)
+        consent = await self._recipient_states(conn, [m for m, _ in items])
+        results: list[Accepted | DomainError | str] = []  # str: replay of that message id
+        fresh: dict[str, tuple[str, str | None]] = {}  # key -> (message id, hash) in this batch
+        rows: list[dict[str, Any]] = []
+        tags: list[dict[str, str]] = []
+        events: list[dict[str, Any]] = []
+        keys: list[dict[str, Any]] = []
+        for message, digest in items:
+            key = message.idempotency_key
+            earlier = (known.get(key) or fresh.get(key)) if key is not None else None
+            if key is not None and earlier is not None:
+                if earlier[1] != digest:
+                    results.append(IdempotencyConflict(key, earlier[0]))
+                else:
+                    results.append(earlier[0])
+                continue
+            refusal = self._refusal(message, consent.get((message.channel.value, message.to)), now)
+            if refusal is not None:
+                results.append(refusal)
+                continue
+            row = _message_row(message, new_message_id(), caller, traceparent, now)
+            row["priority"] = priority
+            rows.append(row)
+            tags += [{"message_id": row["id"], "tag": t} for t in message.tags]
+            events.append(
+                {"message_id": row["id"], "status": row["status"], "source": "api", "occurred_at": now}
             )
-        await _add_event(conn, message_id, status, "api", now)
-        if key is not None:
-            await conn.execute(
-                insert(idempotency_keys),
-                [
+            if key is not None:
+                fresh[key] = (row["id"], digest)
+                keys.append(
                     {
                         "caller": caller,
                         "key": key,
-                        "request_hash": request_hash,
-                        "message_id": message_id,
+                        "request_hash": digest,
+                        "message_id": row["id"],
                         "created_at": now,
                         "expires_at": now + key_ttl_ms,
                     }
-                ],
-            )
-        return Accepted(_record(row, message.tags), replayed=False)
-
-    async def _check_recipient(self, conn: AsyncConnection, message: NewMessage, now: int) -> None:
-        row = (
-            await conn.execute(
-                select(recipients.c.opted_out, recipients.c.last_inbound_at).where(
-                    recipients.c.channel == message.channel.value,
-                    recipients.c.address == message.to,
                 )
+            results.append(Accepted(_record(row, message.tags), replayed=False))
+        if rows:
+            await conn.execute(insert(messages), rows)
+            await conn.execute(insert(status_events), events)
+        if tags:
+            await conn.execute(insert(message_tags), tags)
+        if keys:
+            await conn.execute(insert(idempotency_keys), keys)
+        replay_ids = [r for r in results if isinstance(r, str)]
+        replays = await self._load_many(conn, replay_ids) if replay_ids else {}
+        return [
+            Accepted(replays[r], replayed=True) if isinstance(r, str) else r for r in results
+        ]
+
+    async def _known_keys(
+        self, conn: AsyncConnection, caller: str, keys: list[str | None], now: int
+    ) -> dict[str, tuple[str, str | None]]:
+        """Live idempotency keys among ``keys``: key -> (message id, payload hash).
+
+        Expired keys are deleted here, so a key can be used afresh once its time is up.
+        """
+        wanted = sorted({k for k in keys if k is not None})
+        live: dict[str, tuple[str, str | None]] = {}
+        for chunk in _chunks(wanted):
+            where = (idempotency_keys.c.caller == caller, idempotency_keys.c.key.in_(chunk))
+            expired = []
+            for row in (await conn.execute(select(idempotency_keys).where(*where))).all():
+                if row.expires_at > now:
+                    live[row.key] = (row.message_id, row.request_hash)
+                else:
+                    expired.append(row.key)
+            if expired:
+                await conn.execute(
+                    delete(idempotency_keys).where(
+                        idempotency_keys.c.caller == caller, idempotency_keys.c.key.in_(expired)
+                    )
+                )
+        return live
+
+    async def _recipient_states(
+        self, conn: AsyncConnection, batch: list[NewMessage]
+    ) -> dict[tuple[str, str], tuple[bool, int | None]]:
+        addresses = sorted({m.to for m in batch})
+        states: dict[tuple[str, str], tuple[bool, int | None]] = {}
+        for chunk in _chunks(addresses):
+            rows = await conn.execute(
+                select(
+                    recipients.c.channel,
+                    recipients.c.address,
+                    recipients.c.opted_out,
+                    recipients.c.last_inbound_at,
+                ).where(recipients.c.address.in_(chunk))
             )
-        ).first()
-        if row is not None and row.opted_out:
-            raise PreconditionFailed(
+            for channel, address, opted_out, last_inbound in rows:
+                states[(channel, address)] = (bool(opted_out), last_inbound)
+        return states
+
+    def _refusal(
+        self, message: NewMessage, state: tuple[bool, int | None] | None, now: int
+    ) -> PreconditionFailed | None:
+        opted_out, last_inbound = state if state is not None else (False, None)
+        if opted_out:
+            return PreconditionFailed(
                 message.to,
                 "OPTED_OUT",
                 f"{message.to} opted out (sent an opt-out keyword); "
                 "nothing is sent until they opt in again",
             )
-        if self.refuse_outside_window and message.channel.value == "whatsapp":
-            last = row.last_inbound_at if row is not None else None
-            if message.body is not None and (last is None or now - last >= WINDOW_MS):
-                raise PreconditionFailed(
-                    message.to,
-                    "OUTSIDE_WINDOW",
-                    f"{message.to} has not written in the last 24 hours: WhatsApp only "
-                    "allows approved templates (content_sid) now (Twilio error 63016)",
-                )
+        outside = last_inbound is None or now - last_inbound >= WINDOW_MS
+        if (
+            self.refuse_outside_window
+            and message.channel.value == "whatsapp"
+            and message.body is not None
+            and outside
+        ):
+            return PreconditionFailed(
+                message.to,
+                "OUTSIDE_WINDOW",
+                f"{message.to} has not written in the last 24 hours: WhatsApp only "
+                "allows approved templates (content_sid) now (Twilio error 63016)",
+            )
+        return None
+
+    async def _load_many(self, conn: AsyncConnection, ids: list[str]) -> dict[str, MessageRecord]:
+        out: dict[str, MessageRecord] = {}
+        for chunk in _chunks(sorted(set(ids))):
+            rows = (await conn.execute(select(messages).where(messages.c.id.in_(chunk)))).all()
+            tags = await _tags_of(conn, [r.id for r in rows])
+            out |= {r.id: _record(r._mapping, tags.get(r.id, ())) for r in rows}
+        return out
 
     # -- status callbacks and inbound messages ---------------------------------------
 
@@ -358,7 +458,7 @@ class Repository:
                 messages.c.next_attempt_at <= now,
                 or_(messages.c.lease_expires_at.is_(None), messages.c.lease_expires_at < now),
             )
-            .order_by(messages.c.next_attempt_at, messages.c.id)
+            .order_by(messages.c.priority, messages.c.next_attempt_at, messages.c.id)
             .limit(limit)
         )
         if not self._db.is_sqlite:  # SQLite's single writer already excludes other claimers
@@ -507,6 +607,98 @@ class Repository:
             tags = await _tags_of(conn, [r.id for r in rows])
         return [_record(r._mapping, tags.get(r.id, ())) for r in rows]
 
+    async def metrics(self, query: MetricsQuery, *, now_ms: int) -> Metrics:
+        """GetMetrics' figures, each one aggregated by the database.
+
+        No message row comes into Python: every figure is a COUNT, AVG or MIN (or one
+        value picked by ORDER BY ... OFFSET), so the cost is a few scans of the window,
+        not a transfer of it. The queries share one read transaction (on SQLite, one
+        WAL snapshot), so the figures agree with each other.
+        """
+        window = _conditions(
+            MessageQuery(
+                channel=query.channel,
+                tag=query.tag,
+                created_after_ms=query.start_ms,
+                created_before_ms=query.end_ms,
+            )
+        )
+        # The outbox figures are "now, all windows": the creation window does not apply
+        # to them, but the channel and tag filters do, so a caller looking at one
+        # channel or one tag sees that part of the backlog.
+        outbox = _conditions(MessageQuery(channel=query.channel, tag=query.tag))
+        timed = [*window, messages.c.sent_at.is_not(None), messages.c.delivered_at.is_not(None)]
+        failures = [s.value for s in FAILURES]
+        n_codes = func.count().label("n")
+        pending_due = and_(
+            messages.c.status == Status.PENDING.value, messages.c.next_attempt_at <= now_ms
+        )
+        async with _storage_errors(), self._db.reader.connect() as conn:
+            by_status = (
+                await conn.execute(
+                    select(messages.c.status, func.count())
+                    .where(*window)
+                    .group_by(messages.c.status)
+                )
+            ).all()
+            timed_count, avg_time = (
+                await conn.execute(select(func.count(), func.avg(_DELIVERY_TIME)).where(*timed))
+            ).one()
+            p50 = await _nearest_rank(conn, timed, int(timed_count), 50)
+            p95 = await _nearest_rank(conn, timed, int(timed_count), 95)
+            codes = (
+                await conn.execute(
+                    select(messages.c.error_code, n_codes)
+                    .where(
+                        *window,
+                        messages.c.status.in_(failures),
+                        messages.c.error_code.is_not(None),
+                    )
+                    .group_by(messages.c.error_code)
+                    .order_by(n_codes.desc(), messages.c.error_code)
+                )
+            ).all()
+            # Attempts beyond the first, summed over messages = attempt rows minus the
+            # messages that have any; COUNT(CASE ...) counts the rows where it holds.
+            in_window = select(messages.c.id).where(*window)
+            ambiguous_row = case(
+                (delivery_attempts.c.outcome == ErrorKind.AMBIGUOUS.value, delivery_attempts.c.id)
+            )
+            retries, ambiguous = (
+                await conn.execute(
+                    select(
+                        func.count() - func.count(delivery_attempts.c.message_id.distinct()),
+                        func.count(ambiguous_row),
+                    ).where(delivery_attempts.c.message_id.in_(in_window))
+                )
+            ).one()
+            queue_depth, oldest_due, scheduled = (
+                await conn.execute(
+                    select(
+                        func.count(case((pending_due, messages.c.id))),
+                        func.min(case((pending_due, messages.c.created_at))),
+                        func.count(
+                            case((messages.c.status == Status.SCHEDULED.value, messages.c.id))
+                        ),
+                    ).where(
+                        *outbox,
+                        messages.c.status.in_((Status.PENDING.value, Status.SCHEDULED.value)),
+                    )
+                )
+            ).one()
+        return Metrics(
+            by_status={Status(status): int(n) for status, n in by_status},
+            avg_delivery_time_ms=float(avg_time) if avg_time is not None else 0.0,
+            p50_delivery_time_ms=p50,
+            p95_delivery_time_ms=p95,
+            error_codes=tuple(ErrorCount(int(code), int(n)) for code, n in codes),
+            retries=int(retries),
+            ambiguous_outcomes=int(ambiguous),
+            queue_depth=int(queue_depth),
+            oldest_pending_age_ms=max(0, now_ms - int(oldest_due)) if oldest_due is not None else 0,
+            scheduled=int(scheduled),
+        )
+
     async def cancel(self, message_id: str) -> MessageRecord:
         now = self._clock()
         async with _storage_errors(), self._db.writer.begin() as conn:
@@ -619,6 +811,57 @@ class Repository:
             attempts=tuple(_attempt(a) for a in attempts),
         )
 
+    # -- watching status changes (WatchDeliveryStatus) -----------------------------
+
+    async def last_event_id(self) -> int:
+        """Where a new watch starts: only events stored after this one are news."""
+        async with _storage_errors(), self._db.reader.connect() as conn:
+            value = (await conn.execute(select(func.max(status_events.c.id)))).scalar()
+        return int(value) if value is not None else 0
+
+    async def events_after(
+        self,
+        after_id: int,
+        *,
+        limit: int,
+        message_ids: Sequence[str] = (),
+        tag: str | None = None,
+    ) -> list[StatusChange]:
+        """Status events with id > ``after_id`` in the order they were stored, each with
+        its message as it is now (tags included); filtered by ids or tag when given.
+
+        Reads the database rather than anything in this process, so events written by a
+        webhook sidecar in another process are seen too. On SQLite event ids are handed
+        out under the single write lock, so they become visible in id order and a cursor
+        never skips one.
+        """
+        stmt = _change_select().where(status_events.c.id > after_id)
+        wanted: list[Any] = []
+        if message_ids:
+            wanted.append(status_events.c.message_id.in_(list(message_ids)))
+        if tag is not None:
+            tagged = select(message_tags.c.message_id).where(message_tags.c.tag == tag)
+            wanted.append(status_events.c.message_id.in_(tagged))
+        if wanted:
+            stmt = stmt.where(or_(*wanted))
+        async with _storage_errors(), self._db.reader.connect() as conn:
+            return await _changes(conn, stmt.order_by(status_events.c.id).limit(limit))
+
+    async def current_states(self, message_ids: Sequence[str]) -> list[StatusChange]:
+        """Each existing message of ``message_ids`` with its latest event, in the order
+        given; unknown ids are left out (the caller names them)."""
+        if not message_ids:
+            return []
+        latest = (
+            select(func.max(status_events.c.id))
+            .where(status_events.c.message_id.in_(list(message_ids)))
+            .group_by(status_events.c.message_id)
+        )
+        stmt = _change_select().where(status_events.c.id.in_(latest))
+        async with _storage_errors(), self._db.reader.connect() as conn:
+            found = {c.message.id: c for c in await _changes(conn, stmt)}
+        return [found[m] for m in dict.fromkeys(message_ids) if m in found]
+
     async def _load(self, conn: AsyncConnection, message_id: str) -> MessageRecord:
         row = (await conn.execute(select(messages).where(messages.c.id == message_id))).first()
         if row is None:
@@ -652,6 +895,38 @@ def _record(row: Any, tags: Sequence[str]) -> MessageRecord:
         expires_at_ms=row["expires_at"],
         next_attempt_at_ms=row["next_attempt_at"],
     )
+
+
+def _change_select() -> Any:
+    """Status events joined to their messages; event columns renamed apart."""
+    return select(
+        status_events.c.id.label("event_id"),
+        status_events.c.status.label("event_status"),
+        status_events.c.source.label("event_source"),
+        status_events.c.occurred_at.label("event_occurred_at"),
+        status_events.c.error_code.label("event_error_code"),
+        status_events.c.applied.label("event_applied"),
+        messages,
+    ).join(messages, messages.c.id == status_events.c.message_id)
+
+
+async def _changes(conn: AsyncConnection, stmt: Any) -> list[StatusChange]:
+    rows = (await conn.execute(stmt)).all()
+    tags = await _tags_of(conn, list(dict.fromkeys(r.id for r in rows)))
+    return [
+        StatusChange(
+            event_id=int(r.event_id),
+            event=StatusEvent(
+                status=Status(r.event_status),
+                occurred_at_ms=r.event_occurred_at,
+                source=r.event_source,
+                error_code=r.event_error_code,
+                applied=bool(r.event_applied),
+            ),
+            message=_record(r._mapping, tags.get(r.id, ())),
+        )
+        for r in rows
+    ]
 
 
 def _event(row: Row[Any]) -> StatusEvent:
@@ -730,3 +1005,30 @@ def _attempt(row: Row[Any]) -> Attempt:
         error_code=row.error_code,
         error_message=row.error_message,
     )
+
+
+# A message's delivery time, sent to delivered. Callbacks can arrive out of order, so
+# delivered_at may precede sent_at; that counts as 0, as GetDeliveryStatus reports it.
+_DELIVERY_TIME = case(
+    (messages.c.delivered_at > messages.c.sent_at, messages.c.delivered_at - messages.c.sent_at),
+    else_=0,
+)
+
+
+async def _nearest_rank(conn: AsyncConnection, where: list[Any], n: int, pct: int) -> float:
+    """The ``pct``-th percentile of the delivery times matching ``where`` (``n`` of them).
+
+    Nearest-rank method: sort the n values ascending and take the one at 1-based rank
+    ceil(pct/100 * n), i.e. ORDER BY ... LIMIT 1 OFFSET rank-1. No interpolation, so the
+    answer is always a time some message really took, and the same SQL runs on SQLite
+    (which has no PERCENTILE_CONT) and PostgreSQL. 0 when there is no value.
+    """
+    if n == 0:
+        return 0.0
+    rank = -(-pct * n // 100)  # ceil(pct * n / 100) in integers: exact at whole ranks
+    value = (
+        await conn.execute(
+            select(_DELIVERY_TIME).where(*where).order_by(_DELIVERY_TIME).limit(1).offset(rank - 1)
+        )
+    ).scalar_one()
+    return float(value)

@@ -43,6 +43,7 @@ messages = Table(
     Column("send_at", BigInteger),
     Column("expires_at", BigInteger),
     Column("next_attempt_at", BigInteger),  # when the dispatcher may take it
+    Column("priority", Integer, nullable=False, server_default="0"),  # 0 first; bulk is 1
     Column("lease_owner", String(64)),
     Column("lease_expires_at", BigInteger),
     Column("traceparent", String(55)),
@@ -54,6 +55,7 @@ messages = Table(
     Column("delivered_at", BigInteger),
     Column("read_at", BigInteger),
     Index(None, "status", "next_attempt_at"),
+    Index(None, "status", "priority", "next_attempt_at"),
     Index(None, "created_at"),
     Index(None, "to_addr", "created_at"),
 )

@@ -1,0 +1,212 @@
+"""SendBulk: many recipients in one stream, committed in batches, answered per item.
+
+Flow control is real because nothing here buffers without bound: the reader takes the
+next request from the caller only while fewer than ``max_pending`` items wait to be
+committed, so a slow database stops the reading, gRPC's window fills, and the caller's
+writes wait. A bad item gets its own error result and never ends the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from notifier.domain.clock import Clock, now_ms
+from notifier.domain.errors import (
+    DomainError,
+    IdempotencyConflict,
+    PreconditionFailed,
+    ValidationFailed,
+    Violation,
+)
+from notifier.domain.model import Accepted, Channel
+from notifier.domain.ports import MessageStore
+from notifier.domain.validation import SendRequest, validate_send
+
+
+@dataclass(frozen=True, slots=True)
+class BulkDefaults:
+    channel: Channel | None = None
+    body: str | None = None
+    content_sid: str | None = None
+    variables: Mapping[str, str] = field(default_factory=dict)
+    media_urls: Sequence[str] = ()
+    tags: Sequence[str] = ()
+    send_at_ms: int | None = None
+    validity_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BulkItem:
+    correlation_id: str
+    to: str
+    variables: Mapping[str, str] = field(default_factory=dict)
+    body: str | None = None
+    content_sid: str | None = None
+    media_urls: Sequence[str] = ()
+    idempotency_key: str = ""
+    tags: Sequence[str] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class BulkRequest:
+    """One message of the caller's stream: new defaults (or None) and some items."""
+
+    defaults: BulkDefaults | None
+    items: Sequence[BulkItem]
+
+
+@dataclass(frozen=True, slots=True)
+class ItemFailure:
+    code: str  # a gRPC status code name
+    message: str
+    violations: tuple[Violation, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class BulkResult:
+    correlation_id: str
+    index: int
+    outcome: Accepted | ItemFailure
+
+
+def merge(defaults: BulkDefaults, item: BulkItem) -> SendRequest:
+    """The item's own content replaces the shared one; its variables and tags add to it."""
+    own = item.body is not None or item.content_sid is not None
+    content_sid = item.content_sid if own else defaults.content_sid
+    # Shared variables belong to the shared template; an item's own text takes none.
+    shared = defaults.variables if content_sid is not None else {}
+    return SendRequest(
+        to=item.to,
+        channel=defaults.channel,
+        body=item.body if own else defaults.body,
+        content_sid=content_sid,
+        variables={**shared, **item.variables},
+        media_urls=list(item.media_urls or ([] if own else defaults.media_urls)),
+        idempotency_key=item.idempotency_key,
+        tags=[*defaults.tags, *item.tags],
+        send_at_ms=defaults.send_at_ms,
+        validity_ms=defaults.validity_ms,
+    )
+
+
+def failure(error: DomainError) -> ItemFailure:
+    if isinstance(error, ValidationFailed):
+        return ItemFailure("INVALID_ARGUMENT", str(error), tuple(error.violations))
+    if isinstance(error, IdempotencyConflict):
+        return ItemFailure("ALREADY_EXISTS", str(error))
+    if isinstance(error, PreconditionFailed):
+        return ItemFailure("FAILED_PRECONDITION", str(error))
+    return ItemFailure("FAILED_PRECONDITION", str(error))
+
+
+_END = object()
+# Bulk messages queue behind single sends (priority 0): a 10,000-recipient campaign goes
+# out at the rate limit without making an OTP sent meanwhile wait for all of it.
+BULK_PRIORITY = 1
+
+
+@dataclass(slots=True)
+class BulkSender:
+    store: MessageStore
+    payload_hash: Callable[[dict[str, object]], str]
+    idempotency_ttl_ms: int
+    on_accepted: Callable[[], None]
+    clock: Clock = now_ms
+    batch_size: int = 500
+    max_pending: int = 2000
+    linger_seconds: float = 0.005
+
+    async def run(
+        self, requests: AsyncIterator[BulkRequest], caller: str = ""
+    ) -> AsyncIterator[list[BulkResult]]:
+        """Yield the results of each committed batch, items in the order they came."""
+        queue: asyncio.Queue[object] = asyncio.Queue(self.max_pending)
+        reader = asyncio.create_task(self._read(requests, queue))
+        try:
+            while True:
+                batch = await self._next_batch(queue)
+                if not batch:
+                    break
+                yield await self._commit(batch, caller)
+            await reader  # surface a broken request stream
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+
+    async def _read(
+        self, requests: AsyncIterator[BulkRequest], queue: asyncio.Queue[object]
+    ) -> None:
+        defaults = BulkDefaults()
+        index = 0
+        try:
+            async for request in requests:
+                if request.defaults is not None:
+                    defaults = request.defaults
+                for item in request.items:
+                    await queue.put((index, item, defaults))  # waits while the queue is full
+                    index += 1
+        finally:
+            await queue.put(_END)
+
+    async def _next_batch(
+        self, queue: asyncio.Queue[object]
+    ) -> list[tuple[int, BulkItem, BulkDefaults]]:
+        batch: list[tuple[int, BulkItem, BulkDefaults]] = []
+        first = await queue.get()
+        if first is _END:
+            return batch
+        batch.append(first)  # type: ignore[arg-type]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.linger_seconds
+        while len(batch) < self.batch_size:
+            try:
+                entry = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    entry = await asyncio.wait_for(queue.get(), remaining)
+                except TimeoutError:
+                    break
+            if entry is _END:
+                queue.put_nowait(_END)  # seen again by the next call, which ends the run
+                break
+            batch.append(entry)  # type: ignore[arg-type]
+        return batch
+
+    async def _commit(
+        self, batch: list[tuple[int, BulkItem, BulkDefaults]], caller: str
+    ) -> list[BulkResult]:
+        now = self.clock()
+        outcomes: list[Accepted | ItemFailure | None] = []
+        valid = []
+        for _, item, defaults in batch:
+            try:
+                message = validate_send(merge(defaults, item), now)
+            except ValidationFailed as exc:
+                outcomes.append(failure(exc))
+                continue
+            digest = self.payload_hash(message.payload()) if message.idempotency_key else None
+            valid.append((message, digest))
+            outcomes.append(None)
+        stored = iter(
+            await self.store.add_messages(
+                valid, caller=caller, key_ttl_ms=self.idempotency_ttl_ms, priority=BULK_PRIORITY
+            )
+            if valid
+            else []
+        )
+        results = []
+        for (index, item, _), outcome in zip(batch, outcomes, strict=True):
+            if outcome is None:
+                done = next(stored)
+                outcome = failure(done) if isinstance(done, DomainError) else done
+            results.append(BulkResult(item.correlation_id, index, outcome))
+        if valid:
+            self.on_accepted()
+        return results
