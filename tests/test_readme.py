@@ -63,3 +63,38 @@ async def test_invalid_example_shows_every_violation(address: str) -> None:
     assert out.returncode != 0
     assert "Code: InvalidArgument" in out.stderr
     assert "4 bad field(s): to, content_sid, media_urls, media_urls[0]" in out.stderr
+
+
+async def test_recipes_run_as_written(db_path: Path, emulator: EmulatorServer) -> None:
+    from notifier.server import create_sidecar
+
+    settings = engine_settings(
+        db_path,
+        emulator,
+        STATUS_CALLBACK_URL=None,
+        NOTIFIER_HTTP_ADDR="127.0.0.1:0",
+        ADMIN_WHATSAPP_NUMBERS="+14155550101,+14155550102",
+    )
+    sidecar, settings = await create_sidecar(settings)
+    await sidecar.start()
+    server, channel = await start_engine(settings)
+    try:
+        out = await run_block(block("recipes"), f"127.0.0.1:{server.port}")
+    finally:
+        await channel.close()
+        await server.stop(grace=1)
+        await sidecar.stop()
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert '"twilio_sid": "SM' in text  # wait_for_acceptance
+    assert '"history": [' in text  # GetDeliveryStatus
+    assert '"correlation_id": "c-2"' in text
+    assert '"code": "INVALID_ARGUMENT"' in text
+    assert text.count('"to": "+1415555010') >= 4  # two alerts, two admins each
+    assert '"messages": [' in text  # ListMessages
+    assert '"total": "' in text  # GetMetrics (int64 as a JSON string)
+    assert '"status": "MESSAGE_STATUS_CANCELED"' in text
+    assert "MESSAGE_STATUS_READ" in text  # the watch saw the message through to read
+    bodies = [m.body for m in emulator.state.accepted]
+    assert any("*New Order Received!*" in b for b in bodies)
+    assert any("Blue mug" in b and "Low Stock" in b for b in bodies)

@@ -65,7 +65,12 @@ def _chunks(values: Sequence[str], size: int = 500) -> list[Sequence[str]]:
 
 
 def _message_row(
-    message: NewMessage, message_id: str, caller: str, traceparent: str | None, now: int
+    message: NewMessage,
+    message_id: str,
+    caller: str,
+    traceparent: str | None,
+    now: int,
+    priority: int = 0,
 ) -> dict[str, Any]:
     status = Status.SCHEDULED if message.send_at_ms is not None else Status.PENDING
     return {
@@ -85,6 +90,7 @@ def _message_row(
         "created_at": now,
         "updated_at": now,
         "attempts": 0,
+        "priority": priority,
     }
 
 
@@ -194,13 +200,11 @@ class Repository:
             if refusal is not None:
                 results.append(refusal)
                 continue
-            row = _message_row(message, new_message_id(), caller, traceparent, now)
-            row["priority"] = priority
+            row = _message_row(message, new_message_id(), caller, traceparent, now, priority)
             rows.append(row)
             tags += [{"message_id": row["id"], "tag": t} for t in message.tags]
-            events.append(
-                {"message_id": row["id"], "status": row["status"], "source": "api", "occurred_at": now}
-            )
+            event = {"message_id": row["id"], "status": row["status"], "source": "api"}
+            events.append(event | {"occurred_at": now})
             if key is not None:
                 fresh[key] = (row["id"], digest)
                 keys.append(
