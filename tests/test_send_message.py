@@ -192,23 +192,3 @@ async def test_wait_for_acceptance_is_refused_before_anything_is_stored(
         )
     assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert count_rows(db_path, "messages") == 0
-
-
-async def test_rpcs_not_built_yet_answer_unimplemented(stub: Stub) -> None:
-    unary = [
-        (stub.NotifyOrder, pb.NotifyOrderRequest()),
-        (stub.NotifyAdmins, pb.NotifyAdminsRequest()),
-        (stub.GetMetrics, pb.GetMetricsRequest()),
-    ]
-    for call, req in unary:
-        with pytest.raises(grpc.aio.AioRpcError) as info:
-            await call(req)  # type: ignore[operator]
-        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        async for _ in stub.WatchDeliveryStatus(pb.WatchDeliveryStatusRequest(message_ids=["x"])):
-            pass
-    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    bulk = stub.SendBulk()
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await bulk.read()
-    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED

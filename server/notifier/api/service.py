@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 
@@ -27,18 +27,12 @@ def _deadline_ms(context: Context) -> int | None:
     return now_ms() + int(remaining * 1000)
 
 
-async def _not_yet(context: Context, rpc: str) -> NoReturn:
-    await context.abort(
-        grpc.StatusCode.UNIMPLEMENTED, f"{rpc} is part of the v1 contract but not served yet"
-    )
-
-
 class NotifierServicer(pb_grpc.NotifierServicer):
     def __init__(
         self,
         messages: MessageService,
-        watch: StatusWatch | None = None,
-        bulk: BulkSender | None = None,
+        watch: StatusWatch,
+        bulk: BulkSender,
     ) -> None:
         self._messages = messages
         self._watch = watch
@@ -63,8 +57,6 @@ class NotifierServicer(pb_grpc.NotifierServicer):
     async def SendBulk(
         self, request_iterator: AsyncIterator[pb.SendBulkRequest], context: Context
     ) -> AsyncIterator[pb.SendBulkResponse]:
-        if self._bulk is None:
-            await _not_yet(context, "SendBulk")
         async for results in self._bulk.run(convert.bulk_requests(request_iterator)):
             yield convert.bulk_response(results)
 
@@ -121,8 +113,6 @@ class NotifierServicer(pb_grpc.NotifierServicer):
         RESOURCE_EXHAUSTED, a server shutting down ends every watch with UNAVAILABLE;
         either way the caller reopens it, with include_current to catch up.
         """
-        if self._watch is None:
-            await _not_yet(context, "WatchDeliveryStatus")
         spec = validate_watch(list(request.message_ids), request.tag, request.include_current)
         try:
             async with contextlib.aclosing(self._watch.watch(spec)) as changes:

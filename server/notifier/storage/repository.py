@@ -227,9 +227,7 @@ class Repository:
             await conn.execute(insert(idempotency_keys), keys)
         replay_ids = [r for r in results if isinstance(r, str)]
         replays = await self._load_many(conn, replay_ids) if replay_ids else {}
-        return [
-            Accepted(replays[r], replayed=True) if isinstance(r, str) else r for r in results
-        ]
+        return [Accepted(replays[r], replayed=True) if isinstance(r, str) else r for r in results]
 
     async def _known_keys(
         self, conn: AsyncConnection, caller: str, keys: list[str | None], now: int
