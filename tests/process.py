@@ -71,3 +71,14 @@ def start_server(env: dict[str, str], *args: str, timeout: float = 30) -> Server
 
 def grpcurl(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     return subprocess.run([GRPCURL, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def run_notifier(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``notifier ARGS`` to completion (for commands that exit, or refuse to start)."""
+    return subprocess.run(
+        [sys.executable, "-m", "notifier", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )

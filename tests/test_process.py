@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from tests.conftest import count_rows
-from tests.process import grpcurl, notifier_env, start_server
+from tests.process import grpcurl, notifier_env, run_notifier, start_server
 
 SEND = "notifier.v1.Notifier/SendMessage"
 STATUS = "notifier.v1.Notifier/GetDeliveryStatus"
@@ -101,13 +99,7 @@ def test_development_without_credentials_sends_through_the_emulator_and_says_so(
 
 def test_production_without_credentials_refuses_to_start(tmp_path: Path) -> None:
     env = notifier_env(tmp_path / "n.db", NOTIFIER_ENV="production")
-    out = subprocess.run(
-        [sys.executable, "-m", "notifier", "serve"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    out = run_notifier(env, "serve")
     assert out.returncode == 1
     assert "production needs Twilio credentials" in out.stderr
 
@@ -115,22 +107,10 @@ def test_production_without_credentials_refuses_to_start(tmp_path: Path) -> None
 def test_db_upgrade_then_production_start_without_auto_migration(tmp_path: Path) -> None:
     db = tmp_path / "n.db"
     env = notifier_env(db, NOTIFIER_MIGRATE_ON_START="false")
-    refused = subprocess.run(
-        [sys.executable, "-m", "notifier", "serve", "grpc"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    refused = run_notifier(env, "serve", "grpc")
     assert refused.returncode == 1
     assert "notifier db upgrade" in refused.stderr
-    upgraded = subprocess.run(
-        [sys.executable, "-m", "notifier", "db", "upgrade"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    upgraded = run_notifier(env, "db", "upgrade")
     assert upgraded.returncode == 0, upgraded.stderr
     assert count_rows(db, "messages") == 0
     server = start_server(env, "grpc")
@@ -145,13 +125,7 @@ def test_bad_configuration_names_the_variable(tmp_path: Path) -> None:
     env = notifier_env(
         tmp_path / "n.db", NOTIFIER_GRPC_ADDR="localhost", NOTIFIER_RETRY_MAX_ATTEMPTS="x"
     )
-    out = subprocess.run(
-        [sys.executable, "-m", "notifier", "serve"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    out = run_notifier(env, "serve")
     assert out.returncode == 2
     assert "NOTIFIER_GRPC_ADDR: must be HOST:PORT" in out.stderr
     assert "NOTIFIER_RETRY_MAX_ATTEMPTS" in out.stderr
@@ -162,13 +136,7 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
     first = start_server(notifier_env(tmp_path / "a.db"))
     try:
         env = notifier_env(tmp_path / "b.db", NOTIFIER_GRPC_ADDR=first.address)
-        out = subprocess.run(
-            [sys.executable, "-m", "notifier", "serve"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        out = run_notifier(env, "serve")
         assert out.returncode == 1
         assert f"cannot listen on {first.address}" in out.stderr
     finally:
