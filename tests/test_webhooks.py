@@ -395,20 +395,12 @@ async def test_health_readiness_and_metrics(client: httpx.AsyncClient, repo: Rep
 
 
 async def _through_everything(
-    db_path: Path, emulator: EmulatorServer, **env: Any
+    db_path: Path, emulator: EmulatorServer
 ) -> tuple[pb.GetDeliveryStatusResponse, str]:
-    settings = engine_settings(
-        db_path, emulator, STATUS_CALLBACK_URL=None, NOTIFIER_HTTP_ADDR="127.0.0.1:0", **env
-    )
-    sidecar, settings = await create_sidecar(settings)
-    await sidecar.start()
-    from tests.test_delivery import start_engine
-
-    server, channel = await start_engine(settings)
+    eng, server, channel, sidecar = await _sidecar_engine(db_path, emulator)
     try:
-        eng = Engine(server, channel)
         mid = await eng.send(body="full path")
-        got = await eng.until_status(mid, pb.MESSAGE_STATUS_READ)
+        await eng.until_status(mid, pb.MESSAGE_STATUS_READ)
         await asyncio.sleep(0.3)  # let duplicated or late callbacks land too
         got = await eng.status(mid)
     finally:
@@ -478,3 +470,99 @@ async def test_optionally_refuse_free_text_outside_the_24_hour_window(
             assert inside.status == pb.MESSAGE_STATUS_PENDING  # the window is open now
     finally:
         await server.stop(grace=1)
+
+
+async def _sidecar_engine(db_path: Path, emulator: EmulatorServer) -> tuple[Engine, Any, Any, Any]:
+    from tests.test_delivery import start_engine
+
+    settings = engine_settings(
+        db_path, emulator, STATUS_CALLBACK_URL=None, NOTIFIER_HTTP_ADDR="127.0.0.1:0"
+    )
+    sidecar, settings = await create_sidecar(settings)
+    await sidecar.start()
+    server, channel = await start_engine(settings)
+    return Engine(server, channel), server, channel, sidecar
+
+
+async def test_emulator_outcomes_and_dropped_callbacks_end_in_the_right_state(
+    db_path: Path, emulator: EmulatorServer
+) -> None:
+    emulator.faults = Faults(
+        to_outcomes={"+14155550111": ("undelivered", 30003), "+14155550112": ("failed", 63016)},
+    )
+    eng, server, channel, sidecar = await _sidecar_engine(db_path, emulator)
+    try:
+        undelivered = await eng.send(to="+14155550111", body="u")
+        failed = await eng.send(to="+14155550112", body="f")
+        u = await eng.until_status(undelivered, pb.MESSAGE_STATUS_UNDELIVERED)
+        f = await eng.until_status(failed, pb.MESSAGE_STATUS_FAILED)
+        assert (u.message.error_code, u.message.error_message) == (
+            30003,
+            "Unreachable destination handset",
+        )
+        assert f.message.error_code == 63016
+        assert "24-hour" in f.message.error_message
+        emulator.faults = Faults(drop_callback_fraction=1.0)
+        silent = await eng.send(body="no callbacks")
+        await eng.until_status(silent, pb.MESSAGE_STATUS_QUEUED)
+        await asyncio.sleep(0.5)  # every callback dropped: Twilio's first answer stands
+        assert (await eng.status(silent)).message.status == pb.MESSAGE_STATUS_QUEUED
+    finally:
+        await channel.close()
+        await server.stop(grace=1)
+        await sidecar.stop()
+
+
+async def test_metrics_of_a_real_mix_match_hand_computed_values(
+    db_path: Path, emulator: EmulatorServer
+) -> None:
+    """Outcomes produced by the real path: dispatcher, emulator, signed callbacks, sidecar."""
+    emulator.faults = Faults(
+        to_outcomes={
+            "+14155550121": ("failed", 63016),
+            "+14155550122": ("failed", 63016),
+            "+14155550123": ("undelivered", 30003),
+        },
+    )
+    eng, server, channel, sidecar = await _sidecar_engine(db_path, emulator)
+    try:
+        ends: dict[str, int] = {}
+        for i in range(4):  # WhatsApp, normal path: read
+            ends[await eng.send(to=f"+1415555013{i}", body="r", tags=["mix"])] = 8
+        for i in range(2):  # SMS has no read receipts: delivered
+            mid = await eng.send(
+                to=f"+1415555014{i}", body="d", channel=pb.CHANNEL_SMS, tags=["mix"]
+            )
+            ends[mid] = 7
+        for to, status in (("+14155550121", 9), ("+14155550122", 9), ("+14155550123", 10)):
+            ends[await eng.send(to=to, body="x", tags=["mix"])] = status
+        for mid, status in ends.items():
+            await eng.until_status(mid, status)
+        got = await eng.stub.GetMetrics(pb.GetMetricsRequest(tag="mix"))
+    finally:
+        await channel.close()
+        await server.stop(grace=1)
+        await sidecar.stop()
+    # By hand: 4 read, 2 delivered, 2 failed, 1 undelivered = 9.
+    assert got.total == 9
+    assert {c.status: c.count for c in got.by_status} == {
+        pb.MESSAGE_STATUS_READ: 4,
+        pb.MESSAGE_STATUS_DELIVERED: 2,
+        pb.MESSAGE_STATUS_FAILED: 2,
+        pb.MESSAGE_STATUS_UNDELIVERED: 1,
+    }
+    assert got.delivery_rate == pytest.approx(6 / 9)  # (2 + 4) / (6 + 2 + 1)
+    assert got.read_rate == pytest.approx(4 / 6)
+    assert got.failure_rate == pytest.approx(3 / 9)
+    assert [(e.error_code, e.count) for e in got.error_codes] == [(63016, 2), (30003, 1)]
+    with sqlite3.connect(db_path) as conn:
+        times = sorted(
+            d - s
+            for s, d in conn.execute(
+                "SELECT sent_at, delivered_at FROM messages WHERE delivered_at IS NOT NULL"
+            )
+        )
+    assert len(times) == 6
+    assert got.avg_delivery_time_ms == pytest.approx(sum(times) / 6)
+    assert got.p50_delivery_time_ms == times[2]  # nearest rank: ceil(0.5 * 6) = 3rd
+    assert got.p95_delivery_time_ms == times[5]  # ceil(0.95 * 6) = 6th
