@@ -74,7 +74,10 @@ def _record(
     attempts: Sequence[str] = (),
 ) -> None:
     """Write what the dispatcher and callbacks would have recorded for one message."""
-    with closing(sqlite3.connect(db_path)) as conn, conn:
+    # BEGIN IMMEDIATE: take the write lock up front (waiting for the server's health
+    # check if need be) instead of failing on a read-to-write upgrade.
+    with closing(sqlite3.connect(db_path, timeout=30, isolation_level=None)) as conn:
+        conn.execute("BEGIN IMMEDIATE")
         if status is not None:
             conn.execute(
                 "UPDATE messages SET status = ?, sent_at = ?, delivered_at = ?, read_at = ?,"
@@ -91,6 +94,7 @@ def _record(
             " VALUES (?, ?, ?, ?, ?)",
             [(message_id, n, 1_000 * n, 1_000 * n + 10, o) for n, o in enumerate(attempts, 1)],
         )
+        conn.execute("COMMIT")
 
 
 async def _metrics(stub: Stub, **kw: object) -> pb.GetMetricsResponse:

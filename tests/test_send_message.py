@@ -192,3 +192,30 @@ async def test_wait_for_acceptance_is_refused_before_anything_is_stored(
         )
     assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert count_rows(db_path, "messages") == 0
+
+
+async def test_undecodable_bytes_are_invalid_argument_not_unknown(
+    channel: grpc.aio.Channel, db_path: Path
+) -> None:
+    bad_utf8 = b"\x0a\x03\xff\xfe\xfd"  # field 1 (to), a string that is not UTF-8
+    send = channel.unary_unary(
+        "/notifier.v1.Notifier/SendMessage",
+        request_serializer=lambda raw: raw,
+        response_deserializer=pb.SendMessageResponse.FromString,
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await send(bad_utf8)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "request" in field_violations(info.value)
+    bulk = channel.stream_stream(
+        "/notifier.v1.Notifier/SendBulk",
+        request_serializer=lambda raw: raw,
+        response_deserializer=pb.SendBulkResponse.FromString,
+    )
+    good = pb.SendBulkRequest(items=[pb.BulkItem(to="+14155550100", body="ok")])
+    call = bulk(iter([good.SerializeToString(), b"\x12\x03\x12\x01\xff"]))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        async for _ in call:
+            pass
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert count_rows(db_path, "messages") <= 1  # the good item before it may be stored

@@ -566,3 +566,26 @@ async def test_metrics_of_a_real_mix_match_hand_computed_values(
     assert got.avg_delivery_time_ms == pytest.approx(sum(times) / 6)
     assert got.p50_delivery_time_ms == times[2]  # nearest rank: ceil(0.5 * 6) = 3rd
     assert got.p95_delivery_time_ms == times[5]  # ceil(0.95 * 6) = 6th
+
+
+async def test_a_requeued_message_follows_its_new_send(
+    client: httpx.AsyncClient, repo: Repository, db_path: Path
+) -> None:
+    from notifier.domain.model import MessageQuery
+
+    mid = await queued_message(repo)
+    await post_status(client, callback("sent"))
+    await post_status(client, callback("undelivered", ErrorCode="30003"))
+    outcome = await repo.requeue(MessageQuery(message_ids=(mid,)), limit=10, validity_ms=None)
+    assert outcome.requeued == (mid,)
+    assert message_row(db_path, mid)["twilio_sid"] is None
+    second = "SM" + "7" * 32
+    attempt = AttemptRecord(3, 4, "accepted", 201, twilio_sid=second)
+    await repo.record_attempt(mid, attempt, Transition(Status.QUEUED, twilio_sid=second))
+    for status in ("sent", "delivered"):
+        assert (await post_status(client, callback(status, sid=second))).status_code == 200
+    row = message_row(db_path, mid)
+    assert (row["status"], row["twilio_sid"]) == ("delivered", second)
+    # A late callback about the first send no longer moves the message.
+    await post_status(client, callback("read"))
+    assert message_row(db_path, mid)["status"] == "delivered"

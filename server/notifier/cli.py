@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from pydantic import AnyHttpUrl, SecretStr, ValidationError
+from sqlalchemy.engine import make_url
 
 from notifier.config import ConfigError, Settings, load_settings
 from notifier.emulator import DEV_ACCOUNT_SID, DEV_AUTH_TOKEN, DEV_FROM
@@ -22,6 +23,11 @@ from notifier.storage.engine import create_database
 from notifier.storage.migrate import upgrade
 
 log = logging.getLogger("notifier")
+
+
+def _safe_url(url: str) -> str:
+    """The database URL without its password, for printing."""
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def _banner(settings: Settings, port: int, emulator: EmulatorServer | None) -> str:
@@ -83,7 +89,7 @@ async def _serve(settings: Settings, part: str) -> int:
         if part == "webhooks" and not settings.webhook_tokens and settings.is_development:
             log.warning("no TWILIO_AUTH_TOKEN: accepting webhooks signed for the emulator")
             settings = settings.model_copy(update={"twilio_auth_token": SecretStr(DEV_AUTH_TOKEN)})
-        lines = [f"notifier: database {settings.database_url}"]
+        lines = [f"notifier: database {_safe_url(settings.database_url)}"]
         if part in ("all", "webhooks"):
             sidecar, settings = await create_sidecar(settings)
             await sidecar.start()
@@ -112,7 +118,7 @@ async def _db_upgrade(settings: Settings) -> int:
         await upgrade(db.writer)
     finally:
         await db.dispose()
-    print(f"notifier: database at the latest schema ({settings.database_url})")
+    print(f"notifier: database at the latest schema ({_safe_url(settings.database_url)})")
     return 0
 
 

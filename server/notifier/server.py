@@ -190,6 +190,7 @@ def _dispatcher(settings: Settings, repository: Repository, provider: TwilioProv
         lease_seconds=settings.lease_seconds,
         retry=policy,
         ambiguous_policy=settings.ambiguous_policy,
+        twilio_timeout_seconds=settings.twilio_timeout_seconds,
     )
     return Dispatcher(repository, provider, RateLimiters(settings.rate_limit_per_second), config)
 

@@ -46,6 +46,7 @@ _retry_after: contextvars.ContextVar[float | None] = contextvars.ContextVar(
 
 WHATSAPP = "whatsapp:"
 MAX_VALIDITY_SECONDS = 36_000
+MAX_RETRY_AFTER_SECONDS = 3600.0  # a larger (or infinite) Retry-After is taken as an hour
 
 
 class _HeaderKeepingClient(AsyncTwilioHttpClient):
@@ -60,9 +61,12 @@ def _parse_retry_after(headers: Any) -> float | None:
     if value is None:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         return None  # an HTTP date; Twilio sends seconds
+    if seconds != seconds:  # NaN
+        return None
+    return min(max(0.0, seconds), MAX_RETRY_AFTER_SECONDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +123,7 @@ class TwilioProvider:
         if msg.content_sid is not None:
             params["content_sid"] = msg.content_sid
             if msg.variables:
-                params["content_variables"] = json.dumps(msg.variables)
+                params["content_variables"] = json.dumps(msg.variables, sort_keys=True)
         if cfg.status_callback_url:
             # Our id in the callback URL links a callback to its message even when the
             # process died between Twilio's answer and recording the SID.

@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -25,6 +26,7 @@ from notifier.domain.errors import (
     StorageUnavailable,
     Unsupported,
     ValidationFailed,
+    Violation,
 )
 
 log = logging.getLogger(__name__)
@@ -82,6 +84,46 @@ def _classify(exc: DomainError) -> tuple[int, list[Any]]:
     return code_pb2.FAILED_PRECONDITION, []
 
 
+_UNDECODABLE = object()
+
+
+def _bad_message() -> ValidationFailed:
+    return ValidationFailed(
+        [Violation("request", "is not a valid protobuf message for this method (bytes or UTF-8)")]
+    )
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """A deserializer that marks bytes it cannot decode instead of raising, so the caller
+    gets INVALID_ARGUMENT rather than gRPC's own UNKNOWN or INTERNAL."""
+    if deserializer is None:
+        return None
+
+    def decode(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except DecodeError:
+            return _UNDECODABLE
+
+    return decode
+
+
+def _checked(request: Any) -> Any:
+    """The request, or for a stream a stream that raises at the first undecodable message."""
+    if request is _UNDECODABLE:
+        raise _bad_message()
+    if hasattr(request, "__aiter__"):
+        return _checked_stream(request)
+    return request
+
+
+async def _checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        if request is _UNDECODABLE:
+            raise _bad_message()
+        yield request
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Aborts with the mapped status; calls ``on_storage_down`` so health follows."""
 
@@ -98,7 +140,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             return handler
         method = handler_call_details.method
         codec = {
-            "request_deserializer": handler.request_deserializer,
+            "request_deserializer": _tolerant(handler.request_deserializer),
             "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary:
@@ -120,7 +162,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
     def _unary(self, behavior: Handler, method: str) -> Handler:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             try:
-                return await behavior(request, context)
+                return await behavior(_checked(request), context)
             except Exception as exc:  # every outcome becomes a proper status
                 await self._abort(exc, context, method)
 
@@ -131,7 +173,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
             try:
-                result = behavior(request, context)
+                result = behavior(_checked(request), context)
                 if inspect.isawaitable(result):  # a handler that only aborts or writes
                     await result
                     return

@@ -62,6 +62,7 @@ class DispatchConfig:
     poll_seconds: float = 0.5
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     ambiguous_policy: str = "retry"
+    twilio_timeout_seconds: float = 10.0
 
 
 def _worker_id() -> str:
@@ -92,6 +93,9 @@ class Dispatcher:
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._waiting = 0  # claimed messages waiting for the rate limiter
+        self._started: set[str] = set()  # messages whose request to Twilio has begun
+        self._timeout_seconds = config.twilio_timeout_seconds
 
     def start(self) -> None:
         self._loop_task = asyncio.create_task(self._run(), name="dispatcher")
@@ -107,6 +111,9 @@ class Dispatcher:
             except StorageUnavailable as exc:
                 log.warning("dispatcher cannot reach storage: %s", exc)
                 claimed = 0
+            except Exception:  # a bad row must not stop all sending: log, back off, go on
+                log.exception("dispatcher claim failed")
+                claimed = 0
             if claimed == 0:
                 await self._idle()
 
@@ -120,21 +127,29 @@ class Dispatcher:
             self._slot_freed.clear()
             await self._slot_freed.wait()
         free = self._config.concurrency - len(self._inflight)
-        headroom = self._limiters.for_sender(self._provider.sender).headroom()
-        # Claim no more than can be sent soon, so leases are not spent waiting for the limiter.
+        # Claim no more than the limiter can grant well within a lease, counting the
+        # claimed messages still waiting for it; else leases run out in the queue.
+        limiter = self._limiters.for_sender(self._provider.sender)
+        grantable = int(limiter.rate * self._config.lease_seconds / 4) - self._waiting
+        if grantable < 1:
+            return 0
         batch = await self._store.claim_due(
             self.owner,
-            limit=max(1, min(free, headroom)),
+            limit=min(free, grantable),
             lease_ms=int(self._config.lease_seconds * 1000),
         )
         for msg in batch:
+            if msg.id in self._inflight:
+                continue  # still ours from an earlier claim (its lease was renewed)
             task = asyncio.create_task(self._deliver(msg), name=f"deliver-{msg.id}")
             self._inflight[msg.id] = task
             task.add_done_callback(self._done)
         return len(batch)
 
     def _done(self, task: asyncio.Task[None]) -> None:
-        self._inflight.pop(task.get_name().removeprefix("deliver-"), None)
+        message_id = task.get_name().removeprefix("deliver-")
+        self._inflight.pop(message_id, None)
+        self._started.discard(message_id)
         self._slot_freed.set()
 
     async def _deliver(self, msg: MessageRecord) -> None:
@@ -147,15 +162,28 @@ class Dispatcher:
                 )
                 await self._record(msg, None, expired)
                 return
-            await self._limiters.for_sender(self._provider.sender).acquire()
+            lease_ends = self._clock() + int(self._config.lease_seconds * 1000)
+            self._waiting += 1
+            try:
+                await self._limiters.for_sender(self._provider.sender).acquire()
+            finally:
+                self._waiting -= 1
             if self._stopping:
                 return  # never sent: stop() releases the lease
+            if self._clock() > lease_ends - self._lease_margin_ms():
+                log.warning("lease of %s ran low while waiting to send; leaving it", msg.id)
+                return  # another claim takes it: never two sends under one lease
+            self._started.add(msg.id)
             await self._attempt(msg)
         except StorageUnavailable as exc:
             # The lease runs out and the message is claimed again: at-least-once.
             log.warning("could not record the attempt for %s: %s", msg.id, exc)
         except Exception:
             log.exception("unexpected error delivering %s", msg.id)
+
+    def _lease_margin_ms(self) -> int:
+        """Time a send may still need once started: its request must end within the lease."""
+        return int(self._timeout_seconds * 1000)
 
     async def _attempt(self, msg: MessageRecord) -> None:
         started = self._clock()
@@ -164,6 +192,13 @@ class Dispatcher:
         except ProviderError as err:
             await self._failed(msg, started, err)
             return
+        except asyncio.CancelledError:
+            # Stopped after the grace period with the request out: Twilio may have it.
+            # Record that as an ambiguous outcome, so the configured policy decides.
+            cut = ProviderError(ErrorKind.AMBIGUOUS, "shutdown interrupted the request to Twilio")
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._failed(msg, started, cut))
+            raise
         attempt = AttemptRecord(
             started_at_ms=started,
             finished_at_ms=self._clock(),
@@ -217,7 +252,18 @@ class Dispatcher:
     async def _record(
         self, msg: MessageRecord, attempt: AttemptRecord | None, transition: Transition
     ) -> None:
-        await self._store.record_attempt(msg.id, attempt, transition)
+        # What Twilio answered must not be lost to a short storage hiccup: losing it
+        # means sending again when the lease runs out.
+        for pause in (0.1, 0.3, 1.0, 2.0, 4.0):
+            try:
+                await self._store.record_attempt(msg.id, attempt, transition)
+                break
+            except StorageUnavailable:
+                if self._stopping:
+                    raise
+                await asyncio.sleep(pause)
+        else:
+            await self._store.record_attempt(msg.id, attempt, transition)
         for waiter in self._waiters.pop(msg.id, []):
             if not waiter.done():
                 waiter.set_result(None)
@@ -252,16 +298,18 @@ class Dispatcher:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
-        ids = list(self._inflight)
         tasks = list(self._inflight.values())
+        unsent: set[str] = set()
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=grace)
+            unsent = {t.get_name().removeprefix("deliver-") for t in pending} - self._started
             for task in pending:
-                task.cancel()
+                task.cancel()  # a request already out is recorded as ambiguous
             if pending:
                 await asyncio.wait(pending)
+        ids = sorted(unsent)
         if ids:
-            # Recorded messages hold no lease any more; this frees only the unfinished ones.
+            # Only messages whose request never began: they go to another worker at once.
             with contextlib.suppress(StorageUnavailable):
                 released = await self._store.release(self.owner, ids)
                 if released:

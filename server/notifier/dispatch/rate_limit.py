@@ -29,6 +29,7 @@ class SlidingWindowLimiter:
     ) -> None:
         if rate_per_second <= 0:
             raise ValueError("rate_per_second must be positive")
+        self.rate = rate_per_second
         if rate_per_second >= 1:
             self.limit, window = int(rate_per_second), 1.0
         else:

@@ -123,13 +123,13 @@ class BulkSender:
         self, requests: AsyncIterator[BulkRequest], caller: str = ""
     ) -> AsyncIterator[list[BulkResult]]:
         """Yield the results of each committed batch, items in the order they came."""
-        queue: asyncio.Queue[object] = asyncio.Queue(self.max_pending)
-        reader = asyncio.create_task(self._read(requests, queue))
+        # The queue itself is unbounded so the end marker can always be put without
+        # waiting; ``slots`` is what bounds the items waiting for storage.
+        queue: asyncio.Queue[object] = asyncio.Queue()
+        slots = asyncio.Semaphore(self.max_pending)
+        reader = asyncio.create_task(self._read(requests, queue, slots))
         try:
-            while True:
-                batch = await self._next_batch(queue)
-                if not batch:
-                    break
+            while batch := await self._next_batch(queue, slots):
                 yield await self._commit(batch, caller)
             await reader  # surface a broken request stream
         finally:
@@ -138,7 +138,10 @@ class BulkSender:
                 await reader
 
     async def _read(
-        self, requests: AsyncIterator[BulkRequest], queue: asyncio.Queue[object]
+        self,
+        requests: AsyncIterator[BulkRequest],
+        queue: asyncio.Queue[object],
+        slots: asyncio.Semaphore,
     ) -> None:
         defaults = BulkDefaults()
         index = 0
@@ -147,13 +150,14 @@ class BulkSender:
                 if request.defaults is not None:
                     defaults = request.defaults
                 for item in request.items:
-                    await queue.put((index, item, defaults))  # waits while the queue is full
+                    await slots.acquire()  # waits while max_pending items wait for storage
+                    queue.put_nowait((index, item, defaults))
                     index += 1
         finally:
-            await queue.put(_END)
+            queue.put_nowait(_END)  # never blocks, even on cancellation or a broken stream
 
     async def _next_batch(
-        self, queue: asyncio.Queue[object]
+        self, queue: asyncio.Queue[object], slots: asyncio.Semaphore
     ) -> list[tuple[int, BulkItem, BulkDefaults]]:
         batch: list[tuple[int, BulkItem, BulkDefaults]] = []
         first = await queue.get()
@@ -177,6 +181,8 @@ class BulkSender:
                 queue.put_nowait(_END)  # seen again by the next call, which ends the run
                 break
             batch.append(entry)  # type: ignore[arg-type]
+        for _ in batch:
+            slots.release()
         return batch
 
     async def _commit(

@@ -325,12 +325,23 @@ class Repository:
                 ).first()
             if row is None:
                 return CallbackResult.UNKNOWN, None
+            # Duplicates are judged within the current send: a re-queued message
+            # (RetryMessages) gets a new Twilio message whose callbacks are new.
+            requeued = (
+                await conn.execute(
+                    select(func.max(status_events.c.id)).where(
+                        status_events.c.message_id == row.id,
+                        status_events.c.source == "operator",
+                    )
+                )
+            ).scalar()
             seen = (
                 await conn.execute(
                     select(status_events.c.id).where(
                         status_events.c.message_id == row.id,
                         status_events.c.status == report.status.value,
                         status_events.c.source == "callback",
+                        status_events.c.id > (requeued or 0),
                     )
                 )
             ).first()
@@ -772,6 +783,12 @@ class Repository:
                         lease_expires_at=None,
                         error_code=None,
                         error_message=None,
+                        # A new send gets a new Twilio SID and times; the old SID stays
+                        # in delivery_attempts and the old times in the history.
+                        twilio_sid=None,
+                        sent_at=None,
+                        delivered_at=None,
+                        read_at=None,
                         updated_at=now,
                     )
                 )

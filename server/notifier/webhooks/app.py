@@ -100,7 +100,7 @@ class _Handlers:
         if status is None:
             return None
         raw_code = form.get("ErrorCode") or ""
-        if raw_code and not raw_code.isdigit():
+        if raw_code and not (raw_code.isascii() and raw_code.isdigit()):
             raise BadRequest(400, "ErrorCode must be a number")
         code = int(raw_code) if raw_code and int(raw_code) != 0 else None
         return StatusReport(
@@ -151,7 +151,7 @@ def _inbound(form: dict[str, str]) -> InboundMessage:
         raise BadRequest(400, "MessageSid, From and To are required")
     whatsapp = sender.lower().startswith(WHATSAPP)
     count = form.get("NumMedia", "0") or "0"
-    if not count.isdigit() or int(count) > 10:
+    if not (count.isascii() and count.isdigit()) or int(count) > 10:
         raise BadRequest(400, "NumMedia must be a number from 0 to 10")
     media = tuple(
         (form.get(f"MediaUrl{i}", ""), form.get(f"MediaContentType{i}", ""))

@@ -23,7 +23,9 @@ class BadRequest(Exception):
 async def read_form(request: Request, limit: int) -> ImmutableMultiDict[str, str]:
     """The posted parameters, refusing bodies over ``limit`` bytes before reading them all."""
     declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+    if declared is not None and (
+        not declared.isascii() or not declared.isdigit() or int(declared) > limit
+    ):
         raise BadRequest(413, f"body larger than {limit} bytes")
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != FORM:
