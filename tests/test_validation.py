@@ -135,3 +135,10 @@ def test_idempotent_payload_ignores_deadline_and_tag_order() -> None:
         SendRequest(to="whatsapp:+14155550100", body="x", tags=["b", "a"], deadline_ms=NOW + 9), NOW
     )
     assert a.payload() == b.payload()
+
+
+def test_no_waiting_for_a_scheduled_message() -> None:
+    found = violations(
+        SendRequest(to="+14155550100", body="x", send_at_ms=NOW + 60_000, wait_for_acceptance=True)
+    )
+    assert "scheduled" in found["wait_for_acceptance"]

@@ -101,6 +101,8 @@ def validate_send(req: SendRequest, now_ms: int) -> NewMessage:
     elif key and (not key.isprintable() or key.strip() != key):
         bad.append(Violation("idempotency_key", "must be printable, without surrounding spaces"))
     send_at, validity, expires = _check_timing(req, now_ms, bad)
+    if req.wait_for_acceptance and send_at is not None:
+        bad.append(Violation("wait_for_acceptance", "cannot wait for a scheduled message"))
     if bad:
         raise ValidationFailed(bad)
     return NewMessage(
