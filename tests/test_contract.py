@@ -136,8 +136,10 @@ async def test_locked_database_is_not_serving_then_recovers(
     health = health_pb2_grpc.HealthStub(channel)
     stub = notifier_pb2_grpc.NotifierStub(channel)
     # Another process holding the write lock is what "storage unreachable" looks like on SQLite.
-    locker = sqlite3.connect(db_path, isolation_level=None)
-    locker.execute("BEGIN EXCLUSIVE")
+    # In a thread: the server shares this event loop, and a blocking BEGIN here could
+    # wait on a health check the blocked loop never lets finish.
+    locker = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False, timeout=30)
+    await asyncio.to_thread(locker.execute, "BEGIN EXCLUSIVE")
     try:
         await _wait_for(health, health_pb2.HealthCheckResponse.NOT_SERVING)
         with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -145,7 +147,7 @@ async def test_locked_database_is_not_serving_then_recovers(
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
         assert any(d.DESCRIPTOR.name == "RetryInfo" for d in details(info.value))
     finally:
-        locker.execute("ROLLBACK")
+        await asyncio.to_thread(locker.execute, "ROLLBACK")
         locker.close()
     await _wait_for(health, health_pb2.HealthCheckResponse.SERVING)
     sent = await stub.SendMessage(pb.SendMessageRequest(to="+14155550100", body="after"))

@@ -9,13 +9,15 @@ figure is worked out by hand next to its assertion, so a reader can check it.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import math
 import sqlite3
 import time
 from collections.abc import Sequence
 from contextlib import closing
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
@@ -61,7 +63,7 @@ async def _send(
     return reply.message_id
 
 
-def _record(
+def _record_sync(
     db_path: Path,
     message_id: str,
     *,
@@ -95,6 +97,12 @@ def _record(
             [(message_id, n, 1_000 * n, 1_000 * n + 10, o) for n, o in enumerate(attempts, 1)],
         )
         conn.execute("COMMIT")
+
+
+async def _record(db_path: Path, message_id: str, **facts: Any) -> None:
+    """In a thread: the server under test shares this event loop, and a blocking write
+    here would wait on a transaction the blocked loop can never finish."""
+    await asyncio.to_thread(functools.partial(_record_sync, db_path, message_id, **facts))
 
 
 async def _metrics(stub: Stub, **kw: object) -> pb.GetMetricsResponse:
@@ -145,7 +153,7 @@ async def _scenario(stub: Stub, db_path: Path) -> dict[str, str]:
     sent = now - HOUR_MS  # when Twilio reported "sent" (any fixed time will do)
     for name, ms in DELIVERY_MS.items():
         read = name.startswith("r")
-        _record(
+        await _record(
             db_path,
             ids[name],
             status="read" if read else "delivered",
@@ -156,7 +164,7 @@ async def _scenario(stub: Stub, db_path: Path) -> dict[str, str]:
         )
     for name, code in ERROR_CODES.items():
         failed = name.startswith("f")
-        _record(
+        await _record(
             db_path,
             ids[name],
             status="failed" if failed else "undelivered",
@@ -165,9 +173,9 @@ async def _scenario(stub: Stub, db_path: Path) -> dict[str, str]:
             attempts=ATTEMPTS.get(name, ("accepted",)),
         )
     for name in ("s1", "s2"):
-        _record(db_path, ids[name], status="sent", sent_at=sent, attempts=("accepted",))
-    _record(db_path, ids["p1"], created_at=now - PENDING_AGE_MS, attempts=ATTEMPTS["p1"])
-    _record(db_path, ids["p2"], created_at=now - PENDING_AGE_MS + 1_000)
+        await _record(db_path, ids[name], status="sent", sent_at=sent, attempts=("accepted",))
+    await _record(db_path, ids["p1"], created_at=now - PENDING_AGE_MS, attempts=ATTEMPTS["p1"])
+    await _record(db_path, ids["p2"], created_at=now - PENDING_AGE_MS + 1_000)
     return ids
 
 
@@ -285,7 +293,7 @@ async def test_window_filtering(stub: Stub, db_path: Path) -> None:
     inside = await _send(stub)  # 23 h old: still in the default 24-hour window
     outside = await _send(stub)  # 25 h old: just out of it
     ancient = await _send(stub)  # 10 days old, still PENDING and due
-    _record(
+    await _record(
         db_path,
         recent,
         status="delivered",
@@ -293,8 +301,8 @@ async def test_window_filtering(stub: Stub, db_path: Path) -> None:
         delivered_at=now + 800,
         attempts=("accepted",),
     )
-    _record(db_path, inside, created_at=now - 23 * HOUR_MS)
-    _record(
+    await _record(db_path, inside, created_at=now - 23 * HOUR_MS)
+    await _record(
         db_path,
         outside,
         status="failed",
@@ -302,7 +310,7 @@ async def test_window_filtering(stub: Stub, db_path: Path) -> None:
         created_at=now - 25 * HOUR_MS,
         attempts=("ambiguous", "permanent"),
     )
-    _record(db_path, ancient, created_at=now - 10 * DAY_MS)
+    await _record(db_path, ancient, created_at=now - 10 * DAY_MS)
 
     default = await _metrics(stub)
     # recent and inside only; outside's failure, code and retry are not in the window.
@@ -365,9 +373,9 @@ async def test_percentiles_are_nearest_rank(stub: Stub, db_path: Path) -> None:
     sent = _now_ms() - HOUR_MS
     for ms in times:
         mid = await _send(stub)
-        _record(db_path, mid, status="delivered", sent_at=sent, delivered_at=sent + ms)
+        await _record(db_path, mid, status="delivered", sent_at=sent, delivered_at=sent + ms)
     mid = await _send(stub)
-    _record(db_path, mid, status="delivered", sent_at=sent, delivered_at=sent - 500)
+    await _record(db_path, mid, status="delivered", sent_at=sent, delivered_at=sent - 500)
     values = [*times, 0]
     reply = await _metrics(stub)
     # N = 38: p50 is rank ceil(19.0) = 19, p95 rank ceil(36.1) = 37 (1-based).
@@ -378,7 +386,7 @@ async def test_percentiles_are_nearest_rank(stub: Stub, db_path: Path) -> None:
 
     # One value: every percentile is that value.
     sms = await _send(stub, channel=pb.CHANNEL_SMS)
-    _record(db_path, sms, status="read", sent_at=sent, delivered_at=sent + 1234, read_at=sent)
+    await _record(db_path, sms, status="read", sent_at=sent, delivered_at=sent + 1234, read_at=sent)
     one = await _metrics(stub, channel=pb.CHANNEL_SMS)
     assert (one.p50_delivery_time_ms, one.p95_delivery_time_ms) == (1234, 1234)
 
