@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -589,3 +590,28 @@ async def test_a_requeued_message_follows_its_new_send(
     # A late callback about the first send no longer moves the message.
     await post_status(client, callback("read"))
     assert message_row(db_path, mid)["status"] == "delivered"
+
+
+async def test_an_opt_out_stops_messages_already_queued(
+    db_path: Path, emulator: EmulatorServer
+) -> None:
+    from google.protobuf import timestamp_pb2
+
+    from notifier.domain.inbound import Consent, InboundMessage
+
+    eng, server, channel, sidecar = await _sidecar_engine(db_path, emulator)
+    try:
+        send_at = timestamp_pb2.Timestamp()
+        send_at.FromMilliseconds(int(time.time() * 1000) + 800)
+        mid = await eng.send(body="tomorrow's offer", send_at=send_at)
+        repo = Repository(server.db)
+        stop = InboundMessage("SM" + "8" * 32, "+14155550100", "whatsapp:+1", "whatsapp", "STOP")
+        await repo.record_inbound(stop, Consent.OPT_OUT)
+        got = await eng.until_status(mid, pb.MESSAGE_STATUS_FAILED)
+    finally:
+        await channel.close()
+        await server.stop(grace=1)
+        await sidecar.stop()
+    assert got.message.error_code == 21610
+    assert "opted out" in got.message.error_message
+    assert not any(m.body == "tomorrow's offer" for m in emulator.state.accepted)

@@ -54,6 +54,8 @@ class OutboxStore(Protocol):
 
     async def attempts_of(self, message_id: str) -> tuple[Status, int]: ...
 
+    async def opted_out(self, channel: str, address: str) -> bool: ...
+
 
 @dataclass(frozen=True, slots=True)
 class DispatchConfig:
@@ -69,6 +71,7 @@ def _worker_id() -> str:
     return f"{socket.gethostname()[:24]}:{os.getpid()}:{str(ULID())[-8:]}"
 
 
+OPTED_OUT_CODE = 21610  # Twilio's code for "recipient unsubscribed", which it is
 _TWILIO_STATUS = {"queued": Status.QUEUED, "accepted": Status.ACCEPTED, "scheduled": Status.QUEUED}
 
 
@@ -161,6 +164,15 @@ class Dispatcher:
                     error_message=msg.error_message or "validity ended before it could be sent",
                 )
                 await self._record(msg, None, expired)
+                return
+            if await self._store.opted_out(msg.channel.value, msg.to):
+                # Queued, scheduled or retrying before the recipient sent STOP: not sent.
+                refused = Transition(
+                    Status.FAILED,
+                    error_code=OPTED_OUT_CODE,
+                    error_message="the recipient opted out before it was sent",
+                )
+                await self._record(msg, None, refused)
                 return
             lease_ends = self._clock() + int(self._config.lease_seconds * 1000)
             self._waiting += 1

@@ -580,6 +580,17 @@ class Repository:
             )
             return int(result.rowcount)
 
+    async def opted_out(self, channel: str, address: str) -> bool:
+        async with _storage_errors(), self._db.reader.connect() as conn:
+            value = (
+                await conn.execute(
+                    select(recipients.c.opted_out).where(
+                        recipients.c.channel == channel, recipients.c.address == address
+                    )
+                )
+            ).scalar()
+        return bool(value)
+
     async def attempts_of(self, message_id: str) -> tuple[Status, int]:
         async with _storage_errors(), self._db.reader.connect() as conn:
             row = (
