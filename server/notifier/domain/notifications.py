@@ -25,7 +25,13 @@ from babel.numbers import format_currency, get_currency_precision, is_currency
 
 from notifier.domain.errors import DomainError, IdempotencyConflict, ValidationFailed, Violation
 from notifier.domain.model import Accepted, Channel, NewMessage, Status
-from notifier.domain.validation import MAX_BODY, MAX_VARIABLE, MAX_VARIABLES
+from notifier.domain.validation import (
+    CONTENT_SID,
+    MAX_BODY,
+    MAX_VARIABLE,
+    MAX_VARIABLES,
+    VARIABLE_KEY,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +50,6 @@ MAX_AMOUNT_CHARS = 32
 ELLIPSIS = "…"
 TAG = "admin-notification"
 
-_CONTENT_SID = re.compile(r"^HX[0-9a-fA-F]{32}$")
-_VARIABLE_KEY = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 _AMOUNT = re.compile(r"^[0-9]+(?:\.([0-9]+))?$")
 _NEGATIVE = re.compile(r"^-[0-9]+(?:\.[0-9]+)?$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
@@ -329,7 +333,7 @@ def _check_template(
     content_sid: str, variables: Mapping[str, str], bad: list[Violation]
 ) -> str | None:
     """The same rules as SendMessage's content_sid and variables."""
-    if content_sid and not _CONTENT_SID.match(content_sid):
+    if content_sid and not CONTENT_SID.match(content_sid):
         bad.append(Violation("content_sid", "must be a Content SID: HX followed by 32 hex digits"))
     if variables and not content_sid:
         bad.append(Violation("variables", "only with content_sid"))
@@ -337,7 +341,7 @@ def _check_template(
         bad.append(Violation("variables", f"at most {MAX_VARIABLES} entries"))
     else:
         for name, value in variables.items():
-            if not _VARIABLE_KEY.match(name):
+            if not VARIABLE_KEY.match(name):
                 bad.append(Violation(f"variables[{name}]", "names are 1-64 letters, digits or _"))
             if len(value) > MAX_VARIABLE:
                 bad.append(

@@ -28,9 +28,9 @@ MAX_VALIDITY_MS = 30 * 24 * 3600 * 1000
 MAX_SCHEDULE_AHEAD_MS = 366 * 24 * 3600 * 1000
 WHATSAPP_PREFIX = "whatsapp:"
 
-_CONTENT_SID = re.compile(r"^HX[0-9a-fA-F]{32}$")
+CONTENT_SID = re.compile(r"^HX[0-9a-fA-F]{32}$")
 _TAG = re.compile(r"^[A-Za-z0-9_\-.:/]{1,64}$")
-_VARIABLE_KEY = re.compile(r"^[A-Za-z0-9_]{1,64}$")
+VARIABLE_KEY = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +132,7 @@ def _check_content(req: SendRequest, channel: Channel, bad: list[Violation]) -> 
         elif len(req.body) > MAX_BODY:
             bad.append(Violation("body", f"has {len(req.body):,} characters; at most {MAX_BODY:,}"))
     if req.content_sid is not None:
-        if not _CONTENT_SID.match(req.content_sid):
+        if not CONTENT_SID.match(req.content_sid):
             bad.append(
                 Violation("content_sid", "must be a Content SID: HX followed by 32 hex digits")
             )
@@ -161,7 +161,7 @@ def _check_variables(variables: Mapping[str, str], bad: list[Violation]) -> None
         bad.append(Violation("variables", f"at most {MAX_VARIABLES} entries"))
         return
     for name, value in variables.items():
-        if not _VARIABLE_KEY.match(name):
+        if not VARIABLE_KEY.match(name):
             bad.append(Violation(f"variables[{name}]", "names are 1-64 letters, digits or _"))
         if len(value) > MAX_VARIABLE:
             bad.append(Violation(f"variables[{name}]", f"longer than {MAX_VARIABLE:,} characters"))
