@@ -604,21 +604,6 @@ class Repository:
             raise NotFound("message", message_id)
         return Status(row.status), int(row.attempts)
 
-    async def next_due_at(self) -> int | None:
-        """When the earliest unleased message becomes due, for the dispatcher's sleep."""
-        async with _storage_errors(), self._db.reader.connect() as conn:
-            value = (
-                await conn.execute(
-                    select(func.min(messages.c.next_attempt_at)).where(
-                        messages.c.status.in_((Status.PENDING.value, Status.SCHEDULED.value)),
-                        messages.c.lease_owner.is_(None),
-                    )
-                )
-            ).scalar()
-        return int(value) if value is not None else None
-
-    # -- operations -----------------------------------------------------------------
-
     async def list_messages(
         self, query: MessageQuery, *, limit: int, before_id: str | None
     ) -> list[MessageRecord]:
