@@ -16,7 +16,7 @@ help:
 	@echo "make run          start the service (SQLite; no credentials needed)"
 	@echo "make test         the whole test suite"
 	@echo "make lint         buf lint (+ buf breaking), ruff, mypy"
-	@echo "make proto        regenerate server/notifier_proto from proto/"
+	@echo "make proto        regenerate clients/python/src/notifier_proto from proto/"
 	@echo "make proto-check  fail if the generated code is stale"
 	@echo "make bench        the benchmark table (SPEC section 9); writes bench/results.json"
 
@@ -24,7 +24,7 @@ $(UV):
 	python3 -m venv .cache/uv
 	.cache/uv/bin/pip install --quiet uv==$(UV_VERSION)
 
-$(VENV)/.installed: pyproject.toml uv.lock | $(UV)
+$(VENV)/.installed: pyproject.toml clients/python/pyproject.toml uv.lock | $(UV)
 	$(UV) sync --frozen
 	touch $@
 
