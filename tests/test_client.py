@@ -5,7 +5,10 @@ token arriving, UNAVAILABLE once then OK, TLS with client certificates)."""
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -391,3 +394,26 @@ async def test_mutual_tls_with_a_server_name_override_and_token(pki: Path) -> No
             TlsConfig(client_cert=pki / "client.pem").credentials()
     finally:
         await server.stop(None)
+
+
+def readme_example() -> str:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    found = re.search(r"<!-- client-example -->\n```python\n(.*?)```", readme, re.S)
+    assert found, "README has no client example"
+    return found.group(1)
+
+
+async def test_the_readme_example_runs_as_written(live: NotifierServer) -> None:
+    example = readme_example()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}
+    env["NOTIFIER_GRPC_ADDR"] = f"127.0.0.1:{live.port}"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", example, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    lines = out.decode().splitlines()
+    assert lines[:2] == ["status: pending", "status: queued"]
+    assert "listed: 1 | total: 1" in lines
+    assert lines[-1].startswith("refused: {'to': ")
