@@ -28,11 +28,13 @@ from notifier_client import (
     InvalidArgument,
     NotFound,
     NotifierClient,
+    SyncNotifierClient,
     TlsConfig,
     Unavailable,
     bulk_item,
     message_filter,
     pb,
+    status_name,
 )
 from tests.test_delivery import engine_settings, start_engine
 
@@ -417,3 +419,26 @@ async def test_the_readme_example_runs_as_written(live: NotifierServer) -> None:
     assert lines[:2] == ["status: pending", "status: queued"]
     assert "listed: 1 | total: 1" in lines
     assert lines[-1].startswith("refused: {'to': ")
+
+
+def sync_session(address: str) -> list[str]:
+    """The blocking facade, from a thread with no event loop of its own."""
+    seen: list[str] = []
+    with SyncNotifierClient(address) as client:
+        sent = client.send(TO, "From a script", tags=["sync"])
+        seen.append(status_name(client.status(sent.message_id).message.status))
+        for update in client.watch([sent.message_id], include_current=True):
+            seen.append(status_name(update.status))
+            if update.message.twilio_sid:
+                break
+        if sent.message_id in {m.message_id for m in client.list_all(message_filter(tag="sync"))}:
+            seen.append("listed")
+        with pytest.raises(InvalidArgument):
+            client.send("12345", "x")
+    return seen
+
+
+async def test_the_sync_facade(live: NotifierServer) -> None:
+    seen = await asyncio.to_thread(sync_session, f"127.0.0.1:{live.port}")
+    assert seen[0] in {"pending", "queued"}
+    assert seen[-2:] == ["queued", "listed"]

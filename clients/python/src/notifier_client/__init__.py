@@ -25,6 +25,7 @@ from notifier_client.errors import (
     Unimplemented,
     from_rpc_error,
 )
+from notifier_client.sync import SyncNotifierClient
 from notifier_client.types import (
     TERMINAL,
     channel_name,
@@ -53,6 +54,7 @@ __all__ = [
     "PreconditionViolation",
     "ResourceExhausted",
     "RetryPolicy",
+    "SyncNotifierClient",
     "TlsConfig",
     "Unauthenticated",
     "Unavailable",

@@ -112,6 +112,14 @@ def read_rows(path: Path) -> Iterator[Row]:
 
 
 def count_rows(path: Path) -> int:
-    """How many data lines ``path`` has, for the progress bar (a quick first pass)."""
+    """How many data lines ``path`` has, for the progress bar. This first pass also finds
+    what would break the reading itself (not UTF-8, broken quoting) before anything is
+    sent, and names the line."""
     with path.open(newline="", encoding="utf-8-sig") as f:
-        return max(sum(1 for cells in csv.reader(f) if cells) - 1, 0)
+        reader = csv.reader(f)
+        try:
+            return max(sum(1 for cells in reader if cells) - 1, 0)
+        except UnicodeDecodeError as exc:
+            raise CsvFormatError(f"{path}: not UTF-8 text ({exc.reason})") from None
+        except csv.Error as exc:
+            raise CsvFormatError(f"{path}, line {reader.line_num}: {exc}") from None
