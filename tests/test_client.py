@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -442,3 +443,28 @@ async def test_the_sync_facade(live: NotifierServer) -> None:
     seen = await asyncio.to_thread(sync_session, f"127.0.0.1:{live.port}")
     assert seen[0] in {"pending", "queued"}
     assert seen[-2:] == ["queued", "listed"]
+
+
+@pytest.mark.slow
+async def test_a_send_rides_out_a_locked_database(
+    server: NotifierServer, db_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The real server answers UNAVAILABLE while another process holds the write lock
+    (after SQLite's 5 s busy timeout); the channel's retry policy tries again, and the
+    generated idempotency key keeps it to one message."""
+    locker = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+    await asyncio.to_thread(locker.execute, "BEGIN EXCLUSIVE")
+    try:
+        async with NotifierClient(f"127.0.0.1:{server.port}") as client:
+            sending = asyncio.create_task(client.send(TO, "patience", timeout=30))
+            await asyncio.sleep(7)  # the first attempt has failed; the next one waits
+            assert not sending.done()
+            refused = [r for r in caplog.records if "storage unavailable during" in r.message]
+            assert any("SendMessage" in r.message for r in refused)  # so this is a retry
+            await asyncio.to_thread(locker.execute, "ROLLBACK")
+            sent = await asyncio.wait_for(sending, 20)
+            assert sent.status == pb.MESSAGE_STATUS_PENDING
+            page = await client.list()
+            assert [m.message_id for m in page.messages] == [sent.message_id]
+    finally:
+        locker.close()
