@@ -23,6 +23,7 @@ from notifier.emulator.server import EmulatorServer
 from notifier.server import NotifierServer
 from notifier_client import NotifierError
 from notifier_client.cli import Exit, explain
+from tests.fake_notifier import Recorder, make_pki, serve
 from tests.process import BIN
 from tests.test_delivery import engine_settings, start_engine
 
@@ -275,3 +276,24 @@ def test_every_failure_kind_has_its_exit_code_and_plain_words() -> None:
         text, got = explain(err(code, "details here", retry, opted_out), "127.0.0.1:50051")
         assert got == exit_code, code
         assert words in text, text
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+async def test_mutual_tls_flags_and_token(pki: Path) -> None:
+    recorder = Recorder(token="s3cret")
+    tls = ["--ca", str(pki / "ca.pem"), "--server-name", "notifier.test"]
+    mtls = [*tls, "--cert", str(pki / "client.pem"), "--key", str(pki / "client.key")]
+    async with serve(recorder, pki) as address:
+        done = await cli(address, "metrics", *mtls, "--token", "s3cret")
+        assert done.code == 0, done
+        assert re.search(r"│ total\s+│\s+7 │", done.out)
+        assert recorder.metadata[-1]["authorization"] == "Bearer s3cret"
+        anonymous = await cli(address, "metrics", *mtls)
+        assert anonymous.code == 5
+        assert "missing or unknown token (set NOTIFIER_TOKEN or --token)" in anonymous.err
+        no_cert = await cli(address, "metrics", *tls, "--token", "s3cret", "--timeout", "5")
+        assert no_cert.code == 4

@@ -8,19 +8,13 @@ import asyncio
 import os
 import re
 import sqlite3
-import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import duration_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
 from notifier.emulator.faults import Faults
 from notifier.emulator.server import EmulatorServer
@@ -37,6 +31,7 @@ from notifier_client import (
     pb,
     status_name,
 )
+from tests.fake_notifier import Recorder, make_pki, serve
 from tests.test_delivery import engine_settings, start_engine
 
 TO = "+14155550100"
@@ -220,78 +215,12 @@ async def test_errors_are_typed_with_their_details(client: NotifierClient) -> No
 
 # -- stand-in servers ------------------------------------------------------------------
 
-Unary = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
-
-
-@dataclass
-class Recorder:
-    """A Notifier stand-in: records metadata and requests, fails the first N calls."""
-
-    failures: int = 0
-    metadata: list[dict[str, str]] = field(default_factory=list)
-    requests: list[Any] = field(default_factory=list)
-
-    async def _record(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        self.metadata.append({k: str(v) for k, v in context.invocation_metadata() or ()})
-        self.requests.append(request)
-        if self.failures:
-            self.failures -= 1
-            retry = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=2))
-            status = status_pb2.Status(code=code_pb2.UNAVAILABLE, message="storage down")
-            status.details.add().Pack(retry)
-            await context.abort_with_status(rpc_status.to_status(status))
-
-    async def send(
-        self, request: pb.SendMessageRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.SendMessageResponse:
-        await self._record(request, context)
-        return pb.SendMessageResponse(message_id="m-1", status=pb.MESSAGE_STATUS_PENDING)
-
-    async def metrics(
-        self, request: pb.GetMetricsRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.GetMetricsResponse:
-        await self._record(request, context)
-        return pb.GetMetricsResponse(total=7)
-
-    async def watch(
-        self, request: pb.WatchDeliveryStatusRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[pb.WatchDeliveryStatusResponse]:
-        await self._record(request, context)
-        yield pb.WatchDeliveryStatusResponse(message_id="m-1", status=pb.MESSAGE_STATUS_READ)
-
-    def handler(self) -> grpc.GenericRpcHandler:
-        unary = grpc.unary_unary_rpc_method_handler
-        return grpc.method_handlers_generic_handler(
-            "notifier.v1.Notifier",
-            {
-                "SendMessage": unary(
-                    self.send,
-                    request_deserializer=pb.SendMessageRequest.FromString,
-                    response_serializer=pb.SendMessageResponse.SerializeToString,
-                ),
-                "GetMetrics": unary(
-                    self.metrics,
-                    request_deserializer=pb.GetMetricsRequest.FromString,
-                    response_serializer=pb.GetMetricsResponse.SerializeToString,
-                ),
-                "WatchDeliveryStatus": grpc.unary_stream_rpc_method_handler(
-                    self.watch,
-                    request_deserializer=pb.WatchDeliveryStatusRequest.FromString,
-                    response_serializer=pb.WatchDeliveryStatusResponse.SerializeToString,
-                ),
-            },
-        )
-
 
 @pytest.fixture
 async def fake() -> AsyncIterator[tuple[Recorder, str]]:
     recorder = Recorder()
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers((recorder.handler(),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    yield recorder, f"127.0.0.1:{port}"
-    await server.stop(None)
+    async with serve(recorder) as address:
+        yield recorder, address
 
 
 async def test_bearer_token_reaches_the_server_on_a_plaintext_channel(
@@ -348,44 +277,18 @@ async def test_sends_without_a_key_are_not_retried_when_retry_sends_is_off(
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A CA, a server certificate for notifier.test and a client certificate (openssl)."""
-    d = tmp_path_factory.mktemp("pki")
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
-
-    run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=ca")
-    (d / "san.ext").write_text("subjectAltName=DNS:notifier.test\n")
-    for name in ("server", "client"):
-        run("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}")
-        extra = ["-extfile", "san.ext"] if name == "server" else []
-        run(
-            "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", *extra,
-        )  # fmt: skip
-    return d
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 async def test_mutual_tls_with_a_server_name_override_and_token(pki: Path) -> None:
     recorder = Recorder()
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers((recorder.handler(),))
-    creds = grpc.ssl_server_credentials(
-        [((pki / "server.key").read_bytes(), (pki / "server.pem").read_bytes())],
-        root_certificates=(pki / "ca.pem").read_bytes(),
-        require_client_auth=True,
-    )
-    port = server.add_secure_port("127.0.0.1:0", creds)
-    await server.start()
-    address = f"127.0.0.1:{port}"
     tls = TlsConfig(
         root_ca=pki / "ca.pem",
         client_cert=pki / "client.pem",
         client_key=pki / "client.key",
         server_name="notifier.test",
     )
-    try:
+    async with serve(recorder, pki) as address:
         async with NotifierClient(address, token="s3cret", tls=tls) as client:
             assert (await client.metrics()).total == 7
         assert recorder.metadata[0]["authorization"] == "Bearer s3cret"
@@ -393,10 +296,8 @@ async def test_mutual_tls_with_a_server_name_override_and_token(pki: Path) -> No
         async with NotifierClient(address, tls=no_cert, retry=None) as stranger:
             with pytest.raises(Unavailable):
                 await stranger.metrics(timeout=5)
-        with pytest.raises(ValueError, match="key"):
-            TlsConfig(client_cert=pki / "client.pem").credentials()
-    finally:
-        await server.stop(None)
+    with pytest.raises(ValueError, match="key"):
+        TlsConfig(client_cert=pki / "client.pem").credentials()
 
 
 def readme_example() -> str:
