@@ -12,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from pydantic import AnyHttpUrl
 
+from notifier.api.auth import auth_interceptors
 from notifier.api.errors import ErrorInterceptor
 from notifier.api.service import NotifierServicer
 from notifier.asgi_server import InProcessServer, bind
@@ -164,6 +165,20 @@ def twilio_config(settings: Settings) -> TwilioConfig | None:
     )
 
 
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS from NOTIFIER_TLS_CERT/KEY (checked at startup by the settings), or None for
+    plaintext; with NOTIFIER_TLS_CLIENT_CA, mutual TLS: a client without a certificate
+    signed by that CA is refused during the handshake."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca is not None else None
+    return grpc.ssl_server_credentials(
+        [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
+        root_certificates=ca,
+        require_client_auth=ca is not None,
+    )
+
+
 async def prepare_storage(settings: Settings) -> Database:
     db = create_database(settings.database_url)
     if settings.should_migrate_on_start:
@@ -216,8 +231,10 @@ async def create_server(settings: Settings, addr: str | None = None) -> Notifier
         messages.acceptance = dispatcher
         messages.on_accepted = dispatcher.wake
     health = StorageHealth(repository, settings.health_interval_seconds)
+    # Authentication before errors: a refused call reaches neither a handler nor storage.
+    auth = auth_interceptors(settings.api_tokens)
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor(health.report_down)],
+        interceptors=[*auth, ErrorInterceptor(health.report_down)],
         # Without this a second server on the same port would silently share it.
         options=[("grpc.so_reuseport", 0)],
     )
@@ -241,7 +258,11 @@ async def create_server(settings: Settings, addr: str | None = None) -> Notifier
     reflection.enable_server_reflection(names, server)
     address = addr or settings.grpc_addr
     try:
-        port = server.add_insecure_port(address)
+        credentials = server_credentials(settings)
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
     except RuntimeError as exc:
         if provider is not None:
             await provider.close()
