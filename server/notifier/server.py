@@ -20,6 +20,7 @@ from notifier.config import Settings
 from notifier.dispatch.dispatcher import DispatchConfig, Dispatcher
 from notifier.dispatch.rate_limit import RateLimiters
 from notifier.domain.bulk import BulkSender
+from notifier.domain.capacity import OutboxCapacity
 from notifier.domain.inbound import Keywords
 from notifier.domain.retry import RetryPolicy
 from notifier.domain.service import MessageService, payload_hash
@@ -119,6 +120,7 @@ class NotifierServer:
     dispatcher: Dispatcher | None = None
     provider: TwilioProvider | None = None
     feed: StatusFeed | None = None
+    capacity: OutboxCapacity | None = None
 
     async def start(self) -> None:
         await self.server.start()
@@ -140,6 +142,8 @@ class NotifierServer:
         await asyncio.gather(*stopping)
         if self.provider is not None:
             await self.provider.close()
+        if self.capacity is not None:
+            await self.capacity.close()
         await self.db.dispose()
 
 
@@ -214,10 +218,12 @@ async def create_server(settings: Settings, addr: str | None = None) -> Notifier
     """Build the gRPC server bound to ``addr`` (port 0 picks a free one)."""
     db = await prepare_storage(settings)
     repository = Repository(db, refuse_outside_window=settings.refuse_outside_window)
+    capacity = OutboxCapacity(repository.count_unsent, settings.outbox_capacity)
     messages = MessageService(
         repository,
         idempotency_ttl_ms=int(settings.idempotency_ttl_hours * 3600 * 1000),
         admins=tuple(settings.admin_whatsapp_numbers),
+        capacity=capacity,
     )
     provider = dispatcher = None
     try:
@@ -246,6 +252,7 @@ async def create_server(settings: Settings, addr: str | None = None) -> Notifier
         payload_hash,
         idempotency_ttl_ms=messages.idempotency_ttl_ms,
         on_accepted=messages.on_accepted,
+        capacity=capacity,
     )
     servicer = NotifierServicer(messages, feed, bulk)
     notifier_pb2_grpc.add_NotifierServicer_to_server(servicer, server)
@@ -276,4 +283,5 @@ async def create_server(settings: Settings, addr: str | None = None) -> Notifier
         dispatcher=dispatcher,
         provider=provider,
         feed=feed,
+        capacity=capacity,
     )
