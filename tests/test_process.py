@@ -101,7 +101,8 @@ def test_production_without_credentials_refuses_to_start(tmp_path: Path) -> None
     env = notifier_env(tmp_path / "n.db", NOTIFIER_ENV="production")
     out = run_notifier(env, "serve")
     assert out.returncode == 1
-    assert "production needs Twilio credentials" in out.stderr
+    assert "refusing to start in production" in out.stderr
+    assert "TWILIO_ACCOUNT_SID: not set" in out.stderr
 
 
 def test_db_upgrade_then_production_start_without_auto_migration(tmp_path: Path) -> None:

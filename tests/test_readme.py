@@ -8,6 +8,7 @@ import re
 import subprocess
 from pathlib import Path
 
+from notifier.api.auth import token_digest
 from notifier.emulator.server import EmulatorServer
 from tests.process import BIN
 from tests.test_delivery import engine_settings, start_engine
@@ -22,9 +23,11 @@ def block(marker: str) -> str:
     return found.group(1)
 
 
-async def run_block(script: str, address: str) -> subprocess.CompletedProcess[str]:
+async def run_block(
+    script: str, address: str, **extra_env: str
+) -> subprocess.CompletedProcess[str]:
     script = script.replace("127.0.0.1:50051", address)
-    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}")
+    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", **extra_env)
     return await asyncio.to_thread(
         subprocess.run,
         ["bash", "-euo", "pipefail", "-c", script],
@@ -74,12 +77,15 @@ async def test_recipes_run_as_written(db_path: Path, emulator: EmulatorServer) -
         STATUS_CALLBACK_URL=None,
         NOTIFIER_HTTP_ADDR="127.0.0.1:0",
         ADMIN_WHATSAPP_NUMBERS="+14155550101,+14155550102",
+        NOTIFIER_API_TOKENS=token_digest("recipes-token"),  # the recipes pass the token
     )
     sidecar, settings = await create_sidecar(settings)
     await sidecar.start()
     server, channel = await start_engine(settings)
     try:
-        out = await run_block(block("recipes"), f"127.0.0.1:{server.port}")
+        out = await run_block(
+            block("recipes"), f"127.0.0.1:{server.port}", NOTIFIER_TOKEN="recipes-token"
+        )
     finally:
         await channel.close()
         await server.stop(grace=1)

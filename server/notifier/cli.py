@@ -18,6 +18,7 @@ from notifier.config import ConfigError, Settings, load_settings
 from notifier.emulator import DEV_ACCOUNT_SID, DEV_AUTH_TOKEN, DEV_FROM
 from notifier.emulator.faults import Faults
 from notifier.emulator.server import EmulatorServer, run_emulator
+from notifier.production import report, startup_problems
 from notifier.server import StartupError, create_server, create_sidecar, sidecar_urls
 from notifier.storage.engine import create_database
 from notifier.storage.migrate import upgrade
@@ -30,6 +31,34 @@ def _safe_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+def _safe_base(url: AnyHttpUrl) -> str:
+    """Twilio's base URL without any user:password in it, for printing."""
+    port = f":{url.port}" if url.port not in (None, 80, 443) else ""
+    return f"{url.scheme}://{url.host}{port}"
+
+
+def _security(settings: Settings) -> list[str]:
+    """How callers are authenticated and the transport protected; never a secret."""
+    lines = []
+    if settings.auth_enabled:
+        count = len(settings.api_tokens)
+        lines.append(f"notifier: callers authenticate with bearer tokens ({count} accepted)")
+    else:
+        lines.append(
+            "notifier: *** CALLER AUTHENTICATION OFF - no NOTIFIER_API_TOKENS (development "
+            "only): any process that reaches this address may call it ***"
+        )
+    if settings.tls_client_ca is not None:
+        lines.append("notifier: mutual TLS: clients need a certificate from NOTIFIER_TLS_CLIENT_CA")
+    elif settings.tls_enabled:
+        lines.append("notifier: TLS on (NOTIFIER_TLS_CERT)")
+    elif settings.tls_terminated_upstream:
+        lines.append("notifier: plaintext gRPC; TLS terminated upstream")
+    else:
+        lines.append("notifier: plaintext gRPC (no NOTIFIER_TLS_CERT)")
+    return lines
+
+
 def _banner(settings: Settings, port: int, emulator: EmulatorServer | None) -> str:
     host = settings.grpc_addr.rpartition(":")[0]
     lines = []
@@ -40,7 +69,9 @@ def _banner(settings: Settings, port: int, emulator: EmulatorServer | None) -> s
         )
     elif settings.has_twilio_credentials:
         sender = settings.twilio_messaging_service_sid or settings.twilio_whatsapp_from
-        lines.append(f"notifier: sending through {settings.twilio_api_base_url} as {sender}")
+        base = _safe_base(settings.twilio_api_base_url)
+        lines.append(f"notifier: sending through {base} as {sender}")
+    lines += _security(settings)
     lines.append(f"notifier: gRPC serving on {host}:{port} ({settings.env})")
     return "\n".join(lines)
 
@@ -71,6 +102,9 @@ def _use_emulator(settings: Settings, emulator: EmulatorServer) -> Settings:
 
 async def _serve(settings: Settings, part: str) -> int:
     """``all`` (development): sidecar, gRPC server and, without credentials, the emulator."""
+    problems = startup_problems(settings, part)
+    if problems:
+        raise StartupError(report(problems, settings.env))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

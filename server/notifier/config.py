@@ -6,7 +6,9 @@ with a message naming the variable, so a typo never becomes a runtime surprise.
 
 from __future__ import annotations
 
+import os
 import re
+import ssl
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -41,6 +43,32 @@ def _split(value: object) -> list[str]:
     if isinstance(value, list):
         return [str(v).strip() for v in value if str(v).strip()]
     raise ValueError("must be a comma-separated list")
+
+
+def _check_certificates(path: Path, variable: str) -> None:
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except ssl.SSLError:
+        raise ValueError(f"{variable}: {path} holds no PEM certificate") from None
+
+
+def _check_tls_files(cert: Path, key: Path, client_ca: Path | None) -> None:
+    """Load the files the way the server will, at startup: gRPC itself only reports
+    a bad or mismatched key as an obscure handshake failure on the first call."""
+    _check_certificates(cert, "NOTIFIER_TLS_CERT")
+    if client_ca is not None:
+        _check_certificates(client_ca, "NOTIFIER_TLS_CLIENT_CA")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        # A password callback that gives none: an encrypted key fails here instead of
+        # prompting on the terminal.
+        context.load_cert_chain(str(cert), str(key), password=lambda: "")
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise ValueError(
+                f"NOTIFIER_TLS_KEY: {key} does not match the certificate in NOTIFIER_TLS_CERT"
+            ) from None
+        raise ValueError(f"NOTIFIER_TLS_KEY: {key} holds no unencrypted PEM private key") from None
 
 
 class Settings(BaseSettings):
@@ -78,6 +106,8 @@ class Settings(BaseSettings):
     tls_cert: Path | None = Field(None, alias="NOTIFIER_TLS_CERT")
     tls_key: Path | None = Field(None, alias="NOTIFIER_TLS_KEY")
     tls_client_ca: Path | None = Field(None, alias="NOTIFIER_TLS_CLIENT_CA")
+    tls_terminated_upstream: bool = Field(False, alias="NOTIFIER_TLS_TERMINATED_UPSTREAM")
+    outbox_capacity: int = Field(1_000_000, alias="NOTIFIER_OUTBOX_CAPACITY", ge=1)
 
     dispatch_concurrency: int = Field(32, alias="NOTIFIER_DISPATCH_CONCURRENCY", ge=1, le=1024)
     rate_limit_per_second: float = Field(80, alias="NOTIFIER_RATE_LIMIT_PER_SECOND", gt=0)
@@ -157,15 +187,25 @@ class Settings(BaseSettings):
     @classmethod
     def _check_tokens(cls, value: object) -> list[str]:
         digests = [d.lower() for d in _split(value)]
-        if any(not _SHA256_HEX.match(d) for d in digests):
-            raise ValueError("must be comma-separated SHA-256 hex digests (64 hex characters)")
+        # Say which entry is wrong by position, never by value: a raw token pasted here
+        # by mistake must not end up in a log.
+        bad = [str(i) for i, d in enumerate(digests, 1) if not _SHA256_HEX.match(d)]
+        if bad:
+            raise ValueError(
+                f"entry {', '.join(bad)} of {len(digests)} is not a SHA-256 hex digest "
+                "(64 hex characters: list sha256(token), never the token itself)"
+            )
         return digests
 
     @field_validator("tls_cert", "tls_key", "tls_client_ca")
     @classmethod
     def _check_file(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
+        if value is None:
+            return value
+        if not value.is_file():
             raise ValueError(f"no such file: {value}")
+        if not os.access(value, os.R_OK):
+            raise ValueError(f"cannot read {value}: permission denied")
         return value
 
     @model_validator(mode="after")
@@ -176,6 +216,8 @@ class Settings(BaseSettings):
             raise ValueError("NOTIFIER_TLS_CERT and NOTIFIER_TLS_KEY go together")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("NOTIFIER_TLS_CLIENT_CA needs NOTIFIER_TLS_CERT and NOTIFIER_TLS_KEY")
+        if self.tls_cert is not None and self.tls_key is not None:
+            _check_tls_files(self.tls_cert, self.tls_key, self.tls_client_ca)
         if self.lease_seconds <= self.twilio_timeout_seconds:
             raise ValueError(
                 "NOTIFIER_LEASE_SECONDS must exceed NOTIFIER_TWILIO_TIMEOUT_SECONDS, or a slow "
@@ -190,6 +232,14 @@ class Settings(BaseSettings):
     @property
     def is_development(self) -> bool:
         return self.env == "development"
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_tokens)
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls_cert is not None
 
     @property
     def should_migrate_on_start(self) -> bool:

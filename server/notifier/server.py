@@ -12,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from pydantic import AnyHttpUrl
 
+from notifier.api.auth import auth_interceptors
 from notifier.api.errors import ErrorInterceptor
 from notifier.api.service import NotifierServicer
 from notifier.asgi_server import InProcessServer, bind
@@ -19,6 +20,7 @@ from notifier.config import Settings
 from notifier.dispatch.dispatcher import DispatchConfig, Dispatcher
 from notifier.dispatch.rate_limit import RateLimiters
 from notifier.domain.bulk import BulkSender
+from notifier.domain.capacity import OutboxCapacity
 from notifier.domain.inbound import Keywords
 from notifier.domain.retry import RetryPolicy
 from notifier.domain.service import MessageService, payload_hash
@@ -118,6 +120,7 @@ class NotifierServer:
     dispatcher: Dispatcher | None = None
     provider: TwilioProvider | None = None
     feed: StatusFeed | None = None
+    capacity: OutboxCapacity | None = None
 
     async def start(self) -> None:
         await self.server.start()
@@ -139,6 +142,8 @@ class NotifierServer:
         await asyncio.gather(*stopping)
         if self.provider is not None:
             await self.provider.close()
+        if self.capacity is not None:
+            await self.capacity.close()
         await self.db.dispose()
 
 
@@ -161,6 +166,20 @@ def twilio_config(settings: Settings) -> TwilioConfig | None:
             str(settings.status_callback_url) if settings.status_callback_url else None
         ),
         timeout_seconds=settings.twilio_timeout_seconds,
+    )
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS from NOTIFIER_TLS_CERT/KEY (checked at startup by the settings), or None for
+    plaintext; with NOTIFIER_TLS_CLIENT_CA, mutual TLS: a client without a certificate
+    signed by that CA is refused during the handshake."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca is not None else None
+    return grpc.ssl_server_credentials(
+        [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
+        root_certificates=ca,
+        require_client_auth=ca is not None,
     )
 
 
@@ -199,10 +218,12 @@ async def create_server(settings: Settings, addr: str | None = None) -> Notifier
     """Build the gRPC server bound to ``addr`` (port 0 picks a free one)."""
     db = await prepare_storage(settings)
     repository = Repository(db, refuse_outside_window=settings.refuse_outside_window)
+    capacity = OutboxCapacity(repository.count_unsent, settings.outbox_capacity)
     messages = MessageService(
         repository,
         idempotency_ttl_ms=int(settings.idempotency_ttl_hours * 3600 * 1000),
         admins=tuple(settings.admin_whatsapp_numbers),
+        capacity=capacity,
     )
     provider = dispatcher = None
     try:
@@ -216,8 +237,10 @@ async def create_server(settings: Settings, addr: str | None = None) -> Notifier
         messages.acceptance = dispatcher
         messages.on_accepted = dispatcher.wake
     health = StorageHealth(repository, settings.health_interval_seconds)
+    # Authentication before errors: a refused call reaches neither a handler nor storage.
+    auth = auth_interceptors(settings.api_tokens)
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor(health.report_down)],
+        interceptors=[*auth, ErrorInterceptor(health.report_down)],
         # Without this a second server on the same port would silently share it.
         options=[("grpc.so_reuseport", 0)],
     )
@@ -229,6 +252,7 @@ async def create_server(settings: Settings, addr: str | None = None) -> Notifier
         payload_hash,
         idempotency_ttl_ms=messages.idempotency_ttl_ms,
         on_accepted=messages.on_accepted,
+        capacity=capacity,
     )
     servicer = NotifierServicer(messages, feed, bulk)
     notifier_pb2_grpc.add_NotifierServicer_to_server(servicer, server)
@@ -241,7 +265,11 @@ async def create_server(settings: Settings, addr: str | None = None) -> Notifier
     reflection.enable_server_reflection(names, server)
     address = addr or settings.grpc_addr
     try:
-        port = server.add_insecure_port(address)
+        credentials = server_credentials(settings)
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
     except RuntimeError as exc:
         if provider is not None:
             await provider.close()
@@ -255,4 +283,5 @@ async def create_server(settings: Settings, addr: str | None = None) -> Notifier
         dispatcher=dispatcher,
         provider=provider,
         feed=feed,
+        capacity=capacity,
     )

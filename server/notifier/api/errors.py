@@ -18,6 +18,7 @@ from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from notifier.domain.capacity import OutboxFull
 from notifier.domain.errors import (
     DomainError,
     IdempotencyConflict,
@@ -76,6 +77,15 @@ def _classify(exc: DomainError) -> tuple[int, list[Any]]:
         return code_pb2.FAILED_PRECONDITION, [
             error_details_pb2.PreconditionFailure(violations=[violation])
         ]
+    if isinstance(exc, OutboxFull):
+        delay = duration_pb2.Duration()
+        delay.FromMilliseconds(int(exc.retry_after_seconds * 1000))
+        info = error_details_pb2.ErrorInfo(
+            reason="OUTBOX_FULL",
+            domain="notifier.v1",
+            metadata={"capacity": str(exc.capacity)},
+        )
+        return code_pb2.RESOURCE_EXHAUSTED, [error_details_pb2.RetryInfo(retry_delay=delay), info]
     if isinstance(exc, Unsupported):
         return code_pb2.UNIMPLEMENTED, []
     if isinstance(exc, StorageUnavailable):

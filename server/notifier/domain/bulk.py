@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from notifier.domain.capacity import OutboxCapacity, OutboxFull
 from notifier.domain.clock import Clock, now_ms
 from notifier.domain.errors import (
     DomainError,
@@ -99,6 +100,8 @@ def failure(error: DomainError) -> ItemFailure:
         return ItemFailure("ALREADY_EXISTS", str(error))
     if isinstance(error, PreconditionFailed):
         return ItemFailure("FAILED_PRECONDITION", str(error))
+    if isinstance(error, OutboxFull):
+        return ItemFailure("RESOURCE_EXHAUSTED", str(error))
     return ItemFailure("FAILED_PRECONDITION", str(error))
 
 
@@ -118,6 +121,10 @@ class BulkSender:
     batch_size: int = 500
     max_pending: int = 2000
     linger_seconds: float = 0.005
+    # Items over the outbox capacity get their own RESOURCE_EXHAUSTED result and the
+    # stream goes on: the caller knows exactly which items to send again later, where
+    # ending the stream would leave the fate of the items in flight unknown.
+    capacity: OutboxCapacity | None = None
 
     async def run(
         self, requests: AsyncIterator[BulkRequest], caller: str = ""
@@ -191,6 +198,7 @@ class BulkSender:
         now = self.clock()
         outcomes: list[Accepted | ItemFailure | None] = []
         valid = []
+        positions = []  # where each valid item's outcome goes
         for _, item, defaults in batch:
             try:
                 message = validate_send(merge(defaults, item), now)
@@ -199,14 +207,28 @@ class BulkSender:
                 continue
             digest = self.payload_hash(message.payload()) if message.idempotency_key else None
             valid.append((message, digest))
+            positions.append(len(outcomes))
             outcomes.append(None)
-        stored = iter(
-            await self.store.add_messages(
-                valid, caller=caller, key_ttl_ms=self.idempotency_ttl_ms, priority=BULK_PRIORITY
+        room: contextlib.AbstractAsyncContextManager[int] = contextlib.nullcontext(len(valid))
+        if valid and self.capacity is not None:
+            room = self.capacity.reserve(len(valid), partial=True)
+        async with room as granted:
+            if granted < len(valid):
+                assert self.capacity is not None
+                full = failure(self.capacity.full())
+                for position in positions[granted:]:
+                    outcomes[position] = full
+                valid = valid[:granted]
+            stored = iter(
+                await self.store.add_messages(
+                    valid,
+                    caller=caller,
+                    key_ttl_ms=self.idempotency_ttl_ms,
+                    priority=BULK_PRIORITY,
+                )
+                if valid
+                else []
             )
-            if valid
-            else []
-        )
         results = []
         for (index, item, _), outcome in zip(batch, outcomes, strict=True):
             if outcome is None:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from notifier.domain.capacity import OutboxCapacity
 from notifier.domain.clock import Clock, now_ms
 from notifier.domain.errors import PreconditionFailed, Unsupported, ValidationFailed, Violation
 from notifier.domain.metrics import Metrics, MetricsRequest, validate_metrics
@@ -86,15 +88,23 @@ class MessageService:
     acceptance: AcceptanceWaiter | None = None
     on_accepted: Callable[[], None] = field(default=lambda: None)
     admins: tuple[str, ...] = ()  # E.164 recipients of NotifyOrder and NotifyAdmins
+    capacity: OutboxCapacity | None = None  # None: no limit on unsent messages
+
+    def _room(self, wanted: int) -> contextlib.AbstractAsyncContextManager[int]:
+        """Outbox room for ``wanted`` messages (OutboxFull when there is none)."""
+        if self.capacity is None:
+            return contextlib.nullcontext(wanted)
+        return self.capacity.reserve(wanted)
 
     async def send(self, request: SendRequest, *, caller: str = "") -> Accepted:
         message = validate_send(request, self.clock())
         if message.wait_for_acceptance and self.acceptance is None:
             raise Unsupported("wait_for_acceptance", "this server has no dispatcher to wait for")
         digest = payload_hash(message.payload()) if message.idempotency_key else None
-        accepted = await self.store.add_message(
-            message, caller=caller, request_hash=digest, key_ttl_ms=self.idempotency_ttl_ms
-        )
+        async with self._room(1):
+            accepted = await self.store.add_message(
+                message, caller=caller, request_hash=digest, key_ttl_ms=self.idempotency_ttl_ms
+            )
         if not accepted.replayed and message.send_at_ms is None:
             self.on_accepted()
         if message.wait_for_acceptance and self.acceptance is not None:
@@ -196,11 +206,12 @@ class MessageService:
                 description="no admin recipients configured: set ADMIN_WHATSAPP_NUMBERS",
             )
         digest = payload_hash(alert.payload) if alert.key is not None else None
-        results = await self.store.add_messages(
-            [(alert.message_to(admin), digest) for admin in admins],
-            caller=caller,
-            key_ttl_ms=self.idempotency_ttl_ms,
-        )
+        async with self._room(len(admins)):  # every admin's copy or none
+            results = await self.store.add_messages(
+                [(alert.message_to(admin), digest) for admin in admins],
+                caller=caller,
+                key_ttl_ms=self.idempotency_ttl_ms,
+            )
         notified = settle(admins, results)
         if not notified.replayed:
             self.on_accepted()

@@ -454,6 +454,18 @@ class Repository:
             ).one()
         return {str(k): int(v) for k, v in rows}, int(due[0]), due[1]
 
+    async def count_unsent(self) -> int:
+        """Messages waiting in the outbox (pending or scheduled), for backpressure; the
+        (status, next_attempt_at) index answers it without reading the rows."""
+        async with _storage_errors(), self._db.reader.connect() as conn:
+            unsent = (Status.PENDING.value, Status.SCHEDULED.value)
+            count = (
+                await conn.execute(
+                    select(func.count()).select_from(messages).where(messages.c.status.in_(unsent))
+                )
+            ).scalar_one()
+        return int(count)
+
     # -- the outbox, as the dispatcher uses it -------------------------------------
 
     async def claim_due(self, owner: str, *, limit: int, lease_ms: int) -> list[MessageRecord]:
