@@ -26,6 +26,7 @@ from notifier.health import StorageHealth
 from notifier.storage.engine import Database, create_database
 from notifier.storage.migrate import pending_revisions, upgrade
 from notifier.storage.repository import Repository
+from notifier.telemetry import DISABLED, Telemetry
 from notifier.twilio_provider import TwilioConfig, TwilioProvider
 from notifier.watch import StatusFeed
 from notifier.webhooks.app import WebhookConfig, create_webhook_app
@@ -75,7 +76,7 @@ def sidecar_urls(settings: Settings, base: str) -> Settings:
 
 
 async def create_sidecar(
-    settings: Settings, db: Database | None = None
+    settings: Settings, db: Database | None = None, telemetry: Telemetry = DISABLED
 ) -> tuple[Sidecar, Settings]:
     """The sidecar bound to NOTIFIER_HTTP_ADDR; returns it with the settings it implies
     (in development, Twilio's URLs default to the sidecar's own)."""
@@ -92,7 +93,7 @@ async def create_sidecar(
         raise StartupError("set STATUS_CALLBACK_URL and WEBHOOK_URL: the public URLs Twilio calls")
     owns_db = db is None
     if db is None:
-        db = await prepare_storage(settings)
+        db = await prepare_storage(settings, telemetry)
     repository = Repository(db)
     config = WebhookConfig(
         status_url=str(settings.status_callback_url),
@@ -106,6 +107,7 @@ async def create_sidecar(
         ),
     )
     app = create_webhook_app(repository, config)
+    telemetry.instrument_app(app)
     return Sidecar(InProcessServer(app, host, sock=sock), db, owns_db), settings
 
 
@@ -164,7 +166,7 @@ def twilio_config(settings: Settings) -> TwilioConfig | None:
     )
 
 
-async def prepare_storage(settings: Settings) -> Database:
+async def prepare_storage(settings: Settings, telemetry: Telemetry = DISABLED) -> Database:
     db = create_database(settings.database_url)
     if settings.should_migrate_on_start:
         await upgrade(db.writer)
@@ -176,10 +178,14 @@ async def prepare_storage(settings: Settings) -> Database:
                 f"the database schema is behind ({len(pending)} migration(s) pending): "
                 "run `notifier db upgrade`"
             )
+    # Only after migrating: schema work at startup belongs to no request's trace.
+    telemetry.instrument_engines([db.writer, db.reader])
     return db
 
 
-def _dispatcher(settings: Settings, repository: Repository, provider: TwilioProvider) -> Dispatcher:
+def _dispatcher(
+    settings: Settings, repository: Repository, provider: TwilioProvider, telemetry: Telemetry
+) -> Dispatcher:
     policy = RetryPolicy(
         base_seconds=settings.retry_base_seconds,
         cap_seconds=settings.retry_cap_seconds,
@@ -192,12 +198,21 @@ def _dispatcher(settings: Settings, repository: Repository, provider: TwilioProv
         ambiguous_policy=settings.ambiguous_policy,
         twilio_timeout_seconds=settings.twilio_timeout_seconds,
     )
-    return Dispatcher(repository, provider, RateLimiters(settings.rate_limit_per_second), config)
+    return Dispatcher(
+        repository,
+        provider,
+        RateLimiters(settings.rate_limit_per_second),
+        config,
+        tracer=telemetry.tracer("notifier.dispatch"),
+    )
 
 
-async def create_server(settings: Settings, addr: str | None = None) -> NotifierServer:
-    """Build the gRPC server bound to ``addr`` (port 0 picks a free one)."""
-    db = await prepare_storage(settings)
+async def create_server(
+    settings: Settings, addr: str | None = None, telemetry: Telemetry = DISABLED
+) -> NotifierServer:
+    """Build the gRPC server bound to ``addr`` (port 0 picks a free one), traced by
+    ``telemetry`` (by default not at all)."""
+    db = await prepare_storage(settings, telemetry)
     repository = Repository(db, refuse_outside_window=settings.refuse_outside_window)
     messages = MessageService(
         repository,
@@ -211,13 +226,14 @@ async def create_server(settings: Settings, addr: str | None = None) -> Notifier
         await db.dispose()
         raise
     if config is not None:
-        provider = TwilioProvider(config)
-        dispatcher = _dispatcher(settings, repository, provider)
+        provider = TwilioProvider(config, telemetry.http_trace_configs())
+        dispatcher = _dispatcher(settings, repository, provider, telemetry)
         messages.acceptance = dispatcher
         messages.on_accepted = dispatcher.wake
     health = StorageHealth(repository, settings.health_interval_seconds)
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor(health.report_down)],
+        # Tracing first: its span then covers the error interceptor and sees every status.
+        interceptors=[*telemetry.grpc_interceptors(), ErrorInterceptor(health.report_down)],
         # Without this a second server on the same port would silently share it.
         options=[("grpc.so_reuseport", 0)],
     )
