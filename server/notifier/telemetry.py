@@ -158,10 +158,9 @@ def _otlp_exporter(protocol: str) -> SpanExporter:
 
 def _account_hidden(url: yarl.URL) -> str:
     """The request URL for the client span, without the account SID (an identifier of
-    the Twilio account that has no place in a trace backend) or any query."""
-    return str(
-        url.with_query(None).with_path(_ACCOUNT_IN_PATH.sub("/Accounts/{AccountSid}", url.path))
-    )
+    the Twilio account that has no place in a trace backend), credentials or query."""
+    bare = str(url.with_user(None).with_query(None).with_fragment(None))
+    return _ACCOUNT_IN_PATH.sub("/Accounts/{AccountSid}", bare)
 
 
 @dataclass(eq=False)

@@ -8,6 +8,7 @@ use a pool of their own that WAL lets run beside the writer.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
 SQLITE_BUSY_TIMEOUT_MS = 5_000
+
+# At DEBUG, aiosqlite logs every statement with its parameters and SQLAlchemy logs the
+# rows it fetches: phone numbers and message bodies. They stay at INFO whatever level
+# the service logs at (SQLAlchemy's INFO lines show parameters hidden, see below).
+for _name in ("aiosqlite", "sqlalchemy.engine"):
+    logging.getLogger(_name).setLevel(logging.INFO)
 
 
 @dataclass(frozen=True, slots=True)
