@@ -192,6 +192,12 @@ async def test_one_send_is_one_connected_trace_and_callbacks_link_to_the_send(
         if _parent(s) == send.context.span_id
     )
 
+    # Background polls (claims, health, status feed) are no traces of their own, and
+    # health checks are not traced.
+    roots = [s for s in finished if s.parent is None and s.kind is not SpanKind.SERVER]
+    assert [s.name for s in roots] == ["checkout"]  # the caller's own span only
+    assert not [s.name for s in finished if "grpc.health" in s.name]
+
     # Each status callback is a request of its own (Twilio propagates no context), and
     # links to the send it reports on.
     for callback in callbacks:

@@ -16,13 +16,14 @@ variables or credentials.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import logging
 import os
 import re
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -33,9 +34,10 @@ import yarl
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.instrumentation.aiohttp_client import create_trace_config
-from opentelemetry.instrumentation.grpc import aio_server_interceptor
+from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
 from opentelemetry.instrumentation.starlette import StarletteInstrumentor
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.metrics import get_meter
 from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -190,11 +192,15 @@ class Telemetry:
         caller's ``traceparent`` from the metadata). Put it first: it then wraps the
         error interceptor and sees the final status of every call. It records the
         method, peer and user agent, never the request, the reply or other metadata
-        (so no bearer token)."""
+        (so no bearer token). Health checks and reflection are left out: probes every
+        few seconds would bury the calls that matter."""
         if self.provider is None:
             return []
+        quiet = filters.any_of(
+            filters.service_prefix("grpc.health."), filters.service_prefix("grpc.reflection.")
+        )
         interceptor: grpc.aio.ServerInterceptor = aio_server_interceptor(  # type: ignore[no-untyped-call]
-            tracer_provider=self.provider
+            tracer_provider=self.provider, filter_=filters.negate(quiet)
         )
         return [interceptor]
 
@@ -297,15 +303,48 @@ def current_traceparent() -> str | None:
     return carrier.get(TRACEPARENT)
 
 
-def context_from(traceparent: str | None) -> otel_context.Context | None:
-    """The context whose remote parent ``traceparent`` names, or None (a new trace)
-    when it is missing or malformed."""
+def context_from(traceparent: str | None) -> otel_context.Context:
+    """A fresh context whose remote parent ``traceparent`` names: a span started in it
+    continues that trace, or starts a new one when ``traceparent`` is missing or
+    malformed. Nothing of the current context is kept (neither the span of whatever
+    started the work nor the background work's suppression, see ``untraced``)."""
     if not traceparent:
-        return None
-    ctx = propagate.extract({TRACEPARENT: traceparent})
-    if not trace.get_current_span(ctx).get_span_context().is_valid:
-        return None
-    return ctx
+        return otel_context.Context()
+    return propagate.extract({TRACEPARENT: traceparent}, context=otel_context.Context())
+
+
+@contextlib.contextmanager
+def continuing(traceparent: str | None) -> Iterator[None]:
+    """Make ``context_from(traceparent)`` the current context: spans started inside
+    continue that trace (or start a new one), with instrumentation on even inside
+    ``untraced`` background work."""
+    token = otel_context.attach(context_from(traceparent))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
+def _span_context(traceparent: str | None) -> trace.SpanContext | None:
+    found = trace.get_current_span(context_from(traceparent)).get_span_context()
+    return found if found.is_valid else None
+
+
+@contextlib.contextmanager
+def untraced() -> Iterator[None]:
+    """Run (and start tasks) outside any trace, with instrumentation off.
+
+    For background loops (the dispatcher's claim poll, the health check, the status
+    feed): a database poll every fraction of a second is noise as root spans, and a
+    loop started from inside a call would otherwise put all its polls in that call's
+    trace. Work that deserves a trace starts its own span in ``context_from(...)``.
+    """
+    token = otel_context.attach(otel_context.Context())
+    try:
+        with suppress_instrumentation():
+            yield
+    finally:
+        otel_context.detach(token)
 
 
 def link_current_span(traceparent: str | None, **attributes: str) -> bool:
@@ -314,10 +353,9 @@ def link_current_span(traceparent: str | None, **attributes: str) -> bool:
     Used for status callbacks: they arrive in a trace of their own (Twilio does not
     propagate context), and the link leads from each one to the send it reports on.
     """
-    ctx = context_from(traceparent)
-    if ctx is None:
+    target = _span_context(traceparent)
+    if target is None:
         return False
-    target = trace.get_current_span(ctx).get_span_context()
     span = trace.get_current_span()
     if not span.is_recording():
         return False

@@ -32,7 +32,13 @@ from notifier.domain.delivery import (
 from notifier.domain.errors import StorageUnavailable
 from notifier.domain.model import AttemptRecord, MessageRecord, Status, Transition
 from notifier.domain.retry import RetryPolicy, after_failure
-from notifier.telemetry import SEND_KIND, context_from, send_attributes, send_span_name
+from notifier.telemetry import (
+    SEND_KIND,
+    continuing,
+    send_attributes,
+    send_span_name,
+    untraced,
+)
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +110,9 @@ class Dispatcher:
         self._timeout_seconds = config.twilio_timeout_seconds
 
     def start(self) -> None:
-        self._loop_task = asyncio.create_task(self._run(), name="dispatcher")
+        # Claim polls are not traced; each send is, in the trace stored with its message.
+        with untraced():
+            self._loop_task = asyncio.create_task(self._run(), name="dispatcher")
 
     def wake(self) -> None:
         """A message became due now (e.g. just accepted): look without waiting for the poll."""
@@ -204,14 +212,16 @@ class Dispatcher:
         """One request to Twilio, traced as a messaging ``send`` span that continues the
         trace stored with the message (the caller's), so the HTTP request to Twilio and
         the recording of its outcome appear under the call that asked for the message."""
-        with self._tracer.start_as_current_span(
-            send_span_name(msg.channel.value),
-            context=context_from(msg.traceparent),
-            kind=SEND_KIND,
-            attributes=send_attributes(msg.id, msg.channel.value, msg.attempts + 1),
-            record_exception=False,  # exception texts may quote what Twilio said about a number
-            set_status_on_exception=False,
-        ) as span:
+        with (
+            continuing(msg.traceparent),
+            self._tracer.start_as_current_span(
+                send_span_name(msg.channel.value),
+                kind=SEND_KIND,
+                attributes=send_attributes(msg.id, msg.channel.value, msg.attempts + 1),
+                record_exception=False,  # exception texts may quote what Twilio said about a number
+                set_status_on_exception=False,
+            ) as span,
+        ):
             await self._traced_attempt(msg, span)
 
     async def _traced_attempt(self, msg: MessageRecord, span: Span) -> None:
