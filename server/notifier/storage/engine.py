@@ -18,11 +18,11 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 SQLITE_BUSY_TIMEOUT_MS = 5_000
 
-# At DEBUG, aiosqlite logs every statement with its parameters and SQLAlchemy logs the
-# rows it fetches: phone numbers and message bodies. They stay at INFO whatever level
-# the service logs at (SQLAlchemy's INFO lines show parameters hidden, see below).
-for _name in ("aiosqlite", "sqlalchemy.engine"):
-    logging.getLogger(_name).setLevel(logging.INFO)
+# At DEBUG, aiosqlite logs every statement with its parameters, and SQLAlchemy the rows
+# it fetches: phone numbers and message bodies. Pinned, whatever level the service logs
+# at (SQLAlchemy's own default is WARNING; pinning it keeps it so).
+logging.getLogger("aiosqlite").setLevel(logging.INFO)
+logging.getLogger("sqlalchemy.engine").setLevel(logging.WARNING)
 
 
 @dataclass(frozen=True, slots=True)
