@@ -40,6 +40,7 @@ from notifier.telemetry import (
     TracingConfig,
     current_traceparent,
     from_env,
+    install_global,
     install_log_context,
     tracing,
 )
@@ -161,6 +162,7 @@ async def test_one_send_is_one_connected_trace_and_callbacks_link_to_the_send(
     inserts = [s for s in stored if "INSERT INTO messages" in str(s.attributes.get("db.statement"))]  # type: ignore[union-attr]
     assert inserts
     assert all(s.context.trace_id == trace_id for s in inserts)
+    assert all("VALUES (?, ?" in str((s.attributes or {})["db.statement"]) for s in inserts)
 
     # The dispatcher's send continues the trace stored with the message (the call's).
     (send,) = [s for s in finished if s.name == "send whatsapp"]
@@ -502,3 +504,13 @@ async def test_instrumenting_twice_changes_nothing(
     ]
     assert DISABLED.grpc_interceptors() == []
     assert DISABLED.http_trace_configs() == []
+
+
+def test_the_global_provider_is_set_once_and_kept(telemetry: Telemetry) -> None:
+    """OpenTelemetry allows one global provider per process: the first one stays."""
+    assert install_global(DISABLED) is False
+    first = install_global(telemetry)
+    assert install_global(telemetry) is first  # the same provider again: no change
+    other = tracing([InMemorySpanExporter()], batch=False)
+    assert install_global(other) is False
+    assert trace.get_tracer_provider() is not other.provider
