@@ -476,6 +476,7 @@ def test_from_env_builds_the_exporters_and_names_the_service(
     try:
         assert built.provider is not None
         assert built.provider.resource.attributes["service.name"] == "notifier"
+        assert built.description == "console"
     finally:
         built.shutdown()
     monkeypatch.setenv("OTEL_SERVICE_NAME", "notifier-eu")
@@ -483,6 +484,7 @@ def test_from_env_builds_the_exporters_and_names_the_service(
     try:
         assert built.provider is not None
         assert built.provider.resource.attributes["service.name"] == "notifier-eu"
+        assert built.description == "otlp (grpc)"
     finally:
         built.shutdown()
 

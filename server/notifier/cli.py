@@ -98,7 +98,10 @@ async def _serve(settings: Settings, part: str, telemetry: Telemetry) -> int:
         if part == "webhooks" and not settings.webhook_tokens and settings.is_development:
             log.warning("no TWILIO_AUTH_TOKEN: accepting webhooks signed for the emulator")
             settings = settings.model_copy(update={"twilio_auth_token": SecretStr(DEV_AUTH_TOKEN)})
-        lines = [f"notifier: database {_safe_url(settings.database_url)}"]
+        lines = [
+            f"notifier: database {_safe_url(settings.database_url)}",
+            f"notifier: tracing {telemetry.description} (OTEL_TRACES_EXPORTER)",
+        ]
         if part in ("all", "webhooks"):
             sidecar, settings = await create_sidecar(settings, telemetry=telemetry)
             await sidecar.start()

@@ -174,6 +174,7 @@ class Telemetry:
     """
 
     provider: TracerProvider | None = None
+    description: str = "off"  # where spans go, for the startup banner
     _engines: weakref.WeakSet[Any] = field(default_factory=weakref.WeakSet)
 
     @property
@@ -251,12 +252,14 @@ def tracing(exporters: Sequence[SpanExporter], *, batch: bool = True) -> Telemet
     return _telemetry([(exporter, batch) for exporter in exporters])
 
 
-def _telemetry(exporters: Sequence[tuple[SpanExporter, bool]]) -> Telemetry:
+def _telemetry(
+    exporters: Sequence[tuple[SpanExporter, bool]], description: str = "custom exporters"
+) -> Telemetry:
     provider = TracerProvider(resource=_resource())
     for exporter, batch in exporters:
         processor = BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter)
         provider.add_span_processor(processor)
-    return Telemetry(provider)
+    return Telemetry(provider, description)
 
 
 def from_env(env: Mapping[str, str] | None = None) -> Telemetry:
@@ -273,7 +276,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Telemetry:
             exporters.append((_otlp_exporter(config.protocol), True))
         else:  # console: each span as it ends, for someone watching a terminal
             exporters.append((ConsoleSpanExporter(), False))
-    return _telemetry(exporters)
+    names = [f"otlp ({config.protocol})" if n == "otlp" else n for n in config.exporters]
+    return _telemetry(exporters, ", ".join(names))
 
 
 def install_global(telemetry: Telemetry) -> bool:
