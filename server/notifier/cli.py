@@ -22,6 +22,13 @@ from notifier.production import report, startup_problems
 from notifier.server import StartupError, create_server, create_sidecar, sidecar_urls
 from notifier.storage.engine import create_database
 from notifier.storage.migrate import upgrade
+from notifier.telemetry import (
+    Telemetry,
+    TelemetryConfigError,
+    configure_logging,
+    from_env,
+    install_global,
+)
 
 log = logging.getLogger("notifier")
 
@@ -100,7 +107,7 @@ def _use_emulator(settings: Settings, emulator: EmulatorServer) -> Settings:
     )
 
 
-async def _serve(settings: Settings, part: str) -> int:
+async def _serve(settings: Settings, part: str, telemetry: Telemetry) -> int:
     """``all`` (development): sidecar, gRPC server and, without credentials, the emulator."""
     problems = startup_problems(settings, part)
     if problems:
@@ -110,6 +117,8 @@ async def _serve(settings: Settings, part: str) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with contextlib.AsyncExitStack() as running:
+        # Registered first, so it runs last: spans of the shutdown itself are exported too.
+        running.push_async_callback(asyncio.to_thread, telemetry.shutdown)
         emulator = None
         if part != "webhooks" and not settings.has_twilio_credentials:
             if not settings.is_development:
@@ -123,16 +132,19 @@ async def _serve(settings: Settings, part: str) -> int:
         if part == "webhooks" and not settings.webhook_tokens and settings.is_development:
             log.warning("no TWILIO_AUTH_TOKEN: accepting webhooks signed for the emulator")
             settings = settings.model_copy(update={"twilio_auth_token": SecretStr(DEV_AUTH_TOKEN)})
-        lines = [f"notifier: database {_safe_url(settings.database_url)}"]
+        lines = [
+            f"notifier: database {_safe_url(settings.database_url)}",
+            f"notifier: tracing {telemetry.description} (OTEL_TRACES_EXPORTER)",
+        ]
         if part in ("all", "webhooks"):
-            sidecar, settings = await create_sidecar(settings)
+            sidecar, settings = await create_sidecar(settings, telemetry=telemetry)
             await sidecar.start()
             running.push_async_callback(sidecar.stop)
             lines.append(f"notifier: webhooks serving on {sidecar.url}")
         elif settings.status_callback_url is None and settings.is_development:
             settings = sidecar_urls(settings, f"http://{settings.http_addr}")
         if part in ("all", "grpc"):
-            notifier = await create_server(settings)
+            notifier = await create_server(settings, telemetry=telemetry)
             await notifier.start()
             grace = settings.shutdown_grace_seconds
             running.push_async_callback(notifier.stop, grace)
@@ -163,9 +175,7 @@ def _emulator(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         print(f"notifier: --faults: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(logging.INFO)
     env = os.environ
     try:
         return asyncio.run(
@@ -222,14 +232,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"notifier: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings.log_level)
     try:
         if args.command == "db":
             return asyncio.run(_db_upgrade(settings))
-        return asyncio.run(_serve(settings, args.part))
+        try:
+            telemetry = from_env()
+        except TelemetryConfigError as exc:
+            print(f"notifier: {exc}", file=sys.stderr)
+            return 2
+        install_global(telemetry)
+        return asyncio.run(_serve(settings, args.part, telemetry))
     except StartupError as exc:
         print(f"notifier: {exc}", file=sys.stderr)
         return 1

@@ -10,6 +10,7 @@ from grpc_health.v1 import health, health_pb2
 
 from notifier.domain.errors import StorageUnavailable
 from notifier.domain.ports import MessageStore
+from notifier.telemetry import untraced
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,8 @@ class StorageHealth:
         self._wake.set()
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="storage-health")
+        with untraced():  # a ping a second is no trace anyone wants to read
+            self._task = asyncio.create_task(self._run(), name="storage-health")
 
     async def _run(self) -> None:
         while True:

@@ -28,6 +28,7 @@ from notifier.health import StorageHealth
 from notifier.storage.engine import Database, create_database
 from notifier.storage.migrate import pending_revisions, upgrade
 from notifier.storage.repository import Repository
+from notifier.telemetry import DISABLED, Telemetry
 from notifier.twilio_provider import TwilioConfig, TwilioProvider
 from notifier.watch import StatusFeed
 from notifier.webhooks.app import WebhookConfig, create_webhook_app
@@ -77,7 +78,7 @@ def sidecar_urls(settings: Settings, base: str) -> Settings:
 
 
 async def create_sidecar(
-    settings: Settings, db: Database | None = None
+    settings: Settings, db: Database | None = None, telemetry: Telemetry = DISABLED
 ) -> tuple[Sidecar, Settings]:
     """The sidecar bound to NOTIFIER_HTTP_ADDR; returns it with the settings it implies
     (in development, Twilio's URLs default to the sidecar's own)."""
@@ -94,7 +95,7 @@ async def create_sidecar(
         raise StartupError("set STATUS_CALLBACK_URL and WEBHOOK_URL: the public URLs Twilio calls")
     owns_db = db is None
     if db is None:
-        db = await prepare_storage(settings)
+        db = await prepare_storage(settings, telemetry)
     repository = Repository(db)
     config = WebhookConfig(
         status_url=str(settings.status_callback_url),
@@ -108,6 +109,7 @@ async def create_sidecar(
         ),
     )
     app = create_webhook_app(repository, config)
+    telemetry.instrument_app(app)
     return Sidecar(InProcessServer(app, host, sock=sock), db, owns_db), settings
 
 
@@ -183,7 +185,7 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
-async def prepare_storage(settings: Settings) -> Database:
+async def prepare_storage(settings: Settings, telemetry: Telemetry = DISABLED) -> Database:
     db = create_database(settings.database_url)
     if settings.should_migrate_on_start:
         await upgrade(db.writer)
@@ -195,10 +197,14 @@ async def prepare_storage(settings: Settings) -> Database:
                 f"the database schema is behind ({len(pending)} migration(s) pending): "
                 "run `notifier db upgrade`"
             )
+    # Only after migrating: schema work at startup belongs to no request's trace.
+    telemetry.instrument_engines([db.writer, db.reader])
     return db
 
 
-def _dispatcher(settings: Settings, repository: Repository, provider: TwilioProvider) -> Dispatcher:
+def _dispatcher(
+    settings: Settings, repository: Repository, provider: TwilioProvider, telemetry: Telemetry
+) -> Dispatcher:
     policy = RetryPolicy(
         base_seconds=settings.retry_base_seconds,
         cap_seconds=settings.retry_cap_seconds,
@@ -211,12 +217,21 @@ def _dispatcher(settings: Settings, repository: Repository, provider: TwilioProv
         ambiguous_policy=settings.ambiguous_policy,
         twilio_timeout_seconds=settings.twilio_timeout_seconds,
     )
-    return Dispatcher(repository, provider, RateLimiters(settings.rate_limit_per_second), config)
+    return Dispatcher(
+        repository,
+        provider,
+        RateLimiters(settings.rate_limit_per_second),
+        config,
+        tracer=telemetry.tracer("notifier.dispatch"),
+    )
 
 
-async def create_server(settings: Settings, addr: str | None = None) -> NotifierServer:
-    """Build the gRPC server bound to ``addr`` (port 0 picks a free one)."""
-    db = await prepare_storage(settings)
+async def create_server(
+    settings: Settings, addr: str | None = None, telemetry: Telemetry = DISABLED
+) -> NotifierServer:
+    """Build the gRPC server bound to ``addr`` (port 0 picks a free one), traced by
+    ``telemetry`` (by default not at all)."""
+    db = await prepare_storage(settings, telemetry)
     repository = Repository(db, refuse_outside_window=settings.refuse_outside_window)
     capacity = OutboxCapacity(repository.count_unsent, settings.outbox_capacity)
     messages = MessageService(
@@ -232,15 +247,21 @@ async def create_server(settings: Settings, addr: str | None = None) -> Notifier
         await db.dispose()
         raise
     if config is not None:
-        provider = TwilioProvider(config)
-        dispatcher = _dispatcher(settings, repository, provider)
+        provider = TwilioProvider(config, telemetry.http_trace_configs())
+        dispatcher = _dispatcher(settings, repository, provider, telemetry)
         messages.acceptance = dispatcher
         messages.on_accepted = dispatcher.wake
     health = StorageHealth(repository, settings.health_interval_seconds)
     # Authentication before errors: a refused call reaches neither a handler nor storage.
     auth = auth_interceptors(settings.api_tokens)
     server = grpc.aio.server(
-        interceptors=[*auth, ErrorInterceptor(health.report_down)],
+        # Tracing first: its span then covers authentication and the error interceptor,
+        # so refused calls are traced too and every status is seen.
+        interceptors=[
+            *telemetry.grpc_interceptors(),
+            *auth,
+            ErrorInterceptor(health.report_down),
+        ],
         # Without this a second server on the same port would silently share it.
         options=[("grpc.so_reuseport", 0)],
     )

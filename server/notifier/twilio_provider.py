@@ -31,6 +31,7 @@ from notifier.domain.delivery import (
     classify,
     meaning,
 )
+from notifier.telemetry import TRACEPARENT, current_traceparent
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +94,14 @@ def _with_query(url: str, **params: str) -> str:
 
 
 class TwilioProvider:
-    def __init__(self, config: TwilioConfig) -> None:
+    def __init__(
+        self, config: TwilioConfig, trace_configs: list[aiohttp.TraceConfig] | None = None
+    ) -> None:
+        """``trace_configs``: aiohttp tracing for this client's session only (a span per
+        request to Twilio, child of the dispatcher's send span)."""
         self._config = config
-        self._http = _HeaderKeepingClient(logger=_sdk_logger)  # max_retries=None: no SDK retries
+        # max_retries=None: no SDK retries
+        self._http = _HeaderKeepingClient(logger=_sdk_logger, trace_configs=trace_configs or None)
         self._client = Client(
             config.username, config.password, account_sid=config.account_sid, http_client=self._http
         )
@@ -126,10 +132,15 @@ class TwilioProvider:
                 params["content_variables"] = json.dumps(msg.variables, sort_keys=True)
         if cfg.status_callback_url:
             # Our id in the callback URL links a callback to its message even when the
-            # process died between Twilio's answer and recording the SID.
-            params["status_callback"] = _with_query(
-                cfg.status_callback_url, message_id=msg.message_id
-            )
+            # process died between Twilio's answer and recording the SID. The trace
+            # context of this send (when traced) lets each callback's span link back to
+            # it: Twilio keeps the URL with the message, so the link needs no lookup and
+            # works even for a callback that overtakes the recording of this attempt.
+            query = {"message_id": msg.message_id}
+            traceparent = current_traceparent()
+            if traceparent is not None:
+                query[TRACEPARENT] = traceparent
+            params["status_callback"] = _with_query(cfg.status_callback_url, **query)
         return params
 
     async def send(self, msg: OutgoingMessage) -> SendReceipt:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from notifier.domain.errors import DomainError, NotFound, StorageUnavailable
 from notifier.domain.ports import StatusEventStore
 from notifier.domain.watch import FeedClosed, FellBehind, StatusChange, WatchSpec
+from notifier.telemetry import untraced
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,9 @@ class StatusFeed:
                 self._by_tag.setdefault(spec.tag, {})[sub] = None
         self._active.set()
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="status-feed")
+            # Started by the first watch call, but polls for every watch: not in its trace.
+            with untraced():
+                self._task = asyncio.create_task(self._run(), name="status-feed")
         return sub
 
     def _unsubscribe(self, sub: _Subscriber) -> None:

@@ -29,6 +29,7 @@ from notifier.domain.errors import (
     ValidationFailed,
     Violation,
 )
+from notifier.telemetry import record_rpc_status
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +204,10 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             if isinstance(exc, StorageUnavailable) and self._on_storage_down is not None:
                 log.warning("storage unavailable during %s: %s", method, exc)
                 await self._on_storage_down()
-            await context.abort_with_status(to_status(exc))
+            status = to_status(exc)
+            record_rpc_status(status.code)
+            await context.abort_with_status(status)
         ref = uuid.uuid4().hex[:12]
         log.exception("unexpected error in %s (ref %s)", method, ref)
+        record_rpc_status(grpc.StatusCode.INTERNAL)
         await context.abort(grpc.StatusCode.INTERNAL, f"internal error (ref {ref})")

@@ -14,6 +14,7 @@ from notifier.domain.clock import now_ms
 from notifier.domain.ports import StatusWatch
 from notifier.domain.service import MessageService
 from notifier.domain.watch import FeedClosed, FellBehind, validate_watch
+from notifier.telemetry import current_traceparent
 from notifier_proto.v1 import notifier_pb2 as pb
 from notifier_proto.v1 import notifier_pb2_grpc as pb_grpc
 
@@ -41,7 +42,10 @@ class NotifierServicer(pb_grpc.NotifierServicer):
     async def SendMessage(
         self, request: pb.SendMessageRequest, context: Context
     ) -> pb.SendMessageResponse:
-        accepted = await self._messages.send(convert.send_request(request, _deadline_ms(context)))
+        accepted = await self._messages.send(
+            convert.send_request(request, _deadline_ms(context)),
+            traceparent=current_traceparent(),
+        )
         return convert.send_response(accepted)
 
     async def GetDeliveryStatus(
@@ -57,19 +61,24 @@ class NotifierServicer(pb_grpc.NotifierServicer):
     async def SendBulk(
         self, request_iterator: AsyncIterator[pb.SendBulkRequest], context: Context
     ) -> AsyncIterator[pb.SendBulkResponse]:
-        async for results in self._bulk.run(convert.bulk_requests(request_iterator)):
+        requests = convert.bulk_requests(request_iterator)
+        async for results in self._bulk.run(requests, traceparent=current_traceparent()):
             yield convert.bulk_response(results)
 
     async def NotifyOrder(
         self, request: pb.NotifyOrderRequest, context: Context
     ) -> pb.NotifyOrderResponse:
-        notified = await self._messages.notify_order(convert.order_request(request))
+        notified = await self._messages.notify_order(
+            convert.order_request(request), traceparent=current_traceparent()
+        )
         return convert.notify_order_response(notified)
 
     async def NotifyAdmins(
         self, request: pb.NotifyAdminsRequest, context: Context
     ) -> pb.NotifyAdminsResponse:
-        notified = await self._messages.notify_admins(convert.admin_request(request))
+        notified = await self._messages.notify_admins(
+            convert.admin_request(request), traceparent=current_traceparent()
+        )
         return convert.notify_admins_response(notified)
 
     async def GetMetrics(

@@ -16,6 +16,8 @@ import socket
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from opentelemetry import trace
+from opentelemetry.trace import Span, StatusCode
 from ulid import ULID
 
 from notifier.dispatch.rate_limit import RateLimiters
@@ -30,6 +32,13 @@ from notifier.domain.delivery import (
 from notifier.domain.errors import StorageUnavailable
 from notifier.domain.model import AttemptRecord, MessageRecord, Status, Transition
 from notifier.domain.retry import RetryPolicy, after_failure
+from notifier.telemetry import (
+    SEND_KIND,
+    continuing,
+    send_attributes,
+    send_span_name,
+    untraced,
+)
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +90,10 @@ class Dispatcher:
         limiters: RateLimiters,
         config: DispatchConfig,
         clock: Clock = now_ms,
+        tracer: trace.Tracer | None = None,
     ) -> None:
         self.owner = _worker_id()
+        self._tracer = tracer or trace.NoOpTracer()
         self._store = store
         self._provider = provider
         self._limiters = limiters
@@ -99,7 +110,9 @@ class Dispatcher:
         self._timeout_seconds = config.twilio_timeout_seconds
 
     def start(self) -> None:
-        self._loop_task = asyncio.create_task(self._run(), name="dispatcher")
+        # Claim polls are not traced; each send is, in the trace stored with its message.
+        with untraced():
+            self._loop_task = asyncio.create_task(self._run(), name="dispatcher")
 
     def wake(self) -> None:
         """A message became due now (e.g. just accepted): look without waiting for the poll."""
@@ -196,16 +209,35 @@ class Dispatcher:
         return int(self._timeout_seconds * 1000)
 
     async def _attempt(self, msg: MessageRecord) -> None:
+        """One request to Twilio, traced as a messaging ``send`` span that continues the
+        trace stored with the message (the caller's), so the HTTP request to Twilio and
+        the recording of its outcome appear under the call that asked for the message."""
+        with (
+            continuing(msg.traceparent),
+            self._tracer.start_as_current_span(
+                send_span_name(msg.channel.value),
+                kind=SEND_KIND,
+                attributes=send_attributes(msg.id, msg.channel.value, msg.attempts + 1),
+                record_exception=False,  # exception texts may quote what Twilio said about a number
+                set_status_on_exception=False,
+            ) as span,
+        ):
+            await self._traced_attempt(msg, span)
+
+    async def _traced_attempt(self, msg: MessageRecord, span: Span) -> None:
         started = self._clock()
         try:
             receipt = await self._provider.send(_outgoing(msg, started))
         except ProviderError as err:
+            span.set_attribute("error.type", str(err.code or err.kind.value))
+            span.set_status(StatusCode.ERROR, f"{err.kind.value} ({err.code or err.http_status})")
             await self._failed(msg, started, err)
             return
         except asyncio.CancelledError:
             # Stopped after the grace period with the request out: Twilio may have it.
             # Record that as an ambiguous outcome, so the configured policy decides.
             cut = ProviderError(ErrorKind.AMBIGUOUS, "shutdown interrupted the request to Twilio")
+            span.set_status(StatusCode.ERROR, "ambiguous (shutdown)")
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._failed(msg, started, cut))
             raise
@@ -216,6 +248,7 @@ class Dispatcher:
             http_status=201,
             twilio_sid=receipt.sid,
         )
+        span.set_attribute("notifier.twilio.sid", receipt.sid)
         status = _TWILIO_STATUS.get(receipt.status, Status.QUEUED)
         await self._record(msg, attempt, Transition(status, twilio_sid=receipt.sid))
 

@@ -127,9 +127,16 @@ class BulkSender:
     capacity: OutboxCapacity | None = None
 
     async def run(
-        self, requests: AsyncIterator[BulkRequest], caller: str = ""
+        self,
+        requests: AsyncIterator[BulkRequest],
+        caller: str = "",
+        traceparent: str | None = None,
     ) -> AsyncIterator[list[BulkResult]]:
-        """Yield the results of each committed batch, items in the order they came."""
+        """Yield the results of each committed batch, items in the order they came.
+
+        Every message of the stream stores ``traceparent`` (the stream's trace context),
+        so all their sends belong to the trace of the call that enqueued them.
+        """
         # The queue itself is unbounded so the end marker can always be put without
         # waiting; ``slots`` is what bounds the items waiting for storage.
         queue: asyncio.Queue[object] = asyncio.Queue()
@@ -137,7 +144,7 @@ class BulkSender:
         reader = asyncio.create_task(self._read(requests, queue, slots))
         try:
             while batch := await self._next_batch(queue, slots):
-                yield await self._commit(batch, caller)
+                yield await self._commit(batch, caller, traceparent)
             await reader  # surface a broken request stream
         finally:
             reader.cancel()
@@ -193,7 +200,10 @@ class BulkSender:
         return batch
 
     async def _commit(
-        self, batch: list[tuple[int, BulkItem, BulkDefaults]], caller: str
+        self,
+        batch: list[tuple[int, BulkItem, BulkDefaults]],
+        caller: str,
+        traceparent: str | None,
     ) -> list[BulkResult]:
         now = self.clock()
         outcomes: list[Accepted | ItemFailure | None] = []
@@ -224,6 +234,7 @@ class BulkSender:
                     valid,
                     caller=caller,
                     key_ttl_ms=self.idempotency_ttl_ms,
+                    traceparent=traceparent,
                     priority=BULK_PRIORITY,
                 )
                 if valid

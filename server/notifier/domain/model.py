@@ -150,6 +150,7 @@ class MessageRecord:
     send_at_ms: int | None = None
     expires_at_ms: int | None = None
     next_attempt_at_ms: int | None = None
+    traceparent: str | None = None  # W3C trace context of the request that enqueued it
 
 
 @dataclass(frozen=True, slots=True)

@@ -96,14 +96,23 @@ class MessageService:
             return contextlib.nullcontext(wanted)
         return self.capacity.reserve(wanted)
 
-    async def send(self, request: SendRequest, *, caller: str = "") -> Accepted:
+    async def send(
+        self, request: SendRequest, *, caller: str = "", traceparent: str | None = None
+    ) -> Accepted:
+        """``traceparent``: the caller's W3C trace context, stored with the message so
+        its send continues the caller's trace (the API layer reads it; the domain only
+        carries the string)."""
         message = validate_send(request, self.clock())
         if message.wait_for_acceptance and self.acceptance is None:
             raise Unsupported("wait_for_acceptance", "this server has no dispatcher to wait for")
         digest = payload_hash(message.payload()) if message.idempotency_key else None
         async with self._room(1):
             accepted = await self.store.add_message(
-                message, caller=caller, request_hash=digest, key_ttl_ms=self.idempotency_ttl_ms
+                message,
+                caller=caller,
+                request_hash=digest,
+                key_ttl_ms=self.idempotency_ttl_ms,
+                traceparent=traceparent,
             )
         if not accepted.replayed and message.send_at_ms is None:
             self.on_accepted()
@@ -178,7 +187,9 @@ class MessageService:
             self.on_accepted()
         return outcome
 
-    async def notify_order(self, request: OrderRequest, *, caller: str = "") -> AdminNotified:
+    async def notify_order(
+        self, request: OrderRequest, *, caller: str = "", traceparent: str | None = None
+    ) -> AdminNotified:
         """Send the new-order alert to every admin; idempotent per order id.
 
         Each admin's message has the key ``order:{order_id}:{admin}`` and the hash of
@@ -186,14 +197,16 @@ class MessageService:
         (``replayed``) and sends nothing, and the same order id with other contents
         is ALREADY_EXISTS. Partial refusals are handled by ``settle``.
         """
-        return await self._notify(validate_order(request), caller)
+        return await self._notify(validate_order(request), caller, traceparent)
 
-    async def notify_admins(self, request: AdminRequest, *, caller: str = "") -> AdminNotified:
+    async def notify_admins(
+        self, request: AdminRequest, *, caller: str = "", traceparent: str | None = None
+    ) -> AdminNotified:
         """Booking, low stock, event capacity or custom alert to every admin, keyed
         ``admin:{kind}:{key}:{admin}`` (key: idempotency_key or the natural id)."""
-        return await self._notify(validate_admin_request(request), caller)
+        return await self._notify(validate_admin_request(request), caller, traceparent)
 
-    async def _notify(self, alert: Alert, caller: str) -> AdminNotified:
+    async def _notify(self, alert: Alert, caller: str, traceparent: str | None) -> AdminNotified:
         """All admins' messages go into one transaction: either every admin's copy is
         stored or none is, so a crash never leaves an order half-notified and a retry
         finds all of them. The input is checked before the configuration, so a caller
@@ -211,6 +224,7 @@ class MessageService:
                 [(alert.message_to(admin), digest) for admin in admins],
                 caller=caller,
                 key_ttl_ms=self.idempotency_ttl_ms,
+                traceparent=traceparent,
             )
         notified = settle(admins, results)
         if not notified.replayed:

@@ -8,6 +8,7 @@ use a pool of their own that WAL lets run beside the writer.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
 SQLITE_BUSY_TIMEOUT_MS = 5_000
+
+# At DEBUG, aiosqlite logs every statement with its parameters, and SQLAlchemy the rows
+# it fetches: phone numbers and message bodies. Pinned, whatever level the service logs
+# at (SQLAlchemy's own default is WARNING; pinning it keeps it so).
+logging.getLogger("aiosqlite").setLevel(logging.INFO)
+logging.getLogger("sqlalchemy.engine").setLevel(logging.WARNING)
 
 
 @dataclass(frozen=True, slots=True)

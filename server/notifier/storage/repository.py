@@ -921,6 +921,7 @@ def _record(row: Any, tags: Sequence[str]) -> MessageRecord:
         send_at_ms=row["send_at"],
         expires_at_ms=row["expires_at"],
         next_attempt_at_ms=row["next_attempt_at"],
+        traceparent=row.get("traceparent"),
     )
 
 

@@ -21,6 +21,7 @@ from notifier.domain.errors import StorageUnavailable
 from notifier.domain.inbound import InboundMessage, Keywords
 from notifier.domain.model import CallbackResult, Status, StatusReport
 from notifier.storage.repository import Repository
+from notifier.telemetry import TRACEPARENT, link_current_span
 from notifier.webhooks.forms import BadRequest, public_url, read_form, signed_by_twilio
 from notifier.webhooks.metrics import WebhookMetrics
 
@@ -81,6 +82,8 @@ class _Handlers:
             report = self._report(form, request.query_params.get("message_id"))
         except BadRequest as exc:
             return self._refused(self.metrics.callbacks, exc)
+        # Signed, so the trace context in our StatusCallback URL is the one we put there.
+        link_current_span(request.query_params.get(TRACEPARENT))
         if report is None:
             self.metrics.callbacks.labels(result="ignored").inc()
             return PlainTextResponse("")
