@@ -57,7 +57,7 @@ def make_certs(directory: Path) -> Certs:
     _signed(
         "server",
         "localhost",
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+        "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:notifier.test\nextendedKeyUsage=serverAuth\n",
         2,
         directory,
     )

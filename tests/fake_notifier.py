@@ -1,14 +1,12 @@
 """A Notifier stand-in for client tests: what the real server cannot show on demand
 (the metadata a call arrived with, UNAVAILABLE exactly N times, TLS with client
-certificates), and a throwaway PKI made with openssl."""
+certificates made by ``tests.certs``)."""
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -17,6 +15,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from notifier_proto.v1 import notifier_pb2 as pb
+from tests.certs import Certs
 
 
 @dataclass
@@ -84,16 +83,16 @@ class Recorder:
 
 
 @asynccontextmanager
-async def serve(recorder: Recorder, pki: Path | None = None) -> AsyncIterator[str]:
-    """``recorder`` on an ephemeral loopback port; with ``pki``, mutual TLS only."""
+async def serve(recorder: Recorder, certs: Certs | None = None) -> AsyncIterator[str]:
+    """``recorder`` on an ephemeral loopback port; with ``certs``, mutual TLS only."""
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((recorder.handler(),))
-    if pki is None:
+    if certs is None:
         port = server.add_insecure_port("127.0.0.1:0")
     else:
         creds = grpc.ssl_server_credentials(
-            [((pki / "server.key").read_bytes(), (pki / "server.pem").read_bytes())],
-            root_certificates=(pki / "ca.pem").read_bytes(),
+            [(certs.server_key.read_bytes(), certs.server_cert.read_bytes())],
+            root_certificates=certs.ca.read_bytes(),
             require_client_auth=True,
         )
         port = server.add_secure_port("127.0.0.1:0", creds)
@@ -102,22 +101,3 @@ async def serve(recorder: Recorder, pki: Path | None = None) -> AsyncIterator[st
         yield f"127.0.0.1:{port}"
     finally:
         await server.stop(None)
-
-
-def make_pki(d: Path) -> Path:
-    """A CA, a server certificate for notifier.test and a client certificate, in ``d``."""
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
-
-    run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=ca")
-    (d / "san.ext").write_text("subjectAltName=DNS:notifier.test\n")
-    for name in ("server", "client"):
-        run("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}")
-        extra = ["-extfile", "san.ext"] if name == "server" else []
-        run(
-            "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", *extra,
-        )  # fmt: skip
-    return d

@@ -23,7 +23,8 @@ from notifier.emulator.server import EmulatorServer
 from notifier.server import NotifierServer
 from notifier_client import NotifierError
 from notifier_client.cli import Exit, explain
-from tests.fake_notifier import Recorder, make_pki, serve
+from tests.certs import Certs, make_certs
+from tests.fake_notifier import Recorder, serve
 from tests.process import BIN
 from tests.test_delivery import engine_settings, start_engine
 
@@ -279,14 +280,14 @@ def test_every_failure_kind_has_its_exit_code_and_plain_words() -> None:
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_pki(tmp_path_factory.mktemp("pki"))
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    return make_certs(tmp_path_factory.mktemp("pki"))
 
 
-async def test_mutual_tls_flags_and_token(pki: Path) -> None:
+async def test_mutual_tls_flags_and_token(pki: Certs) -> None:
     recorder = Recorder(token="s3cret")
-    tls = ["--ca", str(pki / "ca.pem"), "--server-name", "notifier.test"]
-    mtls = [*tls, "--cert", str(pki / "client.pem"), "--key", str(pki / "client.key")]
+    tls = ["--ca", str(pki.ca), "--server-name", "notifier.test"]
+    mtls = [*tls, "--cert", str(pki.client_cert), "--key", str(pki.client_key)]
     async with serve(recorder, pki) as address:
         done = await cli(address, "metrics", *mtls, "--token", "s3cret")
         assert done.code == 0, done

@@ -16,22 +16,26 @@ from pathlib import Path
 import grpc
 import pytest
 
+from notifier.api.auth import token_digest
+from notifier.config import load_settings
 from notifier.emulator.faults import Faults
 from notifier.emulator.server import EmulatorServer
-from notifier.server import NotifierServer
+from notifier.server import NotifierServer, create_server
 from notifier_client import (
     InvalidArgument,
     NotFound,
     NotifierClient,
     SyncNotifierClient,
     TlsConfig,
+    Unauthenticated,
     Unavailable,
     bulk_item,
     message_filter,
     pb,
     status_name,
 )
-from tests.fake_notifier import Recorder, make_pki, serve
+from tests.certs import Certs, make_certs
+from tests.fake_notifier import Recorder, serve
 from tests.test_delivery import engine_settings, start_engine
 
 TO = "+14155550100"
@@ -276,28 +280,60 @@ async def test_sends_without_a_key_are_not_retried_when_retry_sends_is_off(
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_pki(tmp_path_factory.mktemp("pki"))
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    return make_certs(tmp_path_factory.mktemp("pki"))
 
 
-async def test_mutual_tls_with_a_server_name_override_and_token(pki: Path) -> None:
+async def test_mutual_tls_with_a_server_name_override_and_token(pki: Certs) -> None:
     recorder = Recorder()
     tls = TlsConfig(
-        root_ca=pki / "ca.pem",
-        client_cert=pki / "client.pem",
-        client_key=pki / "client.key",
+        root_ca=pki.ca,
+        client_cert=pki.client_cert,
+        client_key=pki.client_key,
         server_name="notifier.test",
     )
     async with serve(recorder, pki) as address:
         async with NotifierClient(address, token="s3cret", tls=tls) as client:
             assert (await client.metrics()).total == 7
         assert recorder.metadata[0]["authorization"] == "Bearer s3cret"
-        no_cert = TlsConfig(root_ca=pki / "ca.pem", server_name="notifier.test")
+        no_cert = TlsConfig(root_ca=pki.ca, server_name="notifier.test")
         async with NotifierClient(address, tls=no_cert, retry=None) as stranger:
             with pytest.raises(Unavailable):
                 await stranger.metrics(timeout=5)
     with pytest.raises(ValueError, match="key"):
-        TlsConfig(client_cert=pki / "client.pem").credentials()
+        TlsConfig(client_cert=pki.client_cert).credentials()
+
+
+async def test_the_real_server_with_tokens_and_mutual_tls(db_path: Path, pki: Certs) -> None:
+    """The client's token and certificates against the server's own checks, not a stand-in:
+    the token opens the API, a wrong one gets Unauthenticated, a missing client
+    certificate never gets past the handshake."""
+    settings = load_settings(
+        NOTIFIER_DATABASE_URL=f"sqlite+aiosqlite:///{db_path}",
+        NOTIFIER_GRPC_ADDR="127.0.0.1:0",
+        NOTIFIER_DISPATCHER_ENABLED=False,
+        NOTIFIER_API_TOKENS=token_digest("s3cret"),
+        NOTIFIER_TLS_CERT=str(pki.server_cert),
+        NOTIFIER_TLS_KEY=str(pki.server_key),
+        NOTIFIER_TLS_CLIENT_CA=str(pki.ca),
+    )
+    server = await create_server(settings)
+    await server.start()
+    address = f"127.0.0.1:{server.port}"
+    tls = TlsConfig(root_ca=pki.ca, client_cert=pki.client_cert, client_key=pki.client_key)
+    try:
+        async with NotifierClient(address, token="s3cret", tls=tls) as client:
+            sent = await client.send(TO, body="hello over mutual TLS")
+            assert (await client.status(sent.message_id)).message.message_id == sent.message_id
+        async with NotifierClient(address, token="wrong", tls=tls, retry=None) as intruder:
+            with pytest.raises(Unauthenticated):
+                await intruder.metrics(timeout=5)
+        no_cert = TlsConfig(root_ca=pki.ca)
+        async with NotifierClient(address, token="s3cret", tls=no_cert, retry=None) as stranger:
+            with pytest.raises(Unavailable):
+                await stranger.metrics(timeout=5)
+    finally:
+        await server.stop(grace=1)
 
 
 def readme_example() -> str:
