@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
@@ -129,6 +131,23 @@ def new_message_id() -> str:
 T = TypeVar("T")
 
 
+_PendingReport = tuple[StatusReport, "asyncio.Future[tuple[CallbackResult, str | None]]"]
+
+
+@dataclass(slots=True)
+class _PendingAccept:
+    """One SendMessage waiting to be stored with the others that came meanwhile."""
+
+    message: NewMessage
+    request_hash: str | None
+    caller: str
+    key_ttl_ms: int
+    traceparent: str | None
+    done: asyncio.Future[Accepted | DomainError] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
 class Repository:
     def __init__(
         self, db: Database, clock: Clock = now_ms, *, refuse_outside_window: bool = False
@@ -139,6 +158,10 @@ class Repository:
         # SQLite's single writer commits the small writes of many callers together;
         # other databases take concurrent transactions on their own connections.
         self._group = GroupCommit(db.writer) if db.is_sqlite else None
+        self._accepting: list[_PendingAccept] = []
+        self._accepter: asyncio.Task[None] | None = None
+        self._reports: list[_PendingReport] = []
+        self._reporter: asyncio.Task[None] | None = None
 
     async def _write(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """Run ``work`` in a write transaction and return once it is committed.
@@ -167,12 +190,84 @@ class Repository:
         key_ttl_ms: int,
         traceparent: str | None = None,
     ) -> Accepted:
-        (result,) = await self.add_messages(
-            [(message, request_hash)], caller=caller, key_ttl_ms=key_ttl_ms, traceparent=traceparent
-        )
+        if self._group is not None:
+            result = await self._accept_together(
+                _PendingAccept(message, request_hash, caller, key_ttl_ms, traceparent)
+            )
+        else:
+            (result,) = await self.add_messages(
+                [(message, request_hash)],
+                caller=caller,
+                key_ttl_ms=key_ttl_ms,
+                traceparent=traceparent,
+            )
         if isinstance(result, DomainError):
             raise result
         return result
+
+    async def _accept_together(self, pending: _PendingAccept) -> Accepted | DomainError:
+        """Single messages (SendMessage) that arrive together are stored as one batch.
+
+        Group commit alone would still run each one's statements; here the messages
+        waiting while the previous batch commits go in as one ``_add_many`` (one
+        lookup, one multi-row insert), as SendBulk's do. Each caller gets its own
+        result, and only after the commit.
+        """
+        self._accepting.append(pending)
+        if self._accepter is None or self._accepter.done():
+            self._accepter = asyncio.create_task(self._accept_pending(), name="accept-batch")
+        return await pending.done
+
+    async def _accept_pending(self) -> None:
+        while self._accepting:
+            batch, self._accepting = self._accepting, []
+            groups: dict[tuple[str, int], list[_PendingAccept]] = {}
+            for pending in batch:
+                groups.setdefault((pending.caller, pending.key_ttl_ms), []).append(pending)
+            await asyncio.gather(*(self._accept_group(g) for g in groups.values()))
+
+    async def _accept_group(self, group: list[_PendingAccept]) -> None:
+        first = group[0]
+        try:
+            results = await self._write(
+                partial(
+                    self._add_many,
+                    items=[(p.message, p.request_hash) for p in group],
+                    caller=first.caller,
+                    key_ttl_ms=first.key_ttl_ms,
+                    traceparent=None,
+                    priority=0,
+                    traceparents=[p.traceparent for p in group],
+                )
+            )
+        except sa_exc.IntegrityError:
+            # Another replica stored one of these idempotency keys first: each on its
+            # own, so that one is answered as a replay and the others are not held up.
+            await asyncio.gather(*(self._accept_alone(p) for p in group))
+            return
+        except Exception as exc:
+            for pending in group:
+                if not pending.done.done():
+                    pending.done.set_exception(exc)
+            return
+        for pending, result in zip(group, results, strict=True):
+            if not pending.done.done():
+                pending.done.set_result(result)
+
+    async def _accept_alone(self, pending: _PendingAccept) -> None:
+        try:
+            (result,) = await self.add_messages(
+                [(pending.message, pending.request_hash)],
+                caller=pending.caller,
+                key_ttl_ms=pending.key_ttl_ms,
+                traceparent=pending.traceparent,
+            )
+        except Exception as exc:
+            if not pending.done.done():
+                pending.done.set_exception(exc)
+            return
+        if not pending.done.done():
+            pending.done.set_result(result)
 
     async def add_messages(
         self,
@@ -217,6 +312,7 @@ class Repository:
         key_ttl_ms: int,
         traceparent: str | None,
         priority: int,
+        traceparents: Sequence[str | None] | None = None,
     ) -> list[Accepted | DomainError]:
         now = self._clock()
         known = await self._known_keys(conn, caller, [m.idempotency_key for m, _ in items], now)
@@ -227,7 +323,7 @@ class Repository:
         tags: list[dict[str, str]] = []
         events: list[dict[str, Any]] = []
         keys: list[dict[str, Any]] = []
-        for message, digest in items:
+        for index, (message, digest) in enumerate(items):
             key = message.idempotency_key
             earlier = (known.get(key) or fresh.get(key)) if key is not None else None
             if key is not None and earlier is not None:
@@ -240,7 +336,8 @@ class Repository:
             if refusal is not None:
                 results.append(refusal)
                 continue
-            row = _message_row(message, new_message_id(), caller, traceparent, now, priority)
+            trace = traceparents[index] if traceparents is not None else traceparent
+            row = _message_row(message, new_message_id(), caller, trace, now, priority)
             rows.append(row)
             tags += [{"message_id": row["id"], "tag": t} for t in message.tags]
             event = {"message_id": row["id"], "status": row["status"], "source": "api"}
@@ -350,7 +447,55 @@ class Repository:
 
     async def apply_report(self, report: StatusReport) -> tuple[CallbackResult, str | None]:
         """Record a status Twilio reported; move the message only forward."""
-        return await self._write(partial(self._apply_report, report=report, now=self._clock()))
+        if self._group is None:
+            return await self._write(partial(self._apply_report, report=report, now=self._clock()))
+        done: asyncio.Future[tuple[CallbackResult, str | None]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._reports.append((report, done))
+        if self._reporter is None or self._reporter.done():
+            self._reporter = asyncio.create_task(self._apply_pending(), name="report-batch")
+        return await done
+
+    async def _apply_pending(self) -> None:
+        """Callbacks that arrive together are applied in one piece of work, in order.
+
+        Each is applied exactly as alone (a later one sees an earlier one's effect);
+        the group shares one transaction without a savepoint each. If the batch fails,
+        each is tried again on its own, so one bad callback fails only itself.
+        """
+        while self._reports:
+            batch, self._reports = self._reports, []
+            now = self._clock()
+
+            async def apply_all(
+                conn: AsyncConnection, batch: list[_PendingReport] = batch, now: int = now
+            ) -> list[tuple[CallbackResult, str | None]]:
+                return [await self._apply_report(conn, r, now) for r, _ in batch]
+
+            try:
+                results = await self._write(apply_all)
+            except Exception:
+                await asyncio.gather(*(self._apply_alone(r, d, now) for r, d in batch))
+                continue
+            for (_, done), result in zip(batch, results, strict=True):
+                if not done.done():
+                    done.set_result(result)
+
+    async def _apply_alone(
+        self,
+        report: StatusReport,
+        done: asyncio.Future[tuple[CallbackResult, str | None]],
+        now: int,
+    ) -> None:
+        try:
+            result = await self._write(partial(self._apply_report, report=report, now=now))
+        except Exception as exc:
+            if not done.done():
+                done.set_exception(exc)
+            return
+        if not done.done():
+            done.set_result(result)
 
     async def _apply_report(
         self, conn: AsyncConnection, report: StatusReport, now: int
