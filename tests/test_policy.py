@@ -91,8 +91,7 @@ async def test_limiter_spaces_sends_and_never_exceeds_the_rate() -> None:
 
     await asyncio.gather(*(take() for _ in range(25)))
     gaps = [b - a for a, b in itertools.pairwise(granted)]
-    # Evenly spaced, not in bursts: a gap shrinks by at most 10% to catch up a late timer.
-    assert min(gaps) >= 0.089
+    assert min(gaps) >= 0.099  # evenly spaced, not in bursts
     assert max(sum(1 for t in granted if s <= t < s + 1.0) for s in granted) == 10
     assert granted[-1] - granted[0] >= 2.4
 

@@ -7,12 +7,6 @@ the request reaching Twilio, so the limit also holds where Twilio counts. Slots 
 also spaced evenly (window / N apart) instead of granted in bursts of N: a burst
 opens N connections at once, and the uneven delays that causes are exactly the jitter
 that could push N + 1 arrivals into one second at the far end.
-
-The slots sit on a grid: each is due one spacing after the previous one was due, not
-after it was granted. A timer always fires a little late (epoll counts whole
-milliseconds, a busy loop adds more); measuring from the grant would add that lateness
-to every gap and lose several percent of the rate. A gap may shrink to make up for it,
-but never below ``MIN_GAP`` of the spacing, so the sends stay spread out.
 """
 
 from __future__ import annotations
@@ -23,8 +17,6 @@ from collections import deque
 from collections.abc import Callable
 
 DEFAULT_GUARD_SECONDS = 0.01
-MIN_GAP = 0.9
-CATCH_UP = 0.25  # lateness made up later, at most, as a share of the window
 
 
 class SlidingWindowLimiter:
@@ -44,8 +36,7 @@ class SlidingWindowLimiter:
             self.limit, window = 1, 1.0 / rate_per_second
         self.window = window + guard_seconds
         self.spacing = self.window / self.limit
-        self._last: float | None = None  # when the last slot was granted
-        self._due: float | None = None  # when the next slot is due on the grid
+        self._last: float | None = None
         self._clock = clock
         self._stamps: deque[float] = deque()
         self._lock = asyncio.Lock()
@@ -64,8 +55,8 @@ class SlidingWindowLimiter:
         wait = 0.0
         if len(self._stamps) >= self.limit:
             wait = self._stamps[0] + self.window - now
-        if self._last is not None and self._due is not None:
-            wait = max(wait, self._due - now, self._last + MIN_GAP * self.spacing - now)
+        if self._last is not None:
+            wait = max(wait, self._last + self.spacing - now)
         return wait
 
     async def acquire(self) -> None:
@@ -76,10 +67,6 @@ class SlidingWindowLimiter:
             now = self._clock()
             self._stamps.append(now)
             self._last = now
-            # Late (a slow timer, a busy loop): stay on the grid and catch up, a little
-            # per gap. Idle for a while: a new grid from now, never a burst.
-            due = now if self._due is None else max(self._due, now - CATCH_UP * self.window)
-            self._due = due + self.spacing
 
 
 class RateLimiters:
