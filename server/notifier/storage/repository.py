@@ -514,26 +514,21 @@ class Repository:
         if row is None:
             return CallbackResult.UNKNOWN, None
         # Duplicates are judged within the current send: a re-queued message
-        # (RetryMessages) gets a new Twilio message whose callbacks are new.
-        requeued = (
+        # (RetryMessages) gets a new Twilio message whose callbacks are new. One read
+        # of the message's few operator and callback events answers both questions.
+        history = (
             await conn.execute(
-                select(func.max(status_events.c.id)).where(
+                select(status_events.c.id, status_events.c.status, status_events.c.source).where(
                     status_events.c.message_id == row.id,
-                    status_events.c.source == "operator",
+                    status_events.c.source.in_(("operator", "callback")),
                 )
             )
-        ).scalar()
-        seen = (
-            await conn.execute(
-                select(status_events.c.id).where(
-                    status_events.c.message_id == row.id,
-                    status_events.c.status == report.status.value,
-                    status_events.c.source == "callback",
-                    status_events.c.id > (requeued or 0),
-                )
-            )
-        ).first()
-        if seen is not None:
+        ).all()
+        requeued = max((e.id for e in history if e.source == "operator"), default=0)
+        if any(
+            e.source == "callback" and e.status == report.status.value and e.id > requeued
+            for e in history
+        ):
             return CallbackResult.DUPLICATE, row.id
         # A callback about an earlier Twilio message of a re-queued message only
         # goes into the history.
