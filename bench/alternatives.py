@@ -83,6 +83,7 @@ async def _celery(url: str, total: int) -> tuple[float, float]:
         "--without-mingle",
         "--without-heartbeat",
         env=env,
+        quiet=True,
     )
     try:
         # Warm up: the worker is ready once it has done one task.

@@ -9,6 +9,7 @@ URL and its own queue in the environment; each finished task counts itself in Re
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 from celery import Celery
@@ -27,20 +28,23 @@ app.conf.update(
     worker_hijack_root_logger=False,
 )
 
-_client: Any = None
+_local = threading.local()
 _redis: Any = None
 
 
 def _twilio() -> Any:
-    global _client
-    if _client is None:
+    """One client per worker thread: a shared one's HTTP pool (10 connections) would
+    make the other threads open a new connection for every request."""
+    client = getattr(_local, "client", None)
+    if client is None:
         from twilio.rest import Client
 
         from notifier.emulator import DEV_ACCOUNT_SID, DEV_AUTH_TOKEN
 
-        _client = Client(DEV_ACCOUNT_SID, DEV_AUTH_TOKEN)
-        _client.api.base_url = os.environ["BENCH_TWILIO_URL"]
-    return _client
+        client = Client(DEV_ACCOUNT_SID, DEV_AUTH_TOKEN)
+        client.api.base_url = os.environ["BENCH_TWILIO_URL"]
+        _local.client = client
+    return client
 
 
 def _done() -> Any:

@@ -133,11 +133,17 @@ class Child:
                 await self.proc.wait()
 
 
-async def spawn(*args: str, env: dict[str, str] | None = None) -> Child:
-    """``python args...`` with this interpreter; stdout piped, stderr inherited."""
+async def spawn(*args: str, env: dict[str, str] | None = None, quiet: bool = False) -> Child:
+    """``python args...`` with this interpreter; stdout piped, stderr inherited unless
+    ``quiet`` (the emulator logs every callback nobody receives; Celery warns about root)."""
     full_env = {**os.environ, **(env or {})}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, *args, stdout=asyncio.subprocess.PIPE, env=full_env, cwd=HERE.parent
+        sys.executable,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL if quiet else None,
+        env=full_env,
+        cwd=HERE.parent,
     )
     return Child(proc)
 
@@ -158,7 +164,7 @@ async def emulator_process() -> AsyncIterator[str]:
         await _reset(_shared_emulator)
         yield _shared_emulator
         return
-    child = await spawn("-m", "notifier", "emulator", "--port", "0")
+    child = await spawn("-m", "notifier", "emulator", "--port", "0", quiet=True)
     try:
         found = await child.line_matching(r"listening on (http://\S+)")
         yield found.group(1)
