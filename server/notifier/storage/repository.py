@@ -460,9 +460,9 @@ class Repository:
     async def _apply_pending(self) -> None:
         """Callbacks that arrive together are applied in one piece of work, in order.
 
-        Each is applied exactly as alone (a later one sees an earlier one's effect);
-        the group shares one transaction without a savepoint each. If the batch fails,
-        each is tried again on its own, so one bad callback fails only itself.
+        Each is applied exactly as alone (a later one sees an earlier one's effect),
+        with bulk reads and writes (``_apply_reports``). If the batch fails, each is
+        tried again on its own, so one bad callback fails only itself.
         """
         while self._reports:
             batch, self._reports = self._reports, []
@@ -471,7 +471,7 @@ class Repository:
             async def apply_all(
                 conn: AsyncConnection, batch: list[_PendingReport] = batch, now: int = now
             ) -> list[tuple[CallbackResult, str | None]]:
-                return [await self._apply_report(conn, r, now) for r, _ in batch]
+                return await self._apply_reports(conn, [r for r, _ in batch], now)
 
             try:
                 results = await self._write(apply_all)
@@ -560,6 +560,115 @@ class Repository:
             ],
         )
         return (CallbackResult.APPLIED if applies else CallbackResult.RECORDED), row.id
+
+    async def _apply_reports(
+        self, conn: AsyncConnection, reports: list[StatusReport], now: int
+    ) -> list[tuple[CallbackResult, str | None]]:
+        """``_apply_report`` for many reports at once, in order, with a few statements.
+
+        The messages and their operator/callback events are read in bulk, each report
+        is decided in Python exactly as ``_apply_report`` decides it (against the state
+        the earlier reports of the batch left), and the changes are written with one
+        executemany per table. SQLite only: its single writer holds the write lock from
+        the first read, so nothing changes between the reads and the writes.
+        """
+        found: dict[str, dict[str, Any]] = {}
+        wanted = sorted({r.message_id for r in reports if r.message_id})
+        for chunk in _chunks(wanted):
+            rows = await conn.execute(select(messages).where(messages.c.id.in_(chunk)))
+            found |= {r.id: dict(r._mapping) for r in rows}
+        sids = sorted(
+            {r.twilio_sid for r in reports if not r.message_id or r.message_id not in found}
+        )
+        by_sid: dict[str, str] = {m["twilio_sid"]: i for i, m in found.items() if m["twilio_sid"]}
+        for chunk in _chunks(sids):
+            rows = await conn.execute(select(messages).where(messages.c.twilio_sid.in_(chunk)))
+            for r in rows:
+                found.setdefault(r.id, dict(r._mapping))
+                by_sid[r.twilio_sid] = r.id
+        history: dict[str, list[tuple[float, str, str]]] = {i: [] for i in found}
+        for chunk in _chunks(sorted(found)):
+            rows = await conn.execute(
+                select(
+                    status_events.c.message_id,
+                    status_events.c.id,
+                    status_events.c.status,
+                    status_events.c.source,
+                ).where(
+                    status_events.c.message_id.in_(chunk),
+                    status_events.c.source.in_(("operator", "callback")),
+                )
+            )
+            for message_id, event_id, status, source in rows:
+                history[message_id].append((event_id, status, source))
+        results: list[tuple[CallbackResult, str | None]] = []
+        events: list[dict[str, Any]] = []
+        touched: dict[str, dict[str, Any]] = {}
+        for report in reports:
+            row: dict[str, Any] | None = found.get(report.message_id or "")
+            if row is None:
+                message_id = by_sid.get(report.twilio_sid)
+                row = found.get(message_id) if message_id is not None else None
+            if row is None:
+                results.append((CallbackResult.UNKNOWN, None))
+                continue
+            seen = history[row["id"]]
+            requeued = max((e for e, _, source in seen if source == "operator"), default=0)
+            if any(
+                source == "callback" and status == report.status.value and e > requeued
+                for e, status, source in seen
+            ):
+                results.append((CallbackResult.DUPLICATE, row["id"]))
+                continue
+            same_send = row["twilio_sid"] in (None, report.twilio_sid)
+            applies = same_send and moves_forward(Status(row["status"]), report.status)
+            row["updated_at"] = now
+            if row["twilio_sid"] is None:
+                row["twilio_sid"] = report.twilio_sid
+                by_sid[report.twilio_sid] = row["id"]
+            if applies:
+                row["status"] = report.status.value
+                if report.error_code is not None:
+                    row["error_code"] = report.error_code
+                    row["error_message"] = report.error_message
+            column = _FIRST_REACHED.get(report.status)
+            if same_send and column is not None and row[column] is None:
+                row[column] = now
+            touched[row["id"]] = row
+            seen.append((float("inf"), report.status.value, "callback"))  # stored below
+            events.append(
+                {
+                    "message_id": row["id"],
+                    "status": report.status.value,
+                    "source": "callback",
+                    "occurred_at": now,
+                    "error_code": report.error_code,
+                    "applied": applies,
+                }
+            )
+            results.append(
+                ((CallbackResult.APPLIED if applies else CallbackResult.RECORDED), row["id"])
+            )
+        if touched:
+            columns = (
+                "status",
+                "twilio_sid",
+                "error_code",
+                "error_message",
+                "sent_at",
+                "delivered_at",
+                "read_at",
+                "updated_at",
+            )
+            await conn.execute(
+                update(messages)
+                .where(messages.c.id == bindparam("b_id"))
+                .values({c: bindparam(f"p_{c}") for c in columns}),
+                [{"b_id": i} | {f"p_{c}": row[c] for c in columns} for i, row in touched.items()],
+            )
+        if events:
+            await conn.execute(insert(status_events), events)
+        return results
 
     async def record_inbound(self, inbound: InboundMessage, consent: Consent | None) -> bool:
         """Store an inbound message and update its sender's window and consent.
