@@ -1,18 +1,50 @@
-"""``python -m bench``: run every benchmark, print the table, write bench/results.json."""
+"""``python -m bench``: run every benchmark, print the table, write the results.
+
+``BENCH_QUICK=1`` runs tiny workloads (a smoke test of the harness: figures are
+meaningless); ``BENCH_OUT=DIR`` writes results.json and RESULTS.md there instead of
+bench/; ``BENCH_ONLY=send,dispatch`` runs only those parts.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 
-from bench import bulk
-from bench.common import machine, report, save
+from bench import alternatives, bulk, callbacks, dispatch, memory, ratelimit, send
+from bench.common import HERE, Figure, header, load_average, report, save, shared_emulator
+
+PARTS: dict[str, Callable[[], Awaitable[Figure | list[Figure]]]] = {
+    "send": send.run,
+    "bulk": bulk.run,
+    "dispatch": dispatch.run,
+    "callbacks": callbacks.run,
+    "ratelimit": ratelimit.run,
+    "memory": memory.run,
+    "alternatives": alternatives.run,
+}
 
 
 async def main() -> None:
-    figures = [await bulk.run()]
-    print(f"machine: {machine()}")
+    only = [p for p in os.environ.get("BENCH_ONLY", "").split(",") if p]
+    load_before = load_average()
+    figures: list[Figure] = []
+    async with shared_emulator():
+        for name, part in PARTS.items():
+            if only and name not in only:
+                continue
+            print(f"bench: {name} ...", end=" ", flush=True)
+            began = time.perf_counter()
+            result = await part()
+            print(f"{time.perf_counter() - began:.0f} s", flush=True)
+            figures += result if isinstance(result, list) else [result]
+    head = header(load_before, load_average())
+    print()
+    print("\n".join(f"{k}: {v}" for k, v in head.items()))
     print(report(figures))
-    save(figures)
+    save(figures, head, Path(os.environ.get("BENCH_OUT") or HERE))
 
 
 if __name__ == "__main__":

@@ -10,12 +10,12 @@ from typing import Any
 
 import grpc
 
-from bench.common import Figure, Stopwatch, bench_settings
+from bench.common import Figure, Stopwatch, bench_settings, scale
 from notifier.server import create_server
 from notifier_proto.v1 import notifier_pb2 as pb
 from notifier_proto.v1 import notifier_pb2_grpc
 
-ITEMS = 50_000
+ITEMS = scale(50_000, 1_000)
 PER_REQUEST = 500
 TARGET = 5_000
 

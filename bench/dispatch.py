@@ -1,0 +1,117 @@
+"""Messages dispatched end to end beside direct ``twilio`` SDK calls with no storage.
+
+End to end: a message in the outbox is claimed under a lease, sent with the official
+SDK to the emulator (its own process), and Twilio's answer (SID, QUEUED) is committed
+with its attempt; the clock stops when every message is recorded. The ceiling makes the
+same SDK calls with the same concurrency and stores nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+
+from twilio.http.async_http_client import AsyncTwilioHttpClient
+from twilio.rest import Client
+
+from bench.common import (
+    Figure,
+    Stopwatch,
+    bench_settings,
+    count_rows,
+    create_schema,
+    emulator_env,
+    emulator_process,
+    fill_outbox,
+    scale,
+)
+from notifier.emulator import DEV_ACCOUNT_SID, DEV_AUTH_TOKEN, DEV_FROM
+from notifier.server import create_server
+
+CONCURRENCY = 32  # NOTIFIER_DISPATCH_CONCURRENCY's default
+TARGET = 1_500
+TEMPLATE = "HX" + "ab" * 16
+
+
+def sdk_client(url: str) -> tuple[Client, AsyncTwilioHttpClient]:
+    http = AsyncTwilioHttpClient()  # no max_retries: the SDK does not retry
+    client = Client(DEV_ACCOUNT_SID, DEV_AUTH_TOKEN, http_client=http)
+    client.api.base_url = url
+    return client, http
+
+
+async def sdk_send(client: Client, index: int) -> str:
+    created = await client.messages.create_async(
+        to=f"whatsapp:+1415555{index % 10000:04d}",
+        from_=DEV_FROM,
+        content_sid=TEMPLATE,
+        content_variables=f'{{"1": "customer {index}"}}',
+    )
+    return str(created.sid)
+
+
+async def direct_sdk_rate(url: str, total: int, concurrency: int = CONCURRENCY) -> float:
+    client, http = sdk_client(url)
+    next_index = 0
+
+    async def worker() -> None:
+        nonlocal next_index
+        while next_index < total:
+            i = next_index
+            next_index += 1
+            await sdk_send(client, i)
+
+    try:
+        await asyncio.gather(*(worker() for _ in range(min(concurrency, 8))))  # warm up
+        next_index = 0
+        with Stopwatch() as clock:
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+    finally:
+        await http.close()
+    return total / clock.seconds
+
+
+async def notifier_rate(url: str, folder: Path, total: int) -> float:
+    db_path = folder / "dispatch.db"
+    await create_schema(db_path)
+    await asyncio.to_thread(fill_outbox, db_path, total)
+    settings = bench_settings(
+        db_path,
+        NOTIFIER_RATE_LIMIT_PER_SECOND=1_000_000,  # the limiter is measured on its own
+        NOTIFIER_DISPATCH_CONCURRENCY=CONCURRENCY,
+        **emulator_env(url),
+    )
+    server = await create_server(settings)
+    began = time.perf_counter()
+    await server.start()
+    try:
+        while await asyncio.to_thread(count_rows, db_path, "status = 'pending'"):  # noqa: ASYNC110 - the database is what we watch
+            await asyncio.sleep(0.05)
+        seconds = time.perf_counter() - began
+    finally:
+        await server.stop(5)
+    return total / seconds
+
+
+async def run() -> Figure:
+    total = scale(10_000, 300)
+    async with emulator_process() as url:
+        ceiling = await direct_sdk_rate(url, total)
+    async with emulator_process() as url:
+        with tempfile.TemporaryDirectory() as tmp:
+            rate = await notifier_rate(url, Path(tmp), total)
+    return Figure(
+        name="Messages dispatched end to end (outbox -> emulator -> recorded)",
+        value=rate,
+        unit="/s",
+        ceiling=ceiling,
+        ceiling_name=f"direct twilio SDK calls, {CONCURRENCY} at a time, no storage",
+        target=f">= {TARGET:,}/s",
+        met=rate >= TARGET,
+        note=(
+            f"{total:,} messages, dispatch concurrency {CONCURRENCY}; emulator in its own "
+            "process (answers 201, plays sent/delivered/read on timers)"
+        ),
+    )

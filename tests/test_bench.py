@@ -1,0 +1,56 @@
+"""The benchmark harness runs end to end in its quick mode and prints every row.
+
+Figures are never asserted here (they are benchmarks, and this mode's workloads are
+too small to mean anything): only that each part of SPEC section 9, and each
+alternative, produced its row, in the table and in both result files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+ROWS = [
+    "SendMessage accepted durably (SQLite), 64 callers: rate",
+    "SendMessage accepted durably (SQLite), 64 callers: p99 latency",
+    "SendBulk recipients accepted durably (SQLite)",
+    "Messages dispatched end to end",
+    "Status callbacks ingested with signature checks",
+    "Rate limiter at 80/s for",
+    "Rate limiter at 80/s: most arrivals in any 1-s window",
+    "Resident memory, gRPC server",
+    "(a) direct twilio SDK + retry loop",
+    "(b) Celery task per message (Redis): enqueued",
+    "(b) Celery task per message (Redis): sent end to end",
+]
+
+
+@pytest.mark.slow
+def test_quick_bench_prints_every_row(tmp_path: Path) -> None:
+    env = {**os.environ, "BENCH_QUICK": "1", "BENCH_OUT": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "bench"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    names = [f["name"] for f in results["figures"]]
+    markdown = (tmp_path / "RESULTS.md").read_text()
+    for row in ROWS:
+        assert any(n.startswith(row) for n in names), row
+        assert row in done.stdout, row
+        assert row in markdown, row
+    assert "machine" in results
+    assert "load average" in done.stdout
