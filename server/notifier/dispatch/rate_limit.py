@@ -15,6 +15,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Protocol
 
 DEFAULT_GUARD_SECONDS = 0.01
 
@@ -69,17 +70,78 @@ class SlidingWindowLimiter:
             self._last = now
 
 
-class RateLimiters:
-    """One limiter per sender, created on first use."""
+class SlotStore(Protocol):
+    async def take_slot(self, sender: str, spacing_us: int) -> float:
+        """Reserve the sender's next slot, one spacing after the last one granted to
+        anyone; return the seconds until it starts."""
 
-    def __init__(self, rate_per_second: float, guard_seconds: float = DEFAULT_GUARD_SECONDS):
+
+class SharedLimiter:
+    """The same bound for all replicas together: send times come from shared storage.
+
+    Slots are spaced evenly, ``(1 s + guard) / N`` apart across every replica; N + 1
+    consecutive slots then span more than a second, so no one-second window holds more
+    than N of them, and the guard absorbs the jitter between a slot and the request
+    reaching Twilio, as for the per-process limiter. One reservation is asked at a time
+    per process (the lock), so concurrent sends queue here rather than each holding a
+    database connection while waiting for the row.
+    """
+
+    def __init__(
+        self,
+        store: SlotStore,
+        sender: str,
+        rate_per_second: float,
+        *,
+        guard_seconds: float = DEFAULT_GUARD_SECONDS,
+    ) -> None:
+        if rate_per_second <= 0:
+            raise ValueError("rate_per_second must be positive")
+        self.rate = rate_per_second
+        if rate_per_second >= 1:
+            limit, window = int(rate_per_second), 1.0
+        else:
+            limit, window = 1, 1.0 / rate_per_second
+        self.spacing = (window + guard_seconds) / limit
+        self._spacing_us = max(1, round(self.spacing * 1_000_000))
+        self._store = store
+        self._sender = sender
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        """Wait for this process's share of the sender's slots (StorageUnavailable when
+        the slot cannot be reserved: the caller sends nothing then)."""
+        async with self._lock:
+            wait = await self._store.take_slot(self._sender, self._spacing_us)
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+
+class RateLimiters:
+    """One limiter per sender, created on first use.
+
+    With a slot store (PostgreSQL, several replicas) the limit is shared by every
+    process that uses the store; without one it holds for this process alone.
+    """
+
+    def __init__(
+        self,
+        rate_per_second: float,
+        guard_seconds: float = DEFAULT_GUARD_SECONDS,
+        *,
+        shared: SlotStore | None = None,
+    ):
         self._rate = rate_per_second
         self._guard = guard_seconds
-        self._limiters: dict[str, SlidingWindowLimiter] = {}
+        self._shared = shared
+        self._limiters: dict[str, SlidingWindowLimiter | SharedLimiter] = {}
 
-    def for_sender(self, sender: str) -> SlidingWindowLimiter:
+    def for_sender(self, sender: str) -> SlidingWindowLimiter | SharedLimiter:
         limiter = self._limiters.get(sender)
         if limiter is None:
-            limiter = SlidingWindowLimiter(self._rate, guard_seconds=self._guard)
+            if self._shared is not None:
+                limiter = SharedLimiter(self._shared, sender, self._rate, guard_seconds=self._guard)
+            else:
+                limiter = SlidingWindowLimiter(self._rate, guard_seconds=self._guard)
             self._limiters[sender] = limiter
         return limiter
