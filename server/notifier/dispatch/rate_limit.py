@@ -71,20 +71,29 @@ class SlidingWindowLimiter:
 
 
 class SlotStore(Protocol):
-    async def take_slot(self, sender: str, spacing_us: int) -> float:
-        """Reserve the sender's next slot, one spacing after the last one granted to
-        anyone; return the seconds until it starts."""
+    async def take_slot(
+        self, sender: str, spacing_us: int, tolerance_us: int
+    ) -> tuple[bool, float]:
+        """Take the sender's next slot if it is due within ``tolerance_us``; the next
+        slot is then one spacing after it (or after now, if later). Returns (granted,
+        seconds to wait): to the slot when granted, else before asking again."""
+
+
+# A slot this close ahead is granted at once (and waited for locally): asking again for
+# a few hundred microseconds would cost more than it saves.
+_SLOT_TOLERANCE_US = 1_000
 
 
 class SharedLimiter:
     """The same bound for all replicas together: send times come from shared storage.
 
-    Slots are spaced evenly, ``(1 s + guard) / N`` apart across every replica; N + 1
-    consecutive slots then span more than a second, so no one-second window holds more
-    than N of them, and the guard absorbs the jitter between a slot and the request
-    reaching Twilio, as for the per-process limiter. One reservation is asked at a time
-    per process (the lock), so concurrent sends queue here rather than each holding a
-    database connection while waiting for the row.
+    Slots are spaced evenly, ``(1 s + guard) / N`` apart across every replica, and a
+    slot is granted only when it is due, to a process that sends right away; a late
+    grant moves later slots on. N + 1 consecutive sends then span more than a second, so
+    no one-second window holds more than N, and the guard absorbs the jitter between
+    the grant and the request reaching Twilio, as for the per-process limiter. One
+    process asks for one slot at a time (the lock): its other sends queue here rather
+    than each polling the database.
     """
 
     def __init__(
@@ -109,12 +118,17 @@ class SharedLimiter:
         self._lock = asyncio.Lock()
 
     async def acquire(self) -> None:
-        """Wait for this process's share of the sender's slots (StorageUnavailable when
-        the slot cannot be reserved: the caller sends nothing then)."""
+        """Wait for a slot of the sender shared with every replica (raises
+        StorageUnavailable when storage cannot be asked: nothing is sent then)."""
         async with self._lock:
-            wait = await self._store.take_slot(self._sender, self._spacing_us)
-        if wait > 0:
-            await asyncio.sleep(wait)
+            while True:
+                granted, wait = await self._store.take_slot(
+                    self._sender, self._spacing_us, _SLOT_TOLERANCE_US
+                )
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                if granted:
+                    return
 
 
 class RateLimiters:
