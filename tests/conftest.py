@@ -77,6 +77,22 @@ async def emulator() -> AsyncIterator[EmulatorServer]:
 
 
 @pytest.fixture
+def empty_database(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[TestDb]:
+    """Like ``database`` but with no schema at all (for migration tests)."""
+    if backend == "sqlite":
+        yield sqlite_db(tmp_path / "empty.db")
+        return
+    pg: PgDatabases = request.getfixturevalue("pg_databases")
+    db = pg.create(migrated=False)
+    try:
+        yield db
+    finally:
+        pg.drop(db)
+
+
+@pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "notifier.db"
 

@@ -86,6 +86,24 @@ class TestDb:
 
         return run_async(query)
 
+    def record(self, sql: str, *params: Any) -> dict[str, Any] | None:
+        """The first row of ``sql`` by column name (None without rows)."""
+        if self.path is not None:
+            with sqlite3.connect(self.path, timeout=30) as conn:
+                conn.row_factory = sqlite3.Row
+                found = conn.execute(sql, params).fetchone()
+                return dict(found) if found is not None else None
+
+        async def query() -> dict[str, Any] | None:
+            conn = await asyncpg.connect(self.dsn, timeout=10)
+            try:
+                found = await conn.fetchrow(_placeholders(sql), *params)
+                return dict(found) if found is not None else None
+            finally:
+                await conn.close()
+
+        return run_async(query)
+
     def execute(self, sql: str, *params: Any) -> None:
         """Run a write in its own transaction, committed on return."""
         if self.path is not None:
