@@ -10,6 +10,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.databases import TestDb
+
 BIN = Path(sys.executable).parent
 GRPCURL = str(BIN / "grpcurl")
 _SERVING = re.compile(r"gRPC serving on [\d.]+:(\d+)")
@@ -31,10 +33,11 @@ class ServerProcess:
         return self.proc.wait(timeout)
 
 
-def notifier_env(db_path: Path, **extra: str) -> dict[str, str]:
+def notifier_env(db: Path | TestDb, **extra: str) -> dict[str, str]:
+    """The environment of a ``notifier`` process on ``db`` (a SQLite file or a TestDb)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFIER_", "TWILIO_"))}
     env.update(
-        NOTIFIER_DATABASE_URL=f"sqlite+aiosqlite:///{db_path}",
+        NOTIFIER_DATABASE_URL=db.url if isinstance(db, TestDb) else f"sqlite+aiosqlite:///{db}",
         NOTIFIER_GRPC_ADDR="127.0.0.1:0",
         NOTIFIER_EMULATOR_ADDR="127.0.0.1:0",
         NOTIFIER_HTTP_ADDR="127.0.0.1:0",
