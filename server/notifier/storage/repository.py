@@ -346,14 +346,19 @@ class Repository:
         """Record a status Twilio reported; move the message only forward."""
         now = self._clock()
         async with _storage_errors(), self._db.writer.begin() as conn:
-            # FOR UPDATE (PostgreSQL; SQLite's single writer needs none): two callbacks
+            # A row lock (PostgreSQL; SQLite's single writer needs none): two callbacks
             # for one message, or a callback racing the dispatcher's record, take turns,
             # so the duplicate check and the forward-only move see each other's writes.
+            # FOR NO KEY UPDATE, here and elsewhere: we never change a message's id, and
+            # the weaker lock does not wait for transactions that merely insert rows
+            # referencing the message (their foreign key check takes KEY SHARE).
             row = None
             if report.message_id:
                 row = (
                     await conn.execute(
-                        select(messages).where(messages.c.id == report.message_id).with_for_update()
+                        select(messages)
+                        .where(messages.c.id == report.message_id)
+                        .with_for_update(key_share=True)
                     )
                 ).first()
             if row is None:
@@ -361,7 +366,7 @@ class Repository:
                     await conn.execute(
                         select(messages)
                         .where(messages.c.twilio_sid == report.twilio_sid)
-                        .with_for_update()
+                        .with_for_update(key_share=True)
                     )
                 ).first()
             if row is None:
@@ -525,7 +530,7 @@ class Repository:
             .limit(limit)
         )
         if not self._db.is_sqlite:  # SQLite's single writer already excludes other claimers
-            due = due.with_for_update(skip_locked=True)
+            due = due.with_for_update(skip_locked=True, key_share=True)
         async with _storage_errors(), self._db.writer.begin() as conn:
             ids = list((await conn.execute(due)).scalars())
             if not ids:
@@ -548,7 +553,9 @@ class Repository:
             # Lock the message first (PostgreSQL): the attempt number is a count of
             # earlier rows, and a callback for this message must not interleave.
             await conn.execute(
-                select(messages.c.id).where(messages.c.id == message_id).with_for_update()
+                select(messages.c.id)
+                .where(messages.c.id == message_id)
+                .with_for_update(key_share=True)
             )
             if attempt is not None:
                 number = (
@@ -775,7 +782,7 @@ class Repository:
                 await conn.execute(
                     select(messages.c.lease_expires_at)
                     .where(messages.c.id == message_id)
-                    .with_for_update()
+                    .with_for_update(key_share=True)
                 )
             ).first()
             record = await self._load(conn, message_id)
@@ -821,7 +828,7 @@ class Repository:
                 stmt = stmt.where(*_conditions(query), messages.c.status.in_(retryable))
             # FOR UPDATE (PostgreSQL), in id order so two requeues cannot deadlock: a
             # callback or another requeue cannot change a row between check and update.
-            stmt = stmt.order_by(messages.c.id).limit(limit).with_for_update()
+            stmt = stmt.order_by(messages.c.id).limit(limit).with_for_update(key_share=True)
             rows = (await conn.execute(stmt)).all()
             found = {r.id for r in rows}
             skipped += [(mid, "not found") for mid in query.message_ids if mid not in found]
