@@ -72,6 +72,30 @@ def start_server(env: dict[str, str], *args: str, timeout: float = 30) -> Server
     raise AssertionError("server did not start:\n" + "".join(lines))
 
 
+def start_logged(
+    env: dict[str, str], log_path: Path, *args: str, timeout: float = 60
+) -> ServerProcess:
+    """``notifier serve ARGS`` with its output in ``log_path``, waiting for the line that
+    says where gRPC listens. A file, not a pipe: a chatty process never blocks on it."""
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "notifier", "serve", *args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        found = _SERVING.search(log_path.read_text())
+        if found:
+            return ServerProcess(proc, int(found.group(1)), log_path.read_text())
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait(10)
+    raise AssertionError("server did not start:\n" + log_path.read_text())
+
+
 def grpcurl(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     return subprocess.run([GRPCURL, *args], capture_output=True, text=True, timeout=timeout)
 

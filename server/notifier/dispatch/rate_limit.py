@@ -20,7 +20,7 @@ from typing import Protocol
 DEFAULT_GUARD_SECONDS = 0.01
 # Replicas sharing a limit each add their own scheduling delay, and a slot is fixed on
 # the shared timeline before it is used: a wider guard keeps half of it for that.
-SHARED_GUARD_SECONDS = 0.03
+SHARED_GUARD_SECONDS = 0.06
 
 
 class SlidingWindowLimiter:
