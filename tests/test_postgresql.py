@@ -37,7 +37,7 @@ from notifier.storage.send_slots import SendSlots
 from notifier.watch import StatusFeed
 from tests.databases import TestDb, run_async
 
-pytestmark = pytest.mark.backends("postgresql")
+pytestmark = [pytest.mark.backends("postgresql"), pytest.mark.postgresql]
 
 REPLICAS = 3
 
