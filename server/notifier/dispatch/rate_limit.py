@@ -93,9 +93,10 @@ class SharedLimiter:
     """The same bound for all replicas together: send times come from shared storage.
 
     Slots are spaced evenly, ``(1 s + guard) / N`` apart across every replica, and are
-    taken only just before they start (at most a few ms ahead), by a process whose sends
-    are waiting for them: a replica that is late moves later slots on instead of
-    crowding the next replica's. N + 1 consecutive slots span more than a second, so no
+    taken only shortly before they start (at most ``_SLOT_LEAD_SECONDS`` ahead), by a
+    process whose sends are waiting for them; a process too late for a slot (by more
+    than half the guard) drops it rather than crowd the next one, which may be another
+    replica's. N + 1 consecutive slots span more than a second, so no
     one-second window holds more than N sends, and the guard absorbs the jitter between
     a slot and the request reaching Twilio, as for the per-process limiter. At high
     rates one request takes several slots (as many as fit in the lead and are wanted),
