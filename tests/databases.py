@@ -8,6 +8,7 @@ after the test. Names carry a random prefix, as other people may share the serve
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import secrets
 import sqlite3
@@ -21,8 +22,9 @@ import asyncpg
 
 T = TypeVar("T")
 
-PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
-"""Where the PostgreSQL variants run (CI has PostgreSQL here; no skip when it is not)."""
+PG_SERVER = os.environ.get("NOTIFIER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
+"""Where the PostgreSQL variants run (CI has PostgreSQL there). When it cannot be
+reached they fail: a missing database must not pass as a skipped test."""
 PG_ADMIN_DB = "test"
 
 
@@ -130,7 +132,8 @@ def sqlite_db(path: Path) -> TestDb:
 
 
 def _pg_db(name: str) -> TestDb:
-    return TestDb("postgresql", f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}", name=name)
+    server = PG_SERVER.removeprefix("postgresql://")
+    return TestDb("postgresql", f"postgresql+asyncpg://{server}/{name}", name=name)
 
 
 class PgDatabases:

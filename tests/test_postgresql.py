@@ -186,7 +186,7 @@ async def test_too_many_connections_is_storage_unavailable(database: TestDb) -> 
     await asyncio.to_thread(
         run_async, lambda: admin(f'CREATE ROLE "{role}" LOGIN CONNECTION LIMIT 0')
     )
-    db = create_database(f"postgresql+asyncpg://{role}@127.0.0.1:5432/{database.name}")
+    db = create_database(database.url.replace("://postgres@", f"://{role}@"))
     try:
         with pytest.raises(StorageUnavailable, match="too many connections"):
             await Repository(db).ping()
