@@ -1,9 +1,15 @@
-"""Shared fixtures: a real grpc.aio server on an ephemeral port over a real SQLite file."""
+"""Shared fixtures: a real grpc.aio server on an ephemeral port over a real database.
+
+The database is a fresh SQLite file per test. A module (or a test) that marks itself
+``@pytest.mark.backends("sqlite", "postgresql")`` runs once per backend; its PostgreSQL
+variants carry the ``postgresql`` mark (deselect with ``-m "not postgresql"``) and fail,
+not skip, when PostgreSQL cannot be reached.
+"""
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
@@ -13,6 +19,54 @@ from notifier.config import Settings, load_settings
 from notifier.emulator.server import EmulatorServer
 from notifier.server import NotifierServer, create_server
 from notifier_proto.v1 import notifier_pb2_grpc
+from tests.databases import PgDatabases, TestDb, sqlite_db
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize ``backend`` from the closest ``backends`` mark (default: SQLite only,
+    left unparametrized so those test ids do not change)."""
+    if "backend" not in metafunc.fixturenames:
+        return
+    mark = metafunc.definition.get_closest_marker("backends")
+    names = mark.args if mark is not None else ("sqlite",)
+    if tuple(names) == ("sqlite",):
+        return
+    metafunc.parametrize(
+        "backend",
+        [
+            pytest.param(
+                name, id=name, marks=[pytest.mark.postgresql] if name == "postgresql" else []
+            )
+            for name in names
+        ],
+    )
+
+
+@pytest.fixture
+def backend() -> str:
+    return "sqlite"
+
+
+@pytest.fixture(scope="session")
+def pg_databases() -> Iterator[PgDatabases]:
+    pg = PgDatabases()
+    yield pg
+    pg.close()
+
+
+@pytest.fixture
+def database(backend: str, db_path: Path, request: pytest.FixtureRequest) -> Iterator[TestDb]:
+    """This test's database on its backend: a new SQLite file, or a new PostgreSQL
+    database copied from the session's migrated template."""
+    if backend == "sqlite":
+        yield sqlite_db(db_path)
+        return
+    pg: PgDatabases = request.getfixturevalue("pg_databases")
+    db = pg.create()
+    try:
+        yield db
+    finally:
+        pg.drop(db)
 
 
 @pytest.fixture
@@ -23,14 +77,30 @@ async def emulator() -> AsyncIterator[EmulatorServer]:
 
 
 @pytest.fixture
+def empty_database(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[TestDb]:
+    """Like ``database`` but with no schema at all (for migration tests)."""
+    if backend == "sqlite":
+        yield sqlite_db(tmp_path / "empty.db")
+        return
+    pg: PgDatabases = request.getfixturevalue("pg_databases")
+    db = pg.create(migrated=False)
+    try:
+        yield db
+    finally:
+        pg.drop(db)
+
+
+@pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "notifier.db"
 
 
 @pytest.fixture
-def settings(db_path: Path) -> Settings:
+def settings(database: TestDb) -> Settings:
     return load_settings(
-        NOTIFIER_DATABASE_URL=f"sqlite+aiosqlite:///{db_path}",
+        NOTIFIER_DATABASE_URL=database.url,
         NOTIFIER_GRPC_ADDR="127.0.0.1:0",
         NOTIFIER_HEALTH_INTERVAL_SECONDS=0.2,
     )
@@ -60,8 +130,10 @@ def stub(channel: grpc.aio.Channel) -> notifier_pb2_grpc.NotifierAsyncStub:
     return notifier_pb2_grpc.NotifierStub(channel)
 
 
-def count_rows(db_path: Path, table: str) -> int:
-    """Read the database the way an operator would: a separate sqlite3 connection."""
-    with sqlite3.connect(db_path) as conn:
+def count_rows(db: Path | TestDb, table: str) -> int:
+    """Read the database the way an operator would: a separate connection."""
+    if isinstance(db, TestDb):
+        return db.count(table)
+    with sqlite3.connect(db) as conn:
         (n,) = conn.execute(f"SELECT count(*) FROM {table}").fetchone()  # noqa: S608
         return int(n)

@@ -10,6 +10,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.databases import TestDb
+
 BIN = Path(sys.executable).parent
 GRPCURL = str(BIN / "grpcurl")
 _SERVING = re.compile(r"gRPC serving on [\d.]+:(\d+)")
@@ -31,10 +33,11 @@ class ServerProcess:
         return self.proc.wait(timeout)
 
 
-def notifier_env(db_path: Path, **extra: str) -> dict[str, str]:
+def notifier_env(db: Path | TestDb, **extra: str) -> dict[str, str]:
+    """The environment of a ``notifier`` process on ``db`` (a SQLite file or a TestDb)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFIER_", "TWILIO_"))}
     env.update(
-        NOTIFIER_DATABASE_URL=f"sqlite+aiosqlite:///{db_path}",
+        NOTIFIER_DATABASE_URL=db.url if isinstance(db, TestDb) else f"sqlite+aiosqlite:///{db}",
         NOTIFIER_GRPC_ADDR="127.0.0.1:0",
         NOTIFIER_EMULATOR_ADDR="127.0.0.1:0",
         NOTIFIER_HTTP_ADDR="127.0.0.1:0",
@@ -67,6 +70,30 @@ def start_server(env: dict[str, str], *args: str, timeout: float = 30) -> Server
             return ServerProcess(proc, int(found.group(1)), "".join(lines))
     proc.kill()
     raise AssertionError("server did not start:\n" + "".join(lines))
+
+
+def start_logged(
+    env: dict[str, str], log_path: Path, *args: str, timeout: float = 60
+) -> ServerProcess:
+    """``notifier serve ARGS`` with its output in ``log_path``, waiting for the line that
+    says where gRPC listens. A file, not a pipe: a chatty process never blocks on it."""
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "notifier", "serve", *args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        found = _SERVING.search(log_path.read_text())
+        if found:
+            return ServerProcess(proc, int(found.group(1)), log_path.read_text())
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait(10)
+    raise AssertionError("server did not start:\n" + log_path.read_text())
 
 
 def grpcurl(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:

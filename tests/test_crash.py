@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sqlite3
 import time
 from collections import Counter
-from pathlib import Path
 
 import grpc
 import pytest
@@ -18,12 +16,15 @@ from notifier.emulator.faults import Faults
 from notifier.emulator.server import EmulatorServer
 from notifier_proto.v1 import notifier_pb2 as pb
 from notifier_proto.v1 import notifier_pb2_grpc
+from tests.databases import TestDb
 from tests.process import notifier_env, start_server
+
+pytestmark = pytest.mark.backends("sqlite", "postgresql")
 
 TOTAL = 2000
 
 
-def _env(db: Path, emu: EmulatorServer) -> dict[str, str]:
+def _env(db: TestDb, emu: EmulatorServer) -> dict[str, str]:
     return notifier_env(
         db,
         TWILIO_ACCOUNT_SID=emu.account_sid,
@@ -37,15 +38,14 @@ def _env(db: Path, emu: EmulatorServer) -> dict[str, str]:
     )
 
 
-def _db_state(db: Path) -> tuple[Counter[str], set[str]]:
-    with sqlite3.connect(db) as conn:
-        statuses = Counter(s for (s,) in conn.execute("SELECT status FROM messages"))
-        leased = {
-            body
-            for (body,) in conn.execute(
-                "SELECT body FROM messages WHERE lease_owner IS NOT NULL AND status = 'pending'"
-            )
-        }
+def _db_state(db: TestDb) -> tuple[Counter[str], set[str]]:
+    statuses = Counter(s for (s,) in db.rows("SELECT status FROM messages"))
+    leased = {
+        body
+        for (body,) in db.rows(
+            "SELECT body FROM messages WHERE lease_owner IS NOT NULL AND status = 'pending'"
+        )
+    }
     return statuses, leased
 
 
@@ -65,8 +65,8 @@ async def _send_all(address: str) -> list[str]:
 
 
 @pytest.mark.slow
-async def test_sigkill_mid_dispatch_loses_nothing(tmp_path: Path) -> None:
-    db = tmp_path / "crash.db"
+async def test_sigkill_mid_dispatch_loses_nothing(database: TestDb) -> None:
+    db = database
     async with EmulatorServer(faults=Faults(latency_seconds=0.005)) as emu:
         env = _env(db, emu)
         first = await asyncio.to_thread(start_server, env, "grpc")
@@ -79,7 +79,7 @@ async def test_sigkill_mid_dispatch_loses_nothing(tmp_path: Path) -> None:
         first.proc.send_signal(signal.SIGKILL)
         await asyncio.to_thread(first.proc.wait, 10)
         at_kill = len(emu.state.accepted)
-        statuses, in_flight = _db_state(db)
+        statuses, in_flight = await asyncio.to_thread(_db_state, db)
         assert sum(statuses.values()) == TOTAL  # every accepted message is stored
         assert 0 < at_kill < TOTAL, "the kill did not land mid-dispatch"
 
@@ -87,7 +87,7 @@ async def test_sigkill_mid_dispatch_loses_nothing(tmp_path: Path) -> None:
         try:
             deadline = time.monotonic() + 90
             while True:
-                statuses, _ = _db_state(db)
+                statuses, _ = await asyncio.to_thread(_db_state, db)
                 if statuses.get("queued", 0) == TOTAL:
                     break
                 assert time.monotonic() < deadline, f"not all sent: {statuses}"

@@ -1,5 +1,6 @@
-"""The delivery engine through the real path: server on a port, SQLite file, the Twilio
-emulator over HTTP, and each fault knob ending messages in the right state."""
+"""The delivery engine through the real path: server on a port, SQLite file or
+PostgreSQL database, the Twilio emulator over HTTP, and each fault knob ending messages
+in the right state."""
 
 from __future__ import annotations
 
@@ -20,17 +21,21 @@ from notifier.emulator.server import EmulatorServer
 from notifier.server import NotifierServer, create_server
 from notifier_proto.v1 import notifier_pb2 as pb
 from notifier_proto.v1 import notifier_pb2_grpc
+from tests.databases import TestDb
 
 if TYPE_CHECKING:
     from notifier_proto.v1.notifier_pb2_grpc import NotifierAsyncStub as Stub
+
+pytestmark = pytest.mark.backends("sqlite", "postgresql")
 
 TO = "+14155550100"
 Status = pb.GetDeliveryStatusResponse
 
 
-def engine_settings(db_path: Path, emu: EmulatorServer, **env: Any) -> Settings:
+def engine_settings(db: Path | TestDb, emu: EmulatorServer, **env: Any) -> Settings:
+    """Settings for a server wired to ``emu``; ``db`` is a SQLite file or a TestDb."""
     values: dict[str, Any] = {
-        "NOTIFIER_DATABASE_URL": f"sqlite+aiosqlite:///{db_path}",
+        "NOTIFIER_DATABASE_URL": db.url if isinstance(db, TestDb) else f"sqlite+aiosqlite:///{db}",
         "NOTIFIER_GRPC_ADDR": "127.0.0.1:0",
         "TWILIO_ACCOUNT_SID": emu.account_sid,
         "TWILIO_AUTH_TOKEN": emu.auth_token,
@@ -90,9 +95,9 @@ def engine_env() -> dict[str, Any]:
 
 @pytest.fixture
 async def engine(
-    db_path: Path, emulator: EmulatorServer, engine_env: dict[str, Any]
+    database: TestDb, emulator: EmulatorServer, engine_env: dict[str, Any]
 ) -> AsyncIterator[Engine]:
-    server, channel = await start_engine(engine_settings(db_path, emulator, **engine_env))
+    server, channel = await start_engine(engine_settings(database, emulator, **engine_env))
     yield Engine(server, channel)
     await channel.close()
     await server.stop(grace=1)
@@ -245,15 +250,15 @@ async def test_expiry_before_the_next_attempt(engine: Engine, emulator: Emulator
     assert got.message.timestamps.HasField("expired")
 
 
-async def test_expired_message_is_never_sent(db_path: Path, emulator: EmulatorServer) -> None:
+async def test_expired_message_is_never_sent(database: TestDb, emulator: EmulatorServer) -> None:
     idle, chan = await start_engine(
-        engine_settings(db_path, emulator, NOTIFIER_DISPATCHER_ENABLED=False)
+        engine_settings(database, emulator, NOTIFIER_DISPATCHER_ENABLED=False)
     )
     mid = await Engine(idle, chan).send(body="stale", validity=duration_pb2.Duration(seconds=1))
     await chan.close()
     await idle.stop(grace=1)
     await asyncio.sleep(1.2)
-    server, chan = await start_engine(engine_settings(db_path, emulator))
+    server, chan = await start_engine(engine_settings(database, emulator))
     try:
         got = await Engine(server, chan).until_status(mid, pb.MESSAGE_STATUS_EXPIRED)
     finally:
@@ -325,17 +330,17 @@ async def test_no_one_second_window_exceeds_the_rate(
 
 
 async def test_graceful_stop_finishes_in_flight_sends(
-    db_path: Path, emulator: EmulatorServer
+    database: TestDb, emulator: EmulatorServer
 ) -> None:
     emulator.faults = Faults(latency_seconds=0.4)
-    server, chan = await start_engine(engine_settings(db_path, emulator))
+    server, chan = await start_engine(engine_settings(database, emulator))
     eng = Engine(server, chan)
     ids = [await eng.send(body=f"g{i}") for i in range(5)]
     await asyncio.sleep(0.2)  # all five are at the emulator now
     await server.stop(grace=3)
     await chan.close()
     server, chan = await start_engine(
-        engine_settings(db_path, emulator, NOTIFIER_DISPATCHER_ENABLED=False)
+        engine_settings(database, emulator, NOTIFIER_DISPATCHER_ENABLED=False)
     )
     try:
         eng = Engine(server, chan)
@@ -347,17 +352,17 @@ async def test_graceful_stop_finishes_in_flight_sends(
 
 
 async def test_stop_after_grace_releases_unfinished_sends(
-    db_path: Path, emulator: EmulatorServer
+    database: TestDb, emulator: EmulatorServer
 ) -> None:
     emulator.faults = Faults(latency_seconds=2.0)
-    server, chan = await start_engine(engine_settings(db_path, emulator))
+    server, chan = await start_engine(engine_settings(database, emulator))
     mid = await Engine(server, chan).send(body="slow")
     await asyncio.sleep(0.3)
     await server.stop(grace=0.2)
     await chan.close()
     emulator.faults = Faults()
     # Released, not left leased for a minute: a new server sends it at once.
-    server, chan = await start_engine(engine_settings(db_path, emulator))
+    server, chan = await start_engine(engine_settings(database, emulator))
     try:
         got = await Engine(server, chan).until_status(mid, pb.MESSAGE_STATUS_QUEUED, within=5)
     finally:
@@ -378,11 +383,11 @@ async def test_in_flight_cap(engine: Engine, emulator: EmulatorServer) -> None:
     assert arrivals[-1] - arrivals[0] >= 0.55  # three rounds of three
 
 
-async def test_api_key_and_messaging_service(db_path: Path) -> None:
+async def test_api_key_and_messaging_service(database: TestDb) -> None:
     key, secret = "SK" + "12" * 16, "s" * 32
     async with EmulatorServer(api_key=key, api_secret=secret) as emu:
         settings = engine_settings(
-            db_path,
+            database,
             emu,
             TWILIO_AUTH_TOKEN=None,
             TWILIO_API_KEY=key,
@@ -405,9 +410,9 @@ async def test_api_key_and_messaging_service(db_path: Path) -> None:
         assert got.message.twilio_sid == accepted.sid
 
 
-async def test_call_deadline_becomes_the_expiry(db_path: Path, emulator: EmulatorServer) -> None:
+async def test_call_deadline_becomes_the_expiry(database: TestDb, emulator: EmulatorServer) -> None:
     server, chan = await start_engine(
-        engine_settings(db_path, emulator, NOTIFIER_DISPATCHER_ENABLED=False)
+        engine_settings(database, emulator, NOTIFIER_DISPATCHER_ENABLED=False)
     )
     try:
         eng = Engine(server, chan)

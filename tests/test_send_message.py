@@ -1,8 +1,7 @@
-"""SendMessage and GetDeliveryStatus through a real server on a real SQLite file."""
+"""SendMessage and GetDeliveryStatus through a real server, on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
@@ -11,10 +10,13 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from notifier_proto.v1 import notifier_pb2 as pb
 from tests.conftest import count_rows
+from tests.databases import TestDb
 from tests.helpers import details, field_violations
 
 if TYPE_CHECKING:
     from notifier_proto.v1.notifier_pb2_grpc import NotifierAsyncStub as Stub
+
+pytestmark = pytest.mark.backends("sqlite", "postgresql")
 
 SID = "HX" + "0123456789abcdef" * 2
 
@@ -70,7 +72,7 @@ async def test_scheduled_template_message(stub: Stub) -> None:
 
 
 async def test_invalid_request_gets_every_violation_and_stores_nothing(
-    stub: Stub, db_path: Path
+    stub: Stub, database: TestDb
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.SendMessage(
@@ -97,8 +99,8 @@ async def test_invalid_request_gets_every_violation_and_stores_nothing(
     }
     assert "E.164" in found["to"]
     assert "Traceback" not in (err.details() or "")
-    assert count_rows(db_path, "messages") == 0
-    assert count_rows(db_path, "status_events") == 0
+    assert count_rows(database, "messages") == 0
+    assert count_rows(database, "status_events") == 0
 
 
 async def test_sms_channel_and_prefix_conflict(stub: Stub) -> None:
@@ -114,7 +116,7 @@ async def test_sms_channel_and_prefix_conflict(stub: Stub) -> None:
     assert got.message.channel == pb.CHANNEL_SMS
 
 
-async def test_idempotent_replay_returns_the_same_message(stub: Stub, db_path: Path) -> None:
+async def test_idempotent_replay_returns_the_same_message(stub: Stub, database: TestDb) -> None:
     req = pb.SendMessageRequest(
         to="+14155550100", body="OTP 123456", idempotency_key="otp-1", tags=["a", "b"]
     )
@@ -129,10 +131,12 @@ async def test_idempotent_replay_returns_the_same_message(stub: Stub, db_path: P
     assert again.replayed
     assert not first.replayed
     assert again.created_at == first.created_at
-    assert count_rows(db_path, "messages") == 1
+    assert count_rows(database, "messages") == 1
 
 
-async def test_reused_key_with_other_payload_is_already_exists(stub: Stub, db_path: Path) -> None:
+async def test_reused_key_with_other_payload_is_already_exists(
+    stub: Stub, database: TestDb
+) -> None:
     first = await stub.SendMessage(
         pb.SendMessageRequest(to="+14155550100", body="one", idempotency_key="k")
     )
@@ -144,17 +148,17 @@ async def test_reused_key_with_other_payload_is_already_exists(stub: Stub, db_pa
     assert first.message_id in (info.value.details() or "")
     (resource,) = details(info.value)
     assert resource.resource_name == "k"
-    assert count_rows(db_path, "messages") == 1
+    assert count_rows(database, "messages") == 1
 
 
-async def test_concurrent_replays_create_one_message(stub: Stub, db_path: Path) -> None:
+async def test_concurrent_replays_create_one_message(stub: Stub, database: TestDb) -> None:
     import asyncio
 
     req = pb.SendMessageRequest(to="+14155550100", body="once", idempotency_key="race")
     results = await asyncio.gather(*(stub.SendMessage(req) for _ in range(20)))
     assert len({r.message_id for r in results}) == 1
     assert sum(not r.replayed for r in results) == 1
-    assert count_rows(db_path, "messages") == 1
+    assert count_rows(database, "messages") == 1
 
 
 async def test_same_key_is_independent_of_other_keys(stub: Stub) -> None:
@@ -184,18 +188,18 @@ async def test_status_not_found(stub: Stub) -> None:
 
 
 async def test_wait_for_acceptance_is_refused_before_anything_is_stored(
-    stub: Stub, db_path: Path
+    stub: Stub, database: TestDb
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.SendMessage(
             pb.SendMessageRequest(to="+14155550100", body="x", wait_for_acceptance=True)
         )
     assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert count_rows(db_path, "messages") == 0
+    assert count_rows(database, "messages") == 0
 
 
 async def test_undecodable_bytes_are_invalid_argument_not_unknown(
-    channel: grpc.aio.Channel, db_path: Path
+    channel: grpc.aio.Channel, database: TestDb
 ) -> None:
     bad_utf8 = b"\x0a\x03\xff\xfe\xfd"  # field 1 (to), a string that is not UTF-8
     send = channel.unary_unary(
@@ -218,4 +222,4 @@ async def test_undecodable_bytes_are_invalid_argument_not_unknown(
         async for _ in call:
             pass
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert count_rows(db_path, "messages") <= 1  # the good item before it may be stored
+    assert count_rows(database, "messages") <= 1  # the good item before it may be stored

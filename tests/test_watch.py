@@ -331,6 +331,9 @@ class CountingStore:
             after_id, limit=limit, message_ids=message_ids, tag=tag
         )
 
+    async def events_with_ids(self, event_ids: Sequence[int]) -> list[StatusChange]:
+        return await self._repository.events_with_ids(event_ids)
+
     async def current_states(self, message_ids: Sequence[str]) -> list[StatusChange]:
         return await self._repository.current_states(message_ids)
 

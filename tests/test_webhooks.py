@@ -1,16 +1,15 @@
 """The webhook sidecar: signed status callbacks, inbound messages, health and metrics.
 
-Most tests drive the Starlette app over ASGI against a real SQLite file; the last ones
-run the whole path on real ports: dispatcher -> emulator -> signed callback -> sidecar.
+Most tests drive the Starlette app over ASGI against a real database (a SQLite file, and
+PostgreSQL); the last ones run the whole path on real ports: dispatcher -> emulator ->
+signed callback -> sidecar.
 """
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
@@ -30,11 +29,14 @@ from notifier.storage.repository import Repository
 from notifier.webhooks.app import WebhookConfig, create_webhook_app
 from notifier_proto.v1 import notifier_pb2 as pb
 from tests.conftest import count_rows
+from tests.databases import TestDb
 from tests.helpers import details
 from tests.test_delivery import Engine, engine_settings
 
 if TYPE_CHECKING:
     from notifier_proto.v1.notifier_pb2_grpc import NotifierAsyncStub as Stub
+
+pytestmark = pytest.mark.backends("sqlite", "postgresql")
 
 TOKEN, OLD_TOKEN = "a" * 32, "b" * 32
 STATUS_URL = "https://notifier.example.com/api/v1/whatsapp/status"
@@ -120,35 +122,29 @@ async def post_status(
     return await client.post(path, content=body, headers=headers)
 
 
-def history(db_path: Path, mid: str) -> list[tuple[str, str, int]]:
-    with sqlite3.connect(db_path) as conn:
-        return list(
-            conn.execute(
-                "SELECT status, source, applied FROM status_events"
-                " WHERE message_id = ? ORDER BY id",
-                (mid,),
-            )
-        )
+def history(database: TestDb, mid: str) -> list[tuple[Any, ...]]:
+    return database.rows(
+        "SELECT status, source, applied FROM status_events WHERE message_id = ? ORDER BY id", mid
+    )
 
 
-def message_row(db_path: Path, mid: str) -> sqlite3.Row:
-    with sqlite3.connect(db_path) as conn:
-        conn.row_factory = sqlite3.Row
-        row: sqlite3.Row = conn.execute("SELECT * FROM messages WHERE id = ?", (mid,)).fetchone()
-        return row
+def message_row(database: TestDb, mid: str) -> dict[str, Any]:
+    row = database.record("SELECT * FROM messages WHERE id = ?", mid)
+    assert row is not None
+    return row
 
 
 async def test_signed_callbacks_move_the_message_forward(
-    client: httpx.AsyncClient, repo: Repository, db_path: Path
+    client: httpx.AsyncClient, repo: Repository, database: TestDb
 ) -> None:
     mid = await queued_message(repo)
     for status in ("sent", "delivered", "read"):
         reply = await post_status(client, callback(status))
         assert reply.status_code == 200
-    row = message_row(db_path, mid)
+    row = message_row(database, mid)
     assert row["status"] == "read"
     assert row["sent_at"] <= row["delivered_at"] <= row["read_at"]
-    assert history(db_path, mid)[-3:] == [
+    assert history(database, mid)[-3:] == [
         ("sent", "callback", 1),
         ("delivered", "callback", 1),
         ("read", "callback", 1),
@@ -167,10 +163,10 @@ async def test_signed_callbacks_move_the_message_forward(
     ],
 )
 async def test_forged_callbacks_are_403_and_store_nothing(
-    client: httpx.AsyncClient, repo: Repository, db_path: Path, forge: str
+    client: httpx.AsyncClient, repo: Repository, database: TestDb, forge: str
 ) -> None:
     mid = await queued_message(repo)
-    before = history(db_path, mid)
+    before = history(database, mid)
     params = callback("delivered")
     body, headers = signed(STATUS_URL, params)
     if forge == "missing signature":
@@ -187,26 +183,26 @@ async def test_forged_callbacks_are_403_and_store_nothing(
         headers["X-Twilio-Signature"] = "bm90IGEgc2lnbmF0dXJl"
     reply = await client.post("/api/v1/whatsapp/status", content=body, headers=headers)
     assert reply.status_code == 403
-    assert history(db_path, mid) == before
-    assert message_row(db_path, mid)["status"] == "queued"
+    assert history(database, mid) == before
+    assert message_row(database, mid)["status"] == "queued"
 
 
 async def test_both_tokens_validate_during_a_rotation(
-    client: httpx.AsyncClient, repo: Repository, db_path: Path
+    client: httpx.AsyncClient, repo: Repository, database: TestDb
 ) -> None:
     mid = await queued_message(repo)
     assert (await post_status(client, callback("sent"), token=OLD_TOKEN)).status_code == 200
     assert (await post_status(client, callback("delivered"), token=TOKEN)).status_code == 200
-    assert message_row(db_path, mid)["status"] == "delivered"
+    assert message_row(database, mid)["status"] == "delivered"
 
 
 async def test_replayed_and_duplicated_callbacks_are_harmless(
-    client: httpx.AsyncClient, repo: Repository, db_path: Path
+    client: httpx.AsyncClient, repo: Repository, database: TestDb
 ) -> None:
     mid = await queued_message(repo)
     for _ in range(3):
         assert (await post_status(client, callback("delivered"))).status_code == 200
-    assert [h for h in history(db_path, mid) if h[1] == "callback"] == [
+    assert [h for h in history(database, mid) if h[1] == "callback"] == [
         ("delivered", "callback", 1)
     ]
     metrics = (await client.get("/metrics")).text
@@ -214,15 +210,15 @@ async def test_replayed_and_duplicated_callbacks_are_harmless(
 
 
 async def test_out_of_order_callbacks_never_move_back(
-    client: httpx.AsyncClient, repo: Repository, db_path: Path
+    client: httpx.AsyncClient, repo: Repository, database: TestDb
 ) -> None:
     mid = await queued_message(repo)
     for status in ("read", "delivered", "sent", "failed"):
         assert (await post_status(client, callback(status))).status_code == 200
-    row = message_row(db_path, mid)
+    row = message_row(database, mid)
     assert row["status"] == "read"
     assert row["sent_at"] is not None  # the late "sent" still dates the step
-    assert history(db_path, mid)[-4:] == [
+    assert history(database, mid)[-4:] == [
         ("read", "callback", 1),
         ("delivered", "callback", 0),
         ("sent", "callback", 0),
@@ -249,30 +245,30 @@ async def test_failure_carries_the_code_and_its_meaning(
 
 
 async def test_callback_finds_its_message_by_id_before_the_sid_is_recorded(
-    client: httpx.AsyncClient, repo: Repository, db_path: Path
+    client: httpx.AsyncClient, repo: Repository, database: TestDb
 ) -> None:
     mid = await queued_message(repo, sid=None)  # the process died before recording the SID
     reply = await post_status(client, callback("sent"), query=f"message_id={mid}")
     assert reply.status_code == 200
-    row = message_row(db_path, mid)
+    row = message_row(database, mid)
     assert (row["status"], row["twilio_sid"]) == ("sent", SID)
 
 
 async def test_unknown_sid_is_acknowledged_and_counted(
-    client: httpx.AsyncClient, db_path: Path
+    client: httpx.AsyncClient, database: TestDb
 ) -> None:
     reply = await post_status(client, callback("delivered", sid="SM" + "9" * 32))
     assert reply.status_code == 200
-    assert count_rows(db_path, "status_events") == 0
+    assert count_rows(database, "status_events") == 0
     metrics = (await client.get("/metrics")).text
     assert 'notifier_status_callbacks_total{result="unknown"} 1.0' in metrics
 
 
 async def test_malformed_and_oversized_bodies(
-    client: httpx.AsyncClient, repo: Repository, db_path: Path
+    client: httpx.AsyncClient, repo: Repository, database: TestDb
 ) -> None:
     mid = await queued_message(repo)
-    before = history(db_path, mid)
+    before = history(database, mid)
     path = "/api/v1/whatsapp/status"
     body, headers = signed(STATUS_URL, callback("sent"))
     as_json = {**headers, "Content-Type": "application/json"}
@@ -291,7 +287,7 @@ async def test_malformed_and_oversized_bodies(
 
     streamed = await client.post(path, content=chunks(), headers=headers)
     assert streamed.status_code == 413
-    assert history(db_path, mid) == before
+    assert history(database, mid) == before
 
 
 def inbound(body: str, sid: str = "SM" + "2" * 32, **extra: str) -> dict[str, str]:
@@ -314,7 +310,7 @@ async def post_inbound(client: httpx.AsyncClient, params: dict[str, str]) -> htt
 
 
 async def test_inbound_message_is_stored_and_answered_with_empty_twiml(
-    client: httpx.AsyncClient, db_path: Path
+    client: httpx.AsyncClient, database: TestDb
 ) -> None:
     params = inbound(
         "Here is the photo",
@@ -327,11 +323,10 @@ async def test_inbound_message_is_stored_and_answered_with_empty_twiml(
     assert reply.headers["content-type"].startswith("text/xml")
     assert reply.text == '<?xml version="1.0" encoding="UTF-8"?><Response/>'
     assert (await post_inbound(client, params)).status_code == 200  # Twilio retried
-    with sqlite3.connect(db_path) as conn:
-        rows = conn.execute(
-            "SELECT from_addr, body, media, profile_name, channel FROM inbound_messages"
-        ).fetchall()
-        window = conn.execute("SELECT last_inbound_at, opted_out FROM recipients").fetchall()
+    rows = database.rows(
+        "SELECT from_addr, body, media, profile_name, channel FROM inbound_messages"
+    )
+    window = database.rows("SELECT last_inbound_at, opted_out FROM recipients")
     assert rows == [
         (
             "+14155550100",
@@ -347,17 +342,17 @@ async def test_inbound_message_is_stored_and_answered_with_empty_twiml(
 
 
 async def test_forged_inbound_is_refused_and_not_stored(
-    client: httpx.AsyncClient, db_path: Path
+    client: httpx.AsyncClient, database: TestDb
 ) -> None:
     body, headers = signed(INBOUND_URL, inbound("STOP"), token="c" * 32)
     reply = await client.post("/api/v1/whatsapp/webhook", content=body, headers=headers)
     assert reply.status_code == 403
-    assert count_rows(db_path, "inbound_messages") == 0
-    assert count_rows(db_path, "recipients") == 0
+    assert count_rows(database, "inbound_messages") == 0
+    assert count_rows(database, "recipients") == 0
 
 
 async def test_opt_out_blocks_the_next_send_until_opt_in(
-    client: httpx.AsyncClient, stub: Stub, db_path: Path
+    client: httpx.AsyncClient, stub: Stub, database: TestDb
 ) -> None:
     ok = await stub.SendMessage(pb.SendMessageRequest(to="+14155550100", body="before"))
     assert ok.status == pb.MESSAGE_STATUS_PENDING
@@ -367,7 +362,7 @@ async def test_opt_out_blocks_the_next_send_until_opt_in(
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     (failure,) = details(info.value)
     assert failure.violations[0].type == "OPTED_OUT"
-    assert count_rows(db_path, "messages") == 1  # nothing half-written
+    assert count_rows(database, "messages") == 1  # nothing half-written
     # A keyword inside a sentence is not an opt-out, and START opts back in.
     await post_inbound(client, inbound("please stop the music", sid="SM" + "4" * 32))
     await post_inbound(client, inbound("START", sid="SM" + "5" * 32))
@@ -396,9 +391,9 @@ async def test_health_readiness_and_metrics(client: httpx.AsyncClient, repo: Rep
 
 
 async def _through_everything(
-    db_path: Path, emulator: EmulatorServer
+    database: TestDb, emulator: EmulatorServer
 ) -> tuple[pb.GetDeliveryStatusResponse, str]:
-    eng, server, channel, sidecar = await _sidecar_engine(db_path, emulator)
+    eng, server, channel, sidecar = await _sidecar_engine(database, emulator)
     try:
         mid = await eng.send(body="full path")
         await eng.until_status(mid, pb.MESSAGE_STATUS_READ)
@@ -412,9 +407,9 @@ async def _through_everything(
 
 
 async def test_emulator_callbacks_through_the_sidecar_reach_read_with_every_time(
-    db_path: Path, emulator: EmulatorServer
+    database: TestDb, emulator: EmulatorServer
 ) -> None:
-    got, _ = await _through_everything(db_path, emulator)
+    got, _ = await _through_everything(database, emulator)
     stamps = got.message.timestamps
     order = [stamps.created, stamps.queued, stamps.sent, stamps.delivered, stamps.read]
     assert all(t.ToMilliseconds() > 0 for t in order)
@@ -422,21 +417,23 @@ async def test_emulator_callbacks_through_the_sidecar_reach_read_with_every_time
     assert got.message.delivery_time_ms == (
         stamps.delivered.ToMilliseconds() - stamps.sent.ToMilliseconds()
     )
-    assert [e.status for e in got.history] == [
-        pb.MESSAGE_STATUS_PENDING,
-        pb.MESSAGE_STATUS_QUEUED,
-        pb.MESSAGE_STATUS_SENT,
-        pb.MESSAGE_STATUS_DELIVERED,
-        pb.MESSAGE_STATUS_READ,
-    ]
+    statuses = [e.status for e in got.history]
+    assert statuses[:2] == [pb.MESSAGE_STATUS_PENDING, pb.MESSAGE_STATUS_QUEUED]
+    # The emulator posts the callbacks 20 ms apart: concurrent requests, which
+    # PostgreSQL (unlike SQLite's single writer queue) may commit in either order; the
+    # message still only moves forward, as the timestamps above show.
+    assert sorted(statuses[2:]) == sorted(
+        [pb.MESSAGE_STATUS_SENT, pb.MESSAGE_STATUS_DELIVERED, pb.MESSAGE_STATUS_READ]
+    )
+    assert got.message.status == pb.MESSAGE_STATUS_READ
     assert all(c.ok for c in emulator.state.callbacks)
 
 
 async def test_duplicated_and_reordered_emulator_callbacks_still_end_read(
-    db_path: Path, emulator: EmulatorServer
+    database: TestDb, emulator: EmulatorServer
 ) -> None:
     emulator.faults = Faults(duplicate_callback_fraction=1.0, reorder_callbacks=True, seed=7)
-    got, _ = await _through_everything(db_path, emulator)
+    got, _ = await _through_everything(database, emulator)
     assert got.message.status == pb.MESSAGE_STATUS_READ
     callback_events = [e for e in got.history if e.source == "callback"]
     assert sorted(e.status for e in callback_events) == sorted(
@@ -473,11 +470,13 @@ async def test_optionally_refuse_free_text_outside_the_24_hour_window(
         await server.stop(grace=1)
 
 
-async def _sidecar_engine(db_path: Path, emulator: EmulatorServer) -> tuple[Engine, Any, Any, Any]:
+async def _sidecar_engine(
+    database: TestDb, emulator: EmulatorServer
+) -> tuple[Engine, Any, Any, Any]:
     from tests.test_delivery import start_engine
 
     settings = engine_settings(
-        db_path, emulator, STATUS_CALLBACK_URL=None, NOTIFIER_HTTP_ADDR="127.0.0.1:0"
+        database, emulator, STATUS_CALLBACK_URL=None, NOTIFIER_HTTP_ADDR="127.0.0.1:0"
     )
     sidecar, settings = await create_sidecar(settings)
     await sidecar.start()
@@ -486,12 +485,12 @@ async def _sidecar_engine(db_path: Path, emulator: EmulatorServer) -> tuple[Engi
 
 
 async def test_emulator_outcomes_and_dropped_callbacks_end_in_the_right_state(
-    db_path: Path, emulator: EmulatorServer
+    database: TestDb, emulator: EmulatorServer
 ) -> None:
     emulator.faults = Faults(
         to_outcomes={"+14155550111": ("undelivered", 30003), "+14155550112": ("failed", 63016)},
     )
-    eng, server, channel, sidecar = await _sidecar_engine(db_path, emulator)
+    eng, server, channel, sidecar = await _sidecar_engine(database, emulator)
     try:
         undelivered = await eng.send(to="+14155550111", body="u")
         failed = await eng.send(to="+14155550112", body="f")
@@ -515,7 +514,7 @@ async def test_emulator_outcomes_and_dropped_callbacks_end_in_the_right_state(
 
 
 async def test_metrics_of_a_real_mix_match_hand_computed_values(
-    db_path: Path, emulator: EmulatorServer
+    database: TestDb, emulator: EmulatorServer
 ) -> None:
     """Outcomes produced by the real path: dispatcher, emulator, signed callbacks, sidecar."""
     emulator.faults = Faults(
@@ -525,7 +524,7 @@ async def test_metrics_of_a_real_mix_match_hand_computed_values(
             "+14155550123": ("undelivered", 30003),
         },
     )
-    eng, server, channel, sidecar = await _sidecar_engine(db_path, emulator)
+    eng, server, channel, sidecar = await _sidecar_engine(database, emulator)
     try:
         ends: dict[str, int] = {}
         for i in range(4):  # WhatsApp, normal path: read
@@ -556,13 +555,12 @@ async def test_metrics_of_a_real_mix_match_hand_computed_values(
     assert got.read_rate == pytest.approx(4 / 6)
     assert got.failure_rate == pytest.approx(3 / 9)
     assert [(e.error_code, e.count) for e in got.error_codes] == [(63016, 2), (30003, 1)]
-    with sqlite3.connect(db_path) as conn:
-        times = sorted(
-            d - s
-            for s, d in conn.execute(
-                "SELECT sent_at, delivered_at FROM messages WHERE delivered_at IS NOT NULL"
-            )
+    times = sorted(
+        d - s
+        for s, d in database.rows(
+            "SELECT sent_at, delivered_at FROM messages WHERE delivered_at IS NOT NULL"
         )
+    )
     assert len(times) == 6
     assert got.avg_delivery_time_ms == pytest.approx(sum(times) / 6)
     assert got.p50_delivery_time_ms == times[2]  # nearest rank: ceil(0.5 * 6) = 3rd
@@ -570,7 +568,7 @@ async def test_metrics_of_a_real_mix_match_hand_computed_values(
 
 
 async def test_a_requeued_message_follows_its_new_send(
-    client: httpx.AsyncClient, repo: Repository, db_path: Path
+    client: httpx.AsyncClient, repo: Repository, database: TestDb
 ) -> None:
     from notifier.domain.model import MessageQuery
 
@@ -579,27 +577,27 @@ async def test_a_requeued_message_follows_its_new_send(
     await post_status(client, callback("undelivered", ErrorCode="30003"))
     outcome = await repo.requeue(MessageQuery(message_ids=(mid,)), limit=10, validity_ms=None)
     assert outcome.requeued == (mid,)
-    assert message_row(db_path, mid)["twilio_sid"] is None
+    assert message_row(database, mid)["twilio_sid"] is None
     second = "SM" + "7" * 32
     attempt = AttemptRecord(3, 4, "accepted", 201, twilio_sid=second)
     await repo.record_attempt(mid, attempt, Transition(Status.QUEUED, twilio_sid=second))
     for status in ("sent", "delivered"):
         assert (await post_status(client, callback(status, sid=second))).status_code == 200
-    row = message_row(db_path, mid)
+    row = message_row(database, mid)
     assert (row["status"], row["twilio_sid"]) == ("delivered", second)
     # A late callback about the first send no longer moves the message.
     await post_status(client, callback("read"))
-    assert message_row(db_path, mid)["status"] == "delivered"
+    assert message_row(database, mid)["status"] == "delivered"
 
 
 async def test_an_opt_out_stops_messages_already_queued(
-    db_path: Path, emulator: EmulatorServer
+    database: TestDb, emulator: EmulatorServer
 ) -> None:
     from google.protobuf import timestamp_pb2
 
     from notifier.domain.inbound import Consent, InboundMessage
 
-    eng, server, channel, sidecar = await _sidecar_engine(db_path, emulator)
+    eng, server, channel, sidecar = await _sidecar_engine(database, emulator)
     try:
         send_at = timestamp_pb2.Timestamp()
         send_at.FromMilliseconds(int(time.time() * 1000) + 800)

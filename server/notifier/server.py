@@ -26,8 +26,10 @@ from notifier.domain.retry import RetryPolicy
 from notifier.domain.service import MessageService, payload_hash
 from notifier.health import StorageHealth
 from notifier.storage.engine import Database, create_database
+from notifier.storage.listener import Listener
 from notifier.storage.migrate import pending_revisions, upgrade
-from notifier.storage.repository import Repository
+from notifier.storage.repository import DUE_CHANNEL, EVENTS_CHANNEL, Repository
+from notifier.storage.send_slots import SendSlots
 from notifier.telemetry import DISABLED, Telemetry
 from notifier.twilio_provider import TwilioConfig, TwilioProvider
 from notifier.watch import StatusFeed
@@ -35,6 +37,14 @@ from notifier.webhooks.app import WebhookConfig, create_webhook_app
 from notifier_proto.v1 import notifier_pb2, notifier_pb2_grpc
 
 log = logging.getLogger(__name__)
+
+# With LISTEN/NOTIFY (PostgreSQL) wake-ups come as notifications; polls only bound the
+# delay when one is lost, so they can be slow.
+FALLBACK_POLL_SECONDS = 2.0
+# Event ids a status feed jumped over stay wanted this long (PostgreSQL: a transaction
+# holding a lower id may commit after a higher one).
+EVENT_GAP_GRACE_SECONDS = 10.0
+_SQLITE_DISPATCH_POLL_SECONDS = 0.5
 
 
 class StartupError(Exception):
@@ -123,11 +133,14 @@ class NotifierServer:
     provider: TwilioProvider | None = None
     feed: StatusFeed | None = None
     capacity: OutboxCapacity | None = None
+    listener: Listener | None = None
 
     async def start(self) -> None:
         await self.server.start()
         await self.health.check()
         self.health.start()
+        if self.listener is not None:
+            self.listener.start()
         if self.dispatcher is not None:
             self.dispatcher.start()
 
@@ -138,6 +151,8 @@ class NotifierServer:
             # Watches never finish on their own: end them now (UNAVAILABLE, reopen
             # elsewhere) instead of letting them hold the grace period.
             await self.feed.close()
+        if self.listener is not None:
+            await self.listener.close()
         stopping = [self.server.stop(grace)]
         if self.dispatcher is not None:
             stopping.append(self.dispatcher.stop(grace))
@@ -203,7 +218,11 @@ async def prepare_storage(settings: Settings, telemetry: Telemetry = DISABLED) -
 
 
 def _dispatcher(
-    settings: Settings, repository: Repository, provider: TwilioProvider, telemetry: Telemetry
+    settings: Settings,
+    db: Database,
+    repository: Repository,
+    provider: TwilioProvider,
+    telemetry: Telemetry,
 ) -> Dispatcher:
     policy = RetryPolicy(
         base_seconds=settings.retry_base_seconds,
@@ -216,11 +235,16 @@ def _dispatcher(
         retry=policy,
         ambiguous_policy=settings.ambiguous_policy,
         twilio_timeout_seconds=settings.twilio_timeout_seconds,
+        poll_seconds=FALLBACK_POLL_SECONDS if db.is_postgresql else _SQLITE_DISPATCH_POLL_SECONDS,
     )
+    # On PostgreSQL any number of replicas send for one sender: the limit is shared
+    # through the database so that it holds for all of them together.
+    shared = SendSlots(db) if db.is_postgresql else None
+    limiters = RateLimiters(settings.rate_limit_per_second, shared=shared)
     return Dispatcher(
         repository,
         provider,
-        RateLimiters(settings.rate_limit_per_second),
+        limiters,
         config,
         tracer=telemetry.tracer("notifier.dispatch"),
     )
@@ -248,7 +272,7 @@ async def create_server(
         raise
     if config is not None:
         provider = TwilioProvider(config, telemetry.http_trace_configs())
-        dispatcher = _dispatcher(settings, repository, provider, telemetry)
+        dispatcher = _dispatcher(settings, db, repository, provider, telemetry)
         messages.acceptance = dispatcher
         messages.on_accepted = dispatcher.wake
     health = StorageHealth(repository, settings.health_interval_seconds)
@@ -267,7 +291,19 @@ async def create_server(
     )
     # One poller for every watch in this process; it reads the database, so it also
     # sees the status callbacks a webhook sidecar in another process records.
-    feed = StatusFeed(repository, settings.watch_poll_seconds)
+    feed = StatusFeed(
+        repository,
+        FALLBACK_POLL_SECONDS if db.is_postgresql else settings.watch_poll_seconds,
+        gap_grace_seconds=EVENT_GAP_GRACE_SECONDS if db.is_postgresql else 0.0,
+    )
+    listener = None
+    if db.is_postgresql:
+        # Wake-ups from every process sharing the database (other replicas, the
+        # sidecar) instead of busy polling.
+        listener = Listener(db.asyncpg_dsn())
+        listener.subscribe(EVENTS_CHANNEL, feed.wake)
+        if dispatcher is not None:
+            listener.subscribe(DUE_CHANNEL, dispatcher.wake)
     bulk = BulkSender(
         repository,
         payload_hash,
@@ -305,4 +341,5 @@ async def create_server(
         provider=provider,
         feed=feed,
         capacity=capacity,
+        listener=listener,
     )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_QUEUE_SIZE = 1_000
 DEFAULT_BATCH_SIZE = 500
+# Missing ids behind the cursor tracked at most (more: the oldest are given up).
+_MAX_GAPS = 10_000
 # After an unexpected failure, poll no faster than this, so a persistent fault does
 # not fill the log several times a second.
 _FAILURE_PAUSE_SECONDS = 1.0
@@ -49,12 +52,15 @@ class StatusFeed:
     The cursor is the id of the last event read. On SQLite, event ids are handed out
     under the single write lock (every process writes with ``BEGIN IMMEDIATE``), so rows
     become visible in id order and the cursor never skips one. On PostgreSQL, sequence
-    values can commit out of order; the LISTEN/NOTIFY task that brings PostgreSQL
-    wake-ups must also handle that (e.g. re-read a short window behind the cursor).
+    values can commit out of order (a transaction that took id 7 may commit after the
+    one that took id 8), so with ``gap_grace_seconds`` > 0 the feed remembers the ids it
+    jumped over and asks for them again on each poll until they appear or the grace
+    runs out (an id of a rolled-back insert never appears). No event is lost, and none
+    is handed out twice.
 
-    The sleep between polls ends early on ``wake()``: today nothing calls it but tests;
-    a PostgreSQL LISTEN/NOTIFY listener (a later task) calls it on each notification,
-    and the poll interval then only bounds the delay when a notification is lost.
+    The sleep between polls ends early on ``wake()``: on PostgreSQL the LISTEN/NOTIFY
+    listener calls it when events are stored, in any process, and the poll interval
+    then only bounds the delay when a notification is lost.
     """
 
     def __init__(
@@ -64,8 +70,11 @@ class StatusFeed:
         *,
         queue_size: int = DEFAULT_QUEUE_SIZE,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        gap_grace_seconds: float = 0.0,
     ) -> None:
         self._store = store
+        self.gap_grace_seconds = gap_grace_seconds
+        self._gaps: dict[int, float] = {}  # id missing behind the cursor -> noticed at
         self.poll_seconds = poll_seconds
         self.queue_size = queue_size
         """Changes buffered per watch before it counts as fallen behind."""
@@ -137,6 +146,7 @@ class StatusFeed:
             after = await self._store.last_event_id()
             if not self._subscribers:
                 self._cursor = after  # idle until now: nothing older is news to anyone
+                self._gaps.clear()
             sub = _Subscriber(spec, after, asyncio.Queue(self.queue_size))
             self._subscribers.append(sub)
             for mid in spec.message_ids:
@@ -197,21 +207,51 @@ class StatusFeed:
         """Read one batch past the cursor and hand it out; True when the batch was full."""
         if not self._subscribers:
             return False
+        late = await self._late_events()
         changes = await self._store.events_after(self._cursor, limit=self.batch_size)
+        for change in late:
+            self._hand_out(change)
         for change in changes:
-            self._cursor = change.event_id
-            for sub in self._interested(change):
-                if change.event_id <= sub.after_id:
-                    continue
-                try:
-                    sub.queue.put_nowait(change)
-                except asyncio.QueueFull:
-                    log.info(
-                        "status feed: dropping a watch that fell behind (%d changes queued)",
-                        sub.queue.qsize(),
-                    )
-                    self._drop(sub, FellBehind())
+            if self.gap_grace_seconds > 0 and change.event_id > self._cursor + 1:
+                noticed = time.monotonic()
+                for missing in range(
+                    self._cursor + 1, min(change.event_id, self._cursor + 1 + _MAX_GAPS)
+                ):
+                    self._gaps[missing] = noticed
+            self._cursor = max(self._cursor, change.event_id)
+            self._hand_out(change)
         return len(changes) >= self.batch_size
+
+    async def _late_events(self) -> list[StatusChange]:
+        """Events that appeared behind the cursor since we jumped over their ids."""
+        if not self._gaps:
+            return []
+        expired = time.monotonic() - self.gap_grace_seconds
+        for event_id, noticed in list(self._gaps.items()):
+            if noticed < expired:
+                del self._gaps[event_id]
+        if len(self._gaps) > _MAX_GAPS:
+            for event_id in sorted(self._gaps)[: len(self._gaps) - _MAX_GAPS]:
+                del self._gaps[event_id]
+        if not self._gaps:
+            return []
+        found = await self._store.events_with_ids(sorted(self._gaps))
+        for change in found:
+            self._gaps.pop(change.event_id, None)
+        return found
+
+    def _hand_out(self, change: StatusChange) -> None:
+        for sub in self._interested(change):
+            if change.event_id <= sub.after_id:
+                continue
+            try:
+                sub.queue.put_nowait(change)
+            except asyncio.QueueFull:
+                log.info(
+                    "status feed: dropping a watch that fell behind (%d changes queued)",
+                    sub.queue.qsize(),
+                )
+                self._drop(sub, FellBehind())
 
     def _interested(self, change: StatusChange) -> list[_Subscriber]:
         found: dict[_Subscriber, None] = dict(self._by_id.get(change.message.id, {}))

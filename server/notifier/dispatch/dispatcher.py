@@ -127,7 +127,8 @@ class Dispatcher:
             self._loop_task = asyncio.create_task(self._run(), name="dispatcher")
 
     def wake(self) -> None:
-        """A message became due now (e.g. just accepted): look without waiting for the poll."""
+        """A message became due now (e.g. just accepted, or a PostgreSQL notification from
+        another process): look without waiting for the poll."""
         self._wake.set()
 
     async def _run(self) -> None:
@@ -369,6 +370,11 @@ class Dispatcher:
                 await asyncio.sleep(pause)
         else:
             await self._recorder.record(msg.id, attempt, transition)
+        if transition.status is Status.PENDING and transition.retry_at_ms is not None:
+            # Look again when the retry falls due, rather than at the next fallback
+            # poll (slow when wake-ups come from LISTEN/NOTIFY).
+            delay = max(0.0, (transition.retry_at_ms - self._clock()) / 1000)
+            asyncio.get_running_loop().call_later(delay, self.wake)
         for waiter in self._waiters.pop(msg.id, []):
             if not waiter.done():
                 waiter.set_result(None)

@@ -15,8 +15,12 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Protocol
 
 DEFAULT_GUARD_SECONDS = 0.01
+# Replicas sharing a limit each add their own scheduling delay, and a slot is fixed on
+# the shared timeline before it is used: a wider guard keeps half of it for that.
+SHARED_GUARD_SECONDS = 0.06
 
 
 class SlidingWindowLimiter:
@@ -69,17 +73,140 @@ class SlidingWindowLimiter:
             self._last = now
 
 
-class RateLimiters:
-    """One limiter per sender, created on first use."""
+class SlotStore(Protocol):
+    async def take_slots(
+        self, sender: str, spacing_us: int, count: int, tolerance_us: int
+    ) -> tuple[bool, float]:
+        """Take ``count`` consecutive slots of the sender if the next one is due within
+        ``tolerance_us``; the sender's next slot then comes one spacing after the last
+        of them. Returns (granted, seconds): until the first slot when granted, else
+        until the next slot, when to ask again."""
 
-    def __init__(self, rate_per_second: float, guard_seconds: float = DEFAULT_GUARD_SECONDS):
-        self._rate = rate_per_second
+
+# How far ahead of its time a slot may be taken: enough to hide the round trip to the
+# database (ask a little early, then wait locally) even on a loaded machine. Taking a
+# slot early costs nothing in accuracy: the send still waits for the slot's time.
+_SLOT_LEAD_SECONDS = 0.05
+
+
+class SharedLimiter:
+    """The same bound for all replicas together: send times come from shared storage.
+
+    Slots are spaced evenly, ``(1 s + guard) / N`` apart across every replica, and are
+    taken only shortly before they start (at most ``_SLOT_LEAD_SECONDS`` ahead), by a
+    process whose sends are waiting for them; a process too late for a slot (by more
+    than half the guard) drops it rather than crowd the next one, which may be another
+    replica's. N + 1 consecutive slots span more than a second, so no
+    one-second window holds more than N sends, and the guard absorbs the jitter between
+    a slot and the request reaching Twilio, as for the per-process limiter. At high
+    rates one request takes several slots (as many as fit in the lead and are wanted),
+    so the database sees far fewer queries than sends.
+    """
+
+    def __init__(
+        self,
+        store: SlotStore,
+        sender: str,
+        rate_per_second: float,
+        *,
+        guard_seconds: float = SHARED_GUARD_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if rate_per_second <= 0:
+            raise ValueError("rate_per_second must be positive")
+        self.rate = rate_per_second
+        if rate_per_second >= 1:
+            limit, window = int(rate_per_second), 1.0
+        else:
+            limit, window = 1, 1.0 / rate_per_second
+        self.spacing = (window + guard_seconds) / limit
         self._guard = guard_seconds
-        self._limiters: dict[str, SlidingWindowLimiter] = {}
+        self._spacing_us = max(1, round(self.spacing * 1_000_000))
+        self._max_batch = max(1, int(_SLOT_LEAD_SECONDS / self.spacing))
+        self._store = store
+        self._sender = sender
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        self._slots: deque[float] = deque()  # taken, not yet used: local clock times
+        self._wanted = 0  # callers inside acquire()
+        self._last: float | None = None  # when this process last sent
 
-    def for_sender(self, sender: str) -> SlidingWindowLimiter:
+    async def acquire(self) -> None:
+        """Wait for a slot of the sender shared with every replica (raises
+        StorageUnavailable when storage cannot be asked: nothing is sent then)."""
+        self._wanted += 1
+        try:
+            async with self._lock:
+                while True:
+                    # A slot used late could crowd the next one, which may be another
+                    # replica's: one that cannot start within half the guard of its time
+                    # (this process was slow, or sent its last one late) is dropped.
+                    now = self._clock()
+                    while self._slots and self._slots[0] < now - self._guard / 2:
+                        self._slots.popleft()
+                    if not self._slots:
+                        await self._take()
+                        continue
+                    slot = self._slots.popleft()
+                    start = slot
+                    if self._last is not None:
+                        # Slots are one spacing apart, but a late wake-up must not
+                        # make two sends of ours closer than the slack allows.
+                        start = max(slot, self._last + self.spacing - self._guard / 2)
+                    if start - slot <= self._guard / 2:
+                        break
+                wait = start - self._clock()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                self._last = self._clock()
+        finally:
+            self._wanted -= 1
+
+    async def _take(self) -> None:
+        count = min(self._wanted, self._max_batch)
+        lead_us = round(_SLOT_LEAD_SECONDS * 1_000_000)
+        while True:
+            asked = self._clock()
+            granted, wait = await self._store.take_slots(
+                self._sender, self._spacing_us, count, lead_us
+            )
+            # The database read its clock somewhere between asking and answering: the
+            # midpoint is the best local estimate of that moment.
+            then = (asked + self._clock()) / 2
+            if granted:
+                first = then + wait
+                self._slots.extend(first + i * self.spacing for i in range(count))
+                return
+            # Come back when the next slot is within the lead.
+            await asyncio.sleep(max(0.0, then + wait - _SLOT_LEAD_SECONDS / 2 - self._clock()))
+
+
+class RateLimiters:
+    """One limiter per sender, created on first use.
+
+    With a slot store (PostgreSQL, several replicas) the limit is shared by every
+    process that uses the store; without one it holds for this process alone.
+    """
+
+    def __init__(
+        self,
+        rate_per_second: float,
+        guard_seconds: float | None = None,
+        *,
+        shared: SlotStore | None = None,
+    ):
+        self._rate = rate_per_second
+        default = DEFAULT_GUARD_SECONDS if shared is None else SHARED_GUARD_SECONDS
+        self._guard = default if guard_seconds is None else guard_seconds
+        self._shared = shared
+        self._limiters: dict[str, SlidingWindowLimiter | SharedLimiter] = {}
+
+    def for_sender(self, sender: str) -> SlidingWindowLimiter | SharedLimiter:
         limiter = self._limiters.get(sender)
         if limiter is None:
-            limiter = SlidingWindowLimiter(self._rate, guard_seconds=self._guard)
+            if self._shared is not None:
+                limiter = SharedLimiter(self._shared, sender, self._rate, guard_seconds=self._guard)
+            else:
+                limiter = SlidingWindowLimiter(self._rate, guard_seconds=self._guard)
             self._limiters[sender] = limiter
         return limiter

@@ -93,6 +93,10 @@ class StatusEventStore(Protocol):
         messages or of messages carrying the tag.
         """
 
+    async def events_with_ids(self, event_ids: Sequence[int]) -> list[StatusChange]:
+        """Those of ``event_ids`` that exist now, oldest first (ids a feed jumped over
+        because their transactions had not committed yet)."""
+
     async def current_states(self, message_ids: Sequence[str]) -> list[StatusChange]:
         """Each existing message of ``message_ids`` with its latest event, in the order
         given; unknown ids are left out."""

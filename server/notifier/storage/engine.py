@@ -1,5 +1,8 @@
 """Engines for SQLite and PostgreSQL.
 
+PostgreSQL gets one ordinary pool for reads and writes: it runs writers side by side
+(READ COMMITTED), and the repository takes the row locks a read-modify-write needs.
+
 SQLite allows one writer at a time. Giving writes their own single connection that
 starts every transaction with ``BEGIN IMMEDIATE`` makes them queue inside the process
 instead of failing with "database is locked" on a read-to-write upgrade, while reads
@@ -33,6 +36,16 @@ class Database:
     @property
     def is_sqlite(self) -> bool:
         return self.writer.dialect.name == "sqlite"
+
+    @property
+    def is_postgresql(self) -> bool:
+        return self.writer.dialect.name == "postgresql"
+
+    def asyncpg_dsn(self) -> str:
+        """The plain ``postgresql://`` URL, for a connection of our own outside the pool
+        (LISTEN needs one that stays open and is never handed to anyone else)."""
+        url = self.writer.url.set(drivername="postgresql")
+        return url.render_as_string(hide_password=False)
 
     async def dispose(self) -> None:
         await self.writer.dispose()

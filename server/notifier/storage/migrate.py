@@ -8,7 +8,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection
+from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -21,8 +21,19 @@ def alembic_config(connection: Connection | None = None) -> Config:
     return cfg
 
 
+# Any fixed number: the key of the advisory lock that queues concurrent upgrades.
+_MIGRATION_LOCK_KEY = 0x6E6F7469  # "noti"
+
+
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
     async with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Replicas starting together each migrate on start (development): they take
+            # turns, and the later ones find nothing left to do. (SQLite's write lock
+            # already does this.) The lock ends with the transaction.
+            await conn.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY}
+            )
         await conn.run_sync(lambda c: command.upgrade(alembic_config(c), revision))
 
 

@@ -111,6 +111,26 @@ def _message_row(
     }
 
 
+# PostgreSQL SQLSTATEs that say "not now" rather than "wrong": the same work may succeed
+# when tried again. asyncpg's errors reach us as plain DBAPIError, so the class of the
+# code decides: 08 connection exception, 53 insufficient resources (53300 too many
+# connections), 57P0x shutdown / cannot connect now, 40001 serialization failure,
+# 40P01 deadlock detected, 55P03 lock not available.
+_TRANSIENT_SQLSTATE_CLASSES = ("08", "53")
+_TRANSIENT_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "40001", "40P01", "55P03"})
+
+# LISTEN/NOTIFY channels (PostgreSQL): "messages became due" and "status events stored".
+DUE_CHANNEL = "notifier_due"
+EVENTS_CHANNEL = "notifier_events"
+
+
+def _is_transient(exc: sa_exc.DBAPIError) -> bool:
+    code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    if not isinstance(code, str):
+        return False
+    return code.startswith(_TRANSIENT_SQLSTATE_CLASSES) or code in _TRANSIENT_SQLSTATES
+
+
 @asynccontextmanager
 async def _storage_errors() -> AsyncIterator[None]:
     """Turn "cannot reach the database" into StorageUnavailable; let real bugs through."""
@@ -119,9 +139,22 @@ async def _storage_errors() -> AsyncIterator[None]:
     except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, OSError) as exc:
         raise StorageUnavailable(str(exc).splitlines()[0]) from exc
     except sa_exc.DBAPIError as exc:
-        if exc.connection_invalidated:
+        if exc.connection_invalidated or _is_transient(exc):
             raise StorageUnavailable(str(exc).splitlines()[0]) from exc
         raise
+
+
+async def _notify(conn: AsyncConnection, *channels: str) -> None:
+    """PostgreSQL: wake the listeners of ``channels`` when this transaction commits.
+
+    NOTIFY is transactional: it is delivered on commit and dropped on rollback, so a
+    listener never wakes for rows it cannot see yet. SQLite has no NOTIFY; its readers
+    poll. Identical notifications within one transaction are folded into one.
+    """
+    if conn.dialect.name != "postgresql":
+        return
+    for channel in channels:
+        await conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": channel})
 
 
 def new_message_id() -> str:
@@ -358,6 +391,7 @@ class Repository:
         if rows:
             await conn.execute(insert(messages), rows)
             await conn.execute(insert(status_events), events)
+            await _notify(conn, DUE_CHANNEL, EVENTS_CHANNEL)
         if tags:
             await conn.execute(insert(message_tags), tags)
         if keys:
@@ -500,17 +534,24 @@ class Repository:
     async def _apply_report(
         self, conn: AsyncConnection, report: StatusReport, now: int
     ) -> tuple[CallbackResult, str | None]:
+        # A row lock (PostgreSQL; SQLite's single writer needs none): two callbacks for
+        # one message, or a callback racing the dispatcher's record, take turns, so the
+        # duplicate check and the forward-only move see each other's writes. FOR NO KEY
+        # UPDATE, here and elsewhere: we never change a message's id, and the weaker lock
+        # does not wait for transactions that merely insert rows referencing the message
+        # (their foreign key check takes KEY SHARE).
+        locked = not self._db.is_sqlite
         row = None
         if report.message_id:
-            row = (
-                await conn.execute(select(messages).where(messages.c.id == report.message_id))
-            ).first()
+            by_id = select(messages).where(messages.c.id == report.message_id)
+            if locked:
+                by_id = by_id.with_for_update(key_share=True)
+            row = (await conn.execute(by_id)).first()
         if row is None:
-            row = (
-                await conn.execute(
-                    select(messages).where(messages.c.twilio_sid == report.twilio_sid)
-                )
-            ).first()
+            by_sid = select(messages).where(messages.c.twilio_sid == report.twilio_sid)
+            if locked:
+                by_sid = by_sid.with_for_update(key_share=True)
+            row = (await conn.execute(by_sid)).first()
         if row is None:
             return CallbackResult.UNKNOWN, None
         # Duplicates are judged within the current send: a re-queued message
@@ -559,6 +600,7 @@ class Repository:
                 }
             ],
         )
+        await _notify(conn, EVENTS_CHANNEL)
         return (CallbackResult.APPLIED if applies else CallbackResult.RECORDED), row.id
 
     async def _apply_reports(
@@ -675,6 +717,14 @@ class Repository:
 
         Returns False for a repeat of a message already stored (Twilio retries).
         """
+        try:
+            return await self._record_inbound(inbound, consent)
+        except sa_exc.IntegrityError:
+            # PostgreSQL: a concurrent delivery of the same message (or the sender's
+            # first recipients row) committed first; the second pass sees it.
+            return await self._record_inbound(inbound, consent)
+
+    async def _record_inbound(self, inbound: InboundMessage, consent: Consent | None) -> bool:
         now = self._clock()
         async with _storage_errors(), self._db.writer.begin() as conn:
             seen = (
@@ -779,7 +829,7 @@ class Repository:
             .limit(limit)
         )
         if not self._db.is_sqlite:  # SQLite's single writer already excludes other claimers
-            due = due.with_for_update(skip_locked=True)
+            due = due.with_for_update(skip_locked=True, key_share=True)
         async with _storage_errors(), self._db.writer.begin() as conn:
             ids = list((await conn.execute(due)).scalars())
             if not ids:
@@ -828,7 +878,7 @@ class Repository:
                 messages.c.id, messages.c.status, messages.c.twilio_sid, messages.c.attempts
             ).where(messages.c.id.in_(chunk))
             if not self._db.is_sqlite:  # a callback on another connection must wait
-                stmt = stmt.with_for_update()
+                stmt = stmt.with_for_update(key_share=True)
             current |= {row.id: row for row in await conn.execute(stmt)}
             counted = await conn.execute(
                 select(delivery_attempts.c.message_id, func.count())
@@ -912,6 +962,7 @@ class Repository:
         await self._update_many(conn, list(late.values()), now, moved=False)
         if events:
             await conn.execute(insert(status_events), events)
+            await _notify(conn, EVENTS_CHANNEL)
 
     async def _update_many(
         self, conn: AsyncConnection, rows: list[dict[str, Any]], now: int, *, moved: bool
@@ -954,6 +1005,8 @@ class Repository:
                 )
                 .values(lease_owner=None, lease_expires_at=None)
             )
+            if result.rowcount:
+                await _notify(conn, DUE_CHANNEL)
             return int(result.rowcount)
 
     async def opted_out(self, channel: str, address: str) -> bool:
@@ -1102,14 +1155,20 @@ class Repository:
     async def cancel(self, message_id: str) -> MessageRecord:
         now = self._clock()
         async with _storage_errors(), self._db.writer.begin() as conn:
+            # Lock the row before reading it (PostgreSQL): a claim or a send being
+            # recorded cannot slip in between the check and the update.
+            locked = (
+                await conn.execute(
+                    select(messages.c.lease_expires_at)
+                    .where(messages.c.id == message_id)
+                    .with_for_update(key_share=True)
+                )
+            ).first()
             record = await self._load(conn, message_id)
             if record.status is Status.CANCELED:
                 return record
-            row = (
-                await conn.execute(
-                    select(messages.c.lease_expires_at).where(messages.c.id == message_id)
-                )
-            ).one()
+            row = locked
+            assert row is not None  # _load raised NotFound otherwise
             if record.status.with_twilio or record.status.is_terminal:
                 raise PreconditionFailed(
                     message_id,
@@ -1129,6 +1188,7 @@ class Repository:
                 .values(status=Status.CANCELED.value, updated_at=now)
             )
             await _add_event(conn, message_id, Status.CANCELED, "api", now)
+            await _notify(conn, EVENTS_CHANNEL)
             return await self._load(conn, message_id)
 
     async def requeue(
@@ -1145,7 +1205,10 @@ class Repository:
                 stmt = stmt.where(messages.c.id.in_(query.message_ids))
             else:
                 stmt = stmt.where(*_conditions(query), messages.c.status.in_(retryable))
-            rows = (await conn.execute(stmt.order_by(messages.c.id).limit(limit))).all()
+            # FOR UPDATE (PostgreSQL), in id order so two requeues cannot deadlock: a
+            # callback or another requeue cannot change a row between check and update.
+            stmt = stmt.order_by(messages.c.id).limit(limit).with_for_update(key_share=True)
+            rows = (await conn.execute(stmt)).all()
             found = {r.id for r in rows}
             skipped += [(mid, "not found") for mid in query.message_ids if mid not in found]
             for row in rows:
@@ -1181,6 +1244,8 @@ class Repository:
                 )
                 await _add_event(conn, row.id, Status.PENDING, "operator", now)
                 requeued.append(row.id)
+            if requeued:
+                await _notify(conn, DUE_CHANNEL, EVENTS_CHANNEL)
         return RetryOutcome(tuple(requeued), tuple(skipped))
 
     async def get_delivery(
@@ -1252,6 +1317,19 @@ class Repository:
             stmt = stmt.where(or_(*wanted))
         async with _storage_errors(), self._db.reader.connect() as conn:
             return await _changes(conn, stmt.order_by(status_events.c.id).limit(limit))
+
+    async def events_with_ids(self, event_ids: Sequence[int]) -> list[StatusChange]:
+        """The status events of ``event_ids`` that exist now, in id order.
+
+        For a feed on PostgreSQL: event ids come from a sequence, and a transaction that
+        took a lower id can commit after one that took a higher id, so the feed asks
+        again for the ids it found missing behind its cursor.
+        """
+        if not event_ids:
+            return []
+        stmt = _change_select().where(status_events.c.id.in_(sorted(set(event_ids))))
+        async with _storage_errors(), self._db.reader.connect() as conn:
+            return await _changes(conn, stmt.order_by(status_events.c.id))
 
     async def current_states(self, message_ids: Sequence[str]) -> list[StatusChange]:
         """Each existing message of ``message_ids`` with its latest event, in the order

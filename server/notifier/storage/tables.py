@@ -151,3 +151,12 @@ recipients = Table(
     Column("last_inbound_at", BigInteger),  # opens the 24-hour WhatsApp window
     Column("updated_at", BigInteger, nullable=False),
 )
+
+send_slots = Table(
+    "send_slots",
+    metadata,
+    Column("sender", String(64), primary_key=True),
+    # The earliest time (epoch microseconds, the database's clock) at which the next
+    # send of this sender may start, across all replicas.
+    Column("next_slot_us", BigInteger, nullable=False),
+)
