@@ -120,9 +120,18 @@ class Repository:
         self.refuse_outside_window = refuse_outside_window
 
     async def ping(self) -> None:
-        """Check that a write could start now (SQLite: take and drop the write lock)."""
+        """Check that a write can be made now.
+
+        SQLite: write the header's user_version back unchanged. Taking the write lock
+        alone still succeeds on storage that has turned read-only, and health said
+        SERVING while every write failed with "disk I/O error".
+        """
         async with _storage_errors(), self._db.writer.begin() as conn:
-            await conn.execute(text("SELECT 1"))
+            if self._db.is_sqlite:
+                version = int((await conn.execute(text("PRAGMA user_version"))).scalar_one())
+                await conn.execute(text(f"PRAGMA user_version = {version}"))
+            else:
+                await conn.execute(text("SELECT 1"))
 
     async def add_message(
         self,
