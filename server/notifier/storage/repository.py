@@ -59,6 +59,11 @@ _FIRST_REACHED = {
 }
 
 
+# The source of a status event reported about another Twilio message than the
+# message's current one: kept in the history, never applied.
+OTHER_SEND = "callback-other"
+
+
 def _chunks(values: Sequence[str], size: int = 500) -> list[Sequence[str]]:
     """Keep IN (...) lists under SQLite's limit on bound parameters."""
     return [values[i : i + size] for i in range(0, len(values), size)]
@@ -334,6 +339,13 @@ class Repository:
                 ).first()
             if row is None:
                 return CallbackResult.UNKNOWN, None
+            # A callback about another Twilio message than the current one (an earlier
+            # send of a re-queued message, or a copy Twilio took on an ambiguous attempt)
+            # only goes into the history, under its own source: judged together, such
+            # callbacks made the current send's own ones look like duplicates, and the
+            # message stayed at queued for good.
+            same_send = row.twilio_sid in (None, report.twilio_sid)
+            source = "callback" if same_send else OTHER_SEND
             # Duplicates are judged within the current send: a re-queued message
             # (RetryMessages) gets a new Twilio message whose callbacks are new.
             requeued = (
@@ -349,16 +361,13 @@ class Repository:
                     select(status_events.c.id).where(
                         status_events.c.message_id == row.id,
                         status_events.c.status == report.status.value,
-                        status_events.c.source == "callback",
+                        status_events.c.source == source,
                         status_events.c.id > (requeued or 0),
                     )
                 )
             ).first()
             if seen is not None:
                 return CallbackResult.DUPLICATE, row.id
-            # A callback about an earlier Twilio message of a re-queued message only
-            # goes into the history.
-            same_send = row.twilio_sid in (None, report.twilio_sid)
             applies = same_send and moves_forward(Status(row.status), report.status)
             values: dict[str, Any] = {"updated_at": now}
             if row.twilio_sid is None:
@@ -378,7 +387,7 @@ class Repository:
                     {
                         "message_id": row.id,
                         "status": report.status.value,
-                        "source": "callback",
+                        "source": source,
                         "occurred_at": now,
                         "error_code": report.error_code,
                         "applied": applies,
