@@ -23,7 +23,7 @@ from notifier.server import create_sidecar
 from notifier_proto.v1 import notifier_pb2 as pb
 from tests.test_delivery import Engine, engine_settings, start_engine
 
-TOTAL = 40
+TOTAL = 30
 MAX_ATTEMPTS = 4
 TERMINAL = {"read", "failed", "expired"}
 RETRIED_CODES = {20429, 20500, 20503, 30500, 0}  # 0: no answer (timeout)
