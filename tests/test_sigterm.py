@@ -18,6 +18,10 @@ from pathlib import Path
 import grpc
 import pytest
 
+from notifier.dispatch.dispatcher import DispatchConfig, Dispatcher
+from notifier.dispatch.rate_limit import RateLimiters
+from notifier.domain.delivery import OutgoingMessage, SendReceipt
+from notifier.domain.model import AttemptRecord, Channel, MessageRecord, Status, Transition
 from notifier.emulator import DEV_FROM
 from notifier.emulator.faults import Faults
 from notifier.emulator.server import EmulatorServer
@@ -121,3 +125,85 @@ async def test_sigterm_under_load_finishes_or_releases_and_loses_nothing(tmp_pat
         f"\nSIGTERM with {at_stop} of {TOTAL} queued; {len(cut)} cut mid-request "
         f"(ambiguous); {len(twice)} reached Twilio twice"
     )
+
+
+def _leased(db: Path) -> int:
+    with sqlite3.connect(db) as conn:
+        (n,) = conn.execute(
+            "SELECT count(*) FROM messages WHERE lease_owner IS NOT NULL"
+        ).fetchone()
+        return int(n)
+
+
+async def test_messages_waiting_for_the_rate_limiter_at_stop_are_released(
+    db_path: Path, emulator: EmulatorServer
+) -> None:
+    """Found by the SIGTERM test: a claimed message that left the rate limiter during the
+    grace period saw the stop and returned unsent, but stayed leased, so after a restart
+    it waited a whole lease (60 s by default) before anyone sent it."""
+    from tests.test_delivery import Engine, engine_settings, start_engine
+
+    settings = engine_settings(db_path, emulator, NOTIFIER_RATE_LIMIT_PER_SECOND=4)
+    server, channel = await start_engine(settings)
+    engine = Engine(server, channel)
+    ids = [await engine.send(body=f"w{i}") for i in range(12)]
+    await engine.until(ids[0], lambda s: s.message.status == pb.MESSAGE_STATUS_QUEUED)
+    await channel.close()
+    await server.stop(grace=1.5)  # the limiter lets a few more through, after the stop
+    assert await asyncio.to_thread(_leased, db_path) == 0
+    sent = {m.body for m in emulator.state.accepted}
+    assert 0 < len(sent) < 12
+
+
+class _SlowStore:
+    """An outbox holding one message whose outcome takes a while to write."""
+
+    def __init__(self) -> None:
+        self.message = MessageRecord("m1", "+14155550100", Channel.WHATSAPP, Status.PENDING, 0, 0)
+        self.claimed = False
+        self.writing = asyncio.Event()
+        self.recorded: list[Transition] = []
+        self.released: list[str] = []
+
+    async def claim_due(self, owner: str, *, limit: int, lease_ms: int) -> list[MessageRecord]:
+        if self.claimed:
+            return []
+        self.claimed = True
+        return [self.message]
+
+    async def record_attempt(
+        self, message_id: str, attempt: AttemptRecord | None, transition: Transition
+    ) -> None:
+        self.writing.set()
+        await asyncio.sleep(0.3)
+        self.recorded.append(transition)
+
+    async def release(self, owner: str, ids: list[str]) -> int:
+        self.released.extend(ids)
+        return len(ids)
+
+    async def attempts_of(self, message_id: str) -> tuple[Status, int]:
+        return Status.PENDING, 0
+
+    async def opted_out(self, channel: str, address: str) -> bool:
+        return False
+
+
+class _InstantTwilio:
+    sender = "whatsapp:+14155238886"
+
+    async def send(self, msg: OutgoingMessage) -> SendReceipt:
+        return SendReceipt(sid="SM" + "1" * 32, status="queued")
+
+
+async def test_a_stop_during_the_write_of_twilios_answer_still_records_it() -> None:
+    """Found by the SIGTERM test: stop() cancelled a send whose answer was being written;
+    the write rolled back, the message kept its lease and no attempt, and it went out a
+    second time once the lease ran out, with nothing on record to say why."""
+    store = _SlowStore()
+    dispatcher = Dispatcher(store, _InstantTwilio(), RateLimiters(1000), DispatchConfig())
+    dispatcher.start()
+    await asyncio.wait_for(store.writing.wait(), 10)
+    await dispatcher.stop(grace=0)  # cancels the send mid-write
+    assert [t.status for t in store.recorded] == [Status.QUEUED]
+    assert store.released == []
