@@ -70,6 +70,7 @@ def _worker_id() -> str:
     return f"{socket.gethostname()[:24]}:{os.getpid()}:{str(ULID())[-8:]}"
 
 
+CLAIM_STOP_SECONDS = 5.0  # how long stop() lets a claim in progress finish
 OPTED_OUT_CODE = 21610  # Twilio's code for "recipient unsubscribed", which it is
 _TWILIO_STATUS = {"queued": Status.QUEUED, "accepted": Status.ACCEPTED, "scheduled": Status.QUEUED}
 
@@ -316,11 +317,18 @@ class Dispatcher:
         self._slot_freed.set()
         started = asyncio.get_running_loop().time()
         if self._loop_task is not None:
-            # The loop ends by itself once it sees the stop. Not cancelled: cancelled
-            # between a claim's commit and its return, it left the claimed messages
-            # leased with no task to send or release them (a lease-length delay after a
-            # restart). A claim is one transaction, bounded by the database's timeouts.
-            await self._loop_task
+            # The loop ends by itself once it sees the stop. Cancelled between a claim's
+            # commit and its return, it left the claimed messages leased with no task to
+            # send or release them (a lease-length delay after a restart); so it is only
+            # cancelled if a claim hangs (storage gone).
+            try:
+                await asyncio.wait_for(
+                    asyncio.shield(self._loop_task), max(grace, CLAIM_STOP_SECONDS)
+                )
+            except TimeoutError:
+                self._loop_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._loop_task
         grace = max(0.0, grace - (asyncio.get_running_loop().time() - started))
         tasks = list(self._inflight.values())
         unsent: set[str] = set()
