@@ -226,6 +226,36 @@ async def test_out_of_order_callbacks_never_move_back(
     ]
 
 
+async def test_callbacks_of_an_ambiguous_earlier_send_do_not_mask_the_current_one(
+    client: httpx.AsyncClient, repo: Repository, database: TestDb
+) -> None:
+    """Found by the emulator storms: after an ambiguous attempt Twilio had taken (SID A)
+    and a retry it accepted (SID B), A's callbacks were recorded, and then B's own were
+    judged duplicates of them: the message stayed at queued for good."""
+    mid = await queued_message(repo, sid=None)
+    first = "SM" + "a" * 32
+    ambiguous = AttemptRecord(1, 2, "ambiguous", 500, error_code=20500)
+    await repo.record_attempt(mid, ambiguous, Transition(Status.PENDING, retry_at_ms=3))
+    accepted = AttemptRecord(4, 5, "accepted", 201, twilio_sid=SID)
+    await repo.record_attempt(mid, accepted, Transition(Status.QUEUED, twilio_sid=SID))
+    for status in ("sent", "delivered", "read"):
+        reply = await post_status(client, callback(status, sid=first), query=f"message_id={mid}")
+        assert reply.status_code == 200
+    assert message_row(database, mid)["status"] == "queued"  # A's callbacks: history only
+    for status in ("sent", "delivered", "read"):
+        reply = await post_status(client, callback(status), query=f"message_id={mid}")
+        assert reply.status_code == 200
+    assert message_row(database, mid)["status"] == "read"
+    assert [h for h in history(database, mid) if h[1].startswith("callback")] == [
+        ("sent", "callback-other", 0),
+        ("delivered", "callback-other", 0),
+        ("read", "callback-other", 0),
+        ("sent", "callback", 1),
+        ("delivered", "callback", 1),
+        ("read", "callback", 1),
+    ]
+
+
 async def test_failure_carries_the_code_and_its_meaning(
     client: httpx.AsyncClient, repo: Repository, stub: Stub
 ) -> None:

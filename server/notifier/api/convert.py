@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf.message import Message
 
+from notifier.api.errors import MAX_ECHO, short
 from notifier.domain.bulk import (
     BulkDefaults,
     BulkItem,
@@ -13,6 +15,7 @@ from notifier.domain.bulk import (
     BulkResult,
     ItemFailure,
 )
+from notifier.domain.errors import ValidationFailed, Violation
 from notifier.domain.metrics import Metrics, MetricsRequest
 from notifier.domain.model import (
     Accepted,
@@ -83,6 +86,25 @@ def timestamp(ms: int) -> timestamp_pb2.Timestamp:
     return ts
 
 
+def time_ms(holder: Message, name: str, path: str | None = None) -> int | None:
+    """Milliseconds of the Timestamp or Duration field ``name`` of ``holder``, None if unset.
+
+    protobuf refuses to convert values outside the well-known types' ranges (years 1 to
+    9999; 10,000 years of duration; nanos of the wrong sign): that is the caller's bad
+    input, so it is INVALID_ARGUMENT naming the field, not a ValueError (INTERNAL).
+    """
+    if not holder.HasField(name):
+        return None
+    value = getattr(holder, name)
+    try:
+        return int(value.ToMilliseconds())
+    except ValueError:
+        kind = value.DESCRIPTOR.name
+        raise ValidationFailed(
+            [Violation(path or name, f"is not a valid google.protobuf.{kind}")]
+        ) from None
+
+
 def send_request(req: pb.SendMessageRequest, deadline_ms: int | None) -> SendRequest:
     content = req.WhichOneof("content")
     return SendRequest(
@@ -94,8 +116,8 @@ def send_request(req: pb.SendMessageRequest, deadline_ms: int | None) -> SendReq
         media_urls=list(req.media_urls),
         idempotency_key=req.idempotency_key,
         tags=list(req.tags),
-        send_at_ms=req.send_at.ToMilliseconds() if req.HasField("send_at") else None,
-        validity_ms=req.validity.ToMilliseconds() if req.HasField("validity") else None,
+        send_at_ms=time_ms(req, "send_at"),
+        validity_ms=time_ms(req, "validity"),
         deadline_ms=deadline_ms if req.expire_at_deadline else None,
         wait_for_acceptance=req.wait_for_acceptance,
     )
@@ -179,10 +201,8 @@ def query_request(f: pb.MessageFilter) -> QueryRequest:
         to=f.to,
         tag=f.tag,
         channel=channel_from_pb(f.channel),
-        created_after_ms=f.created_after.ToMilliseconds() if f.HasField("created_after") else None,
-        created_before_ms=(
-            f.created_before.ToMilliseconds() if f.HasField("created_before") else None
-        ),
+        created_after_ms=time_ms(f, "created_after", "filter.created_after"),
+        created_before_ms=time_ms(f, "created_before", "filter.created_before"),
     )
 
 
@@ -203,8 +223,8 @@ def retry_response(outcome: RetryOutcome) -> pb.RetryMessagesResponse:
 def metrics_request(req: pb.GetMetricsRequest) -> MetricsRequest:
     """Unset window ends stay None: the domain fills in its defaults from its own clock."""
     return MetricsRequest(
-        start_ms=req.start_time.ToMilliseconds() if req.HasField("start_time") else None,
-        end_ms=req.end_time.ToMilliseconds() if req.HasField("end_time") else None,
+        start_ms=time_ms(req, "start_time"),
+        end_ms=time_ms(req, "end_time"),
         channel=channel_from_pb(req.channel),
         tag=req.tag,
     )
@@ -258,8 +278,8 @@ def _bulk_defaults(d: pb.BulkContent) -> BulkDefaults:
         variables=dict(d.variables),
         media_urls=list(d.media_urls),
         tags=list(d.tags),
-        send_at_ms=d.send_at.ToMilliseconds() if d.HasField("send_at") else None,
-        validity_ms=d.validity.ToMilliseconds() if d.HasField("validity") else None,
+        send_at_ms=time_ms(d, "send_at", "defaults.send_at"),
+        validity_ms=time_ms(d, "validity", "defaults.validity"),
     )
 
 
@@ -283,19 +303,43 @@ async def bulk_requests(requests: AsyncIterator[pb.SendBulkRequest]) -> AsyncIte
         yield BulkRequest(defaults, [_bulk_item(i) for i in request.items])
 
 
-def bulk_response(results: list[BulkResult]) -> pb.SendBulkResponse:
-    out = pb.SendBulkResponse()
+# Replies stay well under the 4 MiB a gRPC client accepts by default: a small request
+# (500 empty items, 600 empty media URLs) can fail every item with hundreds of
+# violations, and one reply per batch then grew past it (RESOURCE_EXHAUSTED at the caller).
+MAX_BULK_REPLY_BYTES = 1 << 20
+ITEM_VIOLATIONS_BUDGET = 1_000
+
+
+def _bulk_result(r: BulkResult) -> pb.BulkItemResult:
+    item = pb.BulkItemResult(correlation_id=r.correlation_id, index=r.index)
+    if isinstance(r.outcome, ItemFailure):
+        item.error.code = r.outcome.code
+        item.error.message = short(r.outcome.message, 2 * MAX_ECHO)
+        violations = r.outcome.violations
+        for i, v in enumerate(violations):
+            if item.error.ByteSize() > ITEM_VIOLATIONS_BUDGET:
+                item.error.violations.add(
+                    field="item", description=f"{len(violations) - i} more violation(s) not shown"
+                )
+                break
+            item.error.violations.add(field=short(v.field), description=short(v.description))
+    else:
+        item.accepted.CopyFrom(send_response(r.outcome))
+    return item
+
+
+def bulk_responses(results: list[BulkResult]) -> list[pb.SendBulkResponse]:
+    """The results of one committed batch, in order, split into replies of bounded size."""
+    out = [pb.SendBulkResponse()]
+    size = 0
     for r in results:
-        item = out.results.add(correlation_id=r.correlation_id, index=r.index)
-        if isinstance(r.outcome, ItemFailure):
-            item.error.code = r.outcome.code
-            item.error.message = r.outcome.message
-            item.error.violations.extend(
-                pb.FieldViolation(field=v.field, description=v.description)
-                for v in r.outcome.violations
-            )
-        else:
-            item.accepted.CopyFrom(send_response(r.outcome))
+        item = _bulk_result(r)
+        n = item.ByteSize() + 8
+        if out[-1].results and size + n > MAX_BULK_REPLY_BYTES:
+            out.append(pb.SendBulkResponse())
+            size = 0
+        out[-1].results.append(item)
+        size += n
     return out
 
 
@@ -325,7 +369,7 @@ def _admin_notification(req: pb.NotifyAdminsRequest) -> Notification | None:
             customer_name=b.customer_name,
             customer_email=b.customer_email,
             item=b.item,
-            starts_at_ms=b.starts_at.ToMilliseconds() if b.HasField("starts_at") else None,
+            starts_at_ms=time_ms(b, "starts_at", "booking.starts_at"),
             quantity=b.quantity,
             time_zone=b.time_zone,
         )
@@ -345,7 +389,7 @@ def _admin_notification(req: pb.NotifyAdminsRequest) -> Notification | None:
             event_name=e.event_name,
             registered=e.registered,
             capacity=e.capacity,
-            starts_at_ms=e.starts_at.ToMilliseconds() if e.HasField("starts_at") else None,
+            starts_at_ms=time_ms(e, "starts_at", "event_capacity.starts_at"),
         )
     if kind == "custom":
         return Custom(title=req.custom.title, body=req.custom.body)

@@ -42,38 +42,59 @@ def _packed(detail: Any) -> any_pb2.Any:
     return packed
 
 
+# The status travels in trailing metadata, which gRPC clients cap (8 KiB soft, 16 KiB
+# hard by default): past that the caller sees RESOURCE_EXHAUSTED "Stream removed"
+# instead of our code. Whatever a caller sent is echoed shortened, and violations stop
+# at a budget with a note of how many more there were.
+MAX_ECHO = 120
+DETAILS_BUDGET = 3_000
+
+
+def short(text: str, limit: int = MAX_ECHO) -> str:
+    """``text`` cut to ``limit`` characters, marked as cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def to_status(exc: DomainError) -> grpc.Status:
     """The status (code, message, details) a caller gets for ``exc``."""
     code, details = _classify(exc)
-    proto = status_pb2.Status(code=code, message=str(exc), details=[_packed(d) for d in details])
+    proto = status_pb2.Status(
+        code=code, message=short(str(exc), 2 * MAX_ECHO), details=[_packed(d) for d in details]
+    )
     status: grpc.Status = rpc_status.to_status(proto)
     return status
 
 
+def _bad_request(violations: list[Violation]) -> error_details_pb2.BadRequest:
+    bad = error_details_pb2.BadRequest()
+    for i, v in enumerate(violations):
+        if bad.ByteSize() > DETAILS_BUDGET:
+            bad.field_violations.add(
+                field="request", description=f"{len(violations) - i} more violation(s) not shown"
+            )
+            break
+        bad.field_violations.add(field=short(v.field), description=short(v.description))
+    return bad
+
+
 def _classify(exc: DomainError) -> tuple[int, list[Any]]:
     if isinstance(exc, ValidationFailed):
-        violations = [
-            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-            for v in exc.violations
-        ]
-        return code_pb2.INVALID_ARGUMENT, [
-            error_details_pb2.BadRequest(field_violations=violations)
-        ]
+        return code_pb2.INVALID_ARGUMENT, [_bad_request(exc.violations)]
     if isinstance(exc, NotFound):
         info = error_details_pb2.ResourceInfo(
-            resource_type=exc.kind, resource_name=exc.ref, description=str(exc)
+            resource_type=exc.kind, resource_name=short(exc.ref), description=short(str(exc))
         )
         return code_pb2.NOT_FOUND, [info]
     if isinstance(exc, IdempotencyConflict):
         info = error_details_pb2.ResourceInfo(
             resource_type="idempotency_key",
-            resource_name=exc.key,
+            resource_name=short(exc.key),
             description=f"already names message {exc.message_id}",
         )
         return code_pb2.ALREADY_EXISTS, [info]
     if isinstance(exc, PreconditionFailed):
         violation = error_details_pb2.PreconditionFailure.Violation(
-            type=exc.kind, subject=exc.subject, description=exc.description
+            type=exc.kind, subject=short(exc.subject), description=short(exc.description)
         )
         return code_pb2.FAILED_PRECONDITION, [
             error_details_pb2.PreconditionFailure(violations=[violation])

@@ -63,7 +63,8 @@ class NotifierServicer(pb_grpc.NotifierServicer):
     ) -> AsyncIterator[pb.SendBulkResponse]:
         requests = convert.bulk_requests(request_iterator)
         async for results in self._bulk.run(requests, traceparent=current_traceparent()):
-            yield convert.bulk_response(results)
+            for response in convert.bulk_responses(results):
+                yield response
 
     async def NotifyOrder(
         self, request: pb.NotifyOrderRequest, context: Context
@@ -102,7 +103,7 @@ class NotifierServicer(pb_grpc.NotifierServicer):
             list(request.message_ids),
             convert.query_request(request.filter) if request.HasField("filter") else None,
             request.limit,
-            request.validity.ToMilliseconds() if request.HasField("validity") else None,
+            convert.time_ms(request, "validity"),
         )
         return convert.retry_response(outcome)
 

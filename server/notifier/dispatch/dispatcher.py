@@ -13,9 +13,9 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from opentelemetry import trace
 from opentelemetry.trace import Span, StatusCode
@@ -81,6 +81,7 @@ def _worker_id() -> str:
 
 
 CLAIM_GATHER_SECONDS = 0.01
+CLAIM_STOP_SECONDS = 5.0  # how long stop() lets a claim in progress finish
 OPTED_OUT_CODE = 21610  # Twilio's code for "recipient unsubscribed", which it is
 _TWILIO_STATUS = {"queued": Status.QUEUED, "accepted": Status.ACCEPTED, "scheduled": Status.QUEUED}
 
@@ -119,6 +120,7 @@ class Dispatcher:
         # The cap on requests in flight to Twilio; claims run ahead of it (see _ahead).
         self._send_slots = asyncio.Semaphore(config.concurrency)
         self._holding: set[str] = set()  # messages holding one of those slots
+        self._left_unsent: set[str] = set()  # claimed, then given up on stopping: release
         self._timeout_seconds = config.twilio_timeout_seconds
 
     def start(self) -> None:
@@ -152,6 +154,8 @@ class Dispatcher:
     async def _claim(self) -> int:
         while self._busy() >= self._ahead or len(self._inflight) >= self._most:
             self._slot_freed.clear()
+            if self._stopping:
+                return 0
             await self._slot_freed.wait()
         await self._gather_slots()
         free = self._ahead - self._busy()
@@ -245,7 +249,11 @@ class Dispatcher:
             finally:
                 self._waiting -= 1
             if self._stopping:
-                return  # never sent: stop() releases the lease
+                # Never sent: stop() releases the lease. The task ends before the grace
+                # period does, so stop() cannot tell it from a finished send by itself,
+                # and the message stayed leased (a lease-length delay) after a restart.
+                self._left_unsent.add(msg.id)
+                return
             if self._clock() > lease_ends - self._lease_margin_ms():
                 log.warning("lease of %s ran low while waiting to send; leaving it", msg.id)
                 return  # another claim takes it: never two sends under one lease
@@ -292,7 +300,7 @@ class Dispatcher:
         except ProviderError as err:
             span.set_attribute("error.type", str(err.code or err.kind.value))
             span.set_status(StatusCode.ERROR, f"{err.kind.value} ({err.code or err.http_status})")
-            await self._failed(msg, started, err)
+            await _to_the_end(self._failed(msg, started, err))
             return
         except asyncio.CancelledError:
             # Stopped after the grace period with the request out: Twilio may have it.
@@ -311,7 +319,7 @@ class Dispatcher:
         )
         span.set_attribute("notifier.twilio.sid", receipt.sid)
         status = _TWILIO_STATUS.get(receipt.status, Status.QUEUED)
-        await self._record(msg, attempt, Transition(status, twilio_sid=receipt.sid))
+        await _to_the_end(self._record(msg, attempt, Transition(status, twilio_sid=receipt.sid)))
 
     async def _failed(self, msg: MessageRecord, started: int, err: ProviderError) -> None:
         finished = self._clock()
@@ -405,10 +413,23 @@ class Dispatcher:
     async def stop(self, grace: float) -> None:
         """Stop claiming; let sends in flight finish within ``grace``; release the rest."""
         self._stopping = True
+        self._wake.set()
+        self._slot_freed.set()
+        started = asyncio.get_running_loop().time()
         if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+            # The loop ends by itself once it sees the stop. Cancelled between a claim's
+            # commit and its return, it left the claimed messages leased with no task to
+            # send or release them (a lease-length delay after a restart); so it is only
+            # cancelled if a claim hangs (storage gone).
+            try:
+                await asyncio.wait_for(
+                    asyncio.shield(self._loop_task), max(grace, CLAIM_STOP_SECONDS)
+                )
+            except TimeoutError:
+                self._loop_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._loop_task
+        grace = max(0.0, grace - (asyncio.get_running_loop().time() - started))
         tasks = list(self._inflight.values())
         unsent: set[str] = set()
         if tasks:
@@ -418,13 +439,29 @@ class Dispatcher:
                 task.cancel()  # a request already out is recorded as ambiguous
             if pending:
                 await asyncio.wait(pending)
-        ids = sorted(unsent)
+        ids = sorted(unsent | self._left_unsent)
         if ids:
             # Only messages whose request never began: they go to another worker at once.
             with contextlib.suppress(StorageUnavailable):
                 released = await self._store.release(self.owner, ids)
                 if released:
                     log.info("released %d leased messages for other workers", released)
+
+
+async def _to_the_end(recording: Coroutine[Any, Any, None]) -> None:
+    """Record what Twilio answered even if stop() cancels the send meanwhile.
+
+    Cancelled in the middle of this write, the transaction rolled back: Twilio had the
+    message, Notifier had no attempt and kept the lease, and the message went out again
+    once the lease ran out, with nothing on record to say why.
+    """
+    task = asyncio.ensure_future(recording)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await task
+        raise
 
 
 def _outgoing(msg: MessageRecord, now: int) -> OutgoingMessage:

@@ -76,6 +76,11 @@ _FIRST_REACHED = {
 }
 
 
+# The source of a status event reported about another Twilio message than the
+# message's current one: kept in the history, never applied.
+OTHER_SEND = "callback-other"
+
+
 def _chunks(values: Sequence[str], size: int = 500) -> list[Sequence[str]]:
     """Keep IN (...) lists under SQLite's limit on bound parameters."""
     return [values[i : i + size] for i in range(0, len(values), size)]
@@ -210,9 +215,18 @@ class Repository:
                 return await work(conn)
 
     async def ping(self) -> None:
-        """Check that a write could start now (SQLite: take and drop the write lock)."""
+        """Check that a write can be made now.
+
+        SQLite: write the header's user_version back unchanged. Taking the write lock
+        alone still succeeds on storage that has turned read-only, and health said
+        SERVING while every write failed with "disk I/O error".
+        """
         async with _storage_errors(), self._db.writer.begin() as conn:
-            await conn.execute(text("SELECT 1"))
+            if self._db.is_sqlite:
+                version = int((await conn.execute(text("PRAGMA user_version"))).scalar_one())
+                await conn.execute(text(f"PRAGMA user_version = {version}"))
+            else:
+                await conn.execute(text("SELECT 1"))
 
     async def add_message(
         self,
@@ -554,6 +568,13 @@ class Repository:
             row = (await conn.execute(by_sid)).first()
         if row is None:
             return CallbackResult.UNKNOWN, None
+        # A callback about another Twilio message than the current one (an earlier send
+        # of a re-queued message, or a copy Twilio took on an ambiguous attempt) only
+        # goes into the history, under its own source: judged together, such callbacks
+        # made the current send's own ones look like duplicates, and the message stayed
+        # at queued for good.
+        same_send = row.twilio_sid in (None, report.twilio_sid)
+        source = "callback" if same_send else OTHER_SEND
         # Duplicates are judged within the current send: a re-queued message
         # (RetryMessages) gets a new Twilio message whose callbacks are new. One read
         # of the message's few operator and callback events answers both questions.
@@ -561,19 +582,16 @@ class Repository:
             await conn.execute(
                 select(status_events.c.id, status_events.c.status, status_events.c.source).where(
                     status_events.c.message_id == row.id,
-                    status_events.c.source.in_(("operator", "callback")),
+                    status_events.c.source.in_(("operator", "callback", OTHER_SEND)),
                 )
             )
         ).all()
         requeued = max((e.id for e in history if e.source == "operator"), default=0)
         if any(
-            e.source == "callback" and e.status == report.status.value and e.id > requeued
+            e.source == source and e.status == report.status.value and e.id > requeued
             for e in history
         ):
             return CallbackResult.DUPLICATE, row.id
-        # A callback about an earlier Twilio message of a re-queued message only
-        # goes into the history.
-        same_send = row.twilio_sid in (None, report.twilio_sid)
         applies = same_send and moves_forward(Status(row.status), report.status)
         values: dict[str, Any] = {"updated_at": now}
         if row.twilio_sid is None:
@@ -593,7 +611,7 @@ class Repository:
                 {
                     "message_id": row.id,
                     "status": report.status.value,
-                    "source": "callback",
+                    "source": source,
                     "occurred_at": now,
                     "error_code": report.error_code,
                     "applied": applies,
@@ -638,7 +656,7 @@ class Repository:
                     status_events.c.source,
                 ).where(
                     status_events.c.message_id.in_(chunk),
-                    status_events.c.source.in_(("operator", "callback")),
+                    status_events.c.source.in_(("operator", "callback", OTHER_SEND)),
                 )
             )
             for message_id, event_id, status, source in rows:
@@ -655,14 +673,15 @@ class Repository:
                 results.append((CallbackResult.UNKNOWN, None))
                 continue
             seen = history[row["id"]]
+            same_send = row["twilio_sid"] in (None, report.twilio_sid)
+            kind = "callback" if same_send else OTHER_SEND  # as in _apply_report
             requeued = max((e for e, _, source in seen if source == "operator"), default=0)
             if any(
-                source == "callback" and status == report.status.value and e > requeued
+                source == kind and status == report.status.value and e > requeued
                 for e, status, source in seen
             ):
                 results.append((CallbackResult.DUPLICATE, row["id"]))
                 continue
-            same_send = row["twilio_sid"] in (None, report.twilio_sid)
             applies = same_send and moves_forward(Status(row["status"]), report.status)
             row["updated_at"] = now
             if row["twilio_sid"] is None:
@@ -677,12 +696,12 @@ class Repository:
             if same_send and column is not None and row[column] is None:
                 row[column] = now
             touched[row["id"]] = row
-            seen.append((float("inf"), report.status.value, "callback"))  # stored below
+            seen.append((float("inf"), report.status.value, kind))  # stored below
             events.append(
                 {
                     "message_id": row["id"],
                     "status": report.status.value,
-                    "source": "callback",
+                    "source": kind,
                     "occurred_at": now,
                     "error_code": report.error_code,
                     "applied": applies,

@@ -27,6 +27,7 @@ from notifier.webhooks.metrics import WebhookMetrics
 
 log = logging.getLogger(__name__)
 
+MAX_ERROR_CODE = 999_999_999
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 WHATSAPP = "whatsapp:"
 
@@ -103,8 +104,12 @@ class _Handlers:
         if status is None:
             return None
         raw_code = form.get("ErrorCode") or ""
-        if raw_code and not (raw_code.isascii() and raw_code.isdigit()):
-            raise BadRequest(400, "ErrorCode must be a number")
+        # Twilio's codes have five digits; one past int32 failed the insert (a 500) or,
+        # stored, every later GetDeliveryStatus of the message (error_code is an int32).
+        if raw_code and not (
+            raw_code.isascii() and raw_code.isdigit() and int(raw_code) <= MAX_ERROR_CODE
+        ):
+            raise BadRequest(400, "ErrorCode must be a number of at most nine digits")
         code = int(raw_code) if raw_code and int(raw_code) != 0 else None
         return StatusReport(
             status=status,
