@@ -39,8 +39,8 @@ def run_async(make: Callable[[], Awaitable[T]]) -> T:
         return pool.submit(asyncio.run, go()).result()
 
 
-async def _admin(sql: str) -> None:
-    conn = await asyncpg.connect(f"{PG_SERVER}/{PG_ADMIN_DB}", timeout=10)
+async def _admin(admin_dsn: str, sql: str) -> None:
+    conn = await asyncpg.connect(admin_dsn, timeout=10)
     try:
         await conn.execute(sql)
     finally:
@@ -63,6 +63,7 @@ class TestDb:
     url: str
     path: Path | None = None  # the SQLite file
     name: str | None = None  # the PostgreSQL database
+    server: str = PG_SERVER  # the PostgreSQL server it is on
 
     @property
     def is_postgresql(self) -> bool:
@@ -71,7 +72,7 @@ class TestDb:
     @property
     def dsn(self) -> str:
         assert self.name is not None
-        return f"{PG_SERVER}/{self.name}"
+        return f"{self.server}/{self.name}"
 
     def rows(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         """Run ``sql`` (``?`` placeholders) on a connection of its own; all rows."""
@@ -131,15 +132,18 @@ def sqlite_db(path: Path) -> TestDb:
     return TestDb("sqlite", f"sqlite+aiosqlite:///{path}", path=path)
 
 
-def _pg_db(name: str) -> TestDb:
-    server = PG_SERVER.removeprefix("postgresql://")
-    return TestDb("postgresql", f"postgresql+asyncpg://{server}/{name}", name=name)
+def _pg_db(name: str, server: str = PG_SERVER) -> TestDb:
+    where = server.removeprefix("postgresql://")
+    return TestDb("postgresql", f"postgresql+asyncpg://{where}/{name}", name=name, server=server)
 
 
 class PgDatabases:
-    """Creates and drops this session's PostgreSQL databases."""
+    """Creates and drops this session's PostgreSQL databases (on ``server``, through its
+    existing database ``admin_db``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, server: str = PG_SERVER, admin_db: str = PG_ADMIN_DB) -> None:
+        self.server = server
+        self._admin_dsn = f"{server}/{admin_db}"
         self.prefix = f"notifier_t_{secrets.token_hex(4)}"
         self._template: str | None = None
         self._count = 0
@@ -151,10 +155,10 @@ class PgDatabases:
             from notifier.storage.migrate import upgrade
 
             name = f"{self.prefix}_tmpl"
-            run_async(lambda: _admin(f'CREATE DATABASE "{name}"'))
+            run_async(lambda: _admin(self._admin_dsn, f'CREATE DATABASE "{name}"'))
 
             async def migrate() -> None:
-                db = create_database(_pg_db(name).url)
+                db = create_database(_pg_db(name, self.server).url)
                 try:
                     await upgrade(db.writer)
                 finally:
@@ -169,12 +173,15 @@ class PgDatabases:
         self._count += 1
         name = f"{self.prefix}_{self._count}"
         template = self.template() if migrated else "template0"
-        run_async(lambda: _admin(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
-        return _pg_db(name)
+        run_async(
+            lambda: _admin(self._admin_dsn, f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+        )
+        return _pg_db(name, self.server)
 
     def drop(self, db: TestDb) -> None:
-        run_async(lambda: _admin(f'DROP DATABASE IF EXISTS "{db.name}" WITH (FORCE)'))
+        sql = f'DROP DATABASE IF EXISTS "{db.name}" WITH (FORCE)'
+        run_async(lambda: _admin(self._admin_dsn, sql))
 
     def close(self) -> None:
         if self._template is not None:
-            self.drop(_pg_db(self._template))
+            self.drop(_pg_db(self._template, self.server))

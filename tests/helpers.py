@@ -1,11 +1,15 @@
-"""Small helpers for reading gRPC errors the way a caller would."""
+"""Small helpers for reading gRPC errors and health the way a caller would."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 
@@ -31,3 +35,19 @@ def details(err: grpc.aio.AioRpcError) -> list[Any]:
 def field_violations(err: grpc.aio.AioRpcError) -> dict[str, str]:
     (bad,) = [d for d in details(err) if isinstance(d, error_details_pb2.BadRequest)]
     return {v.field: v.description for v in bad.field_violations}
+
+
+async def health(channel: grpc.aio.Channel, service: str = "notifier.v1.Notifier") -> int:
+    """What grpc.health.v1 Check says of ``service`` ("" is the whole server)."""
+    reply = await health_pb2_grpc.HealthStub(channel).Check(
+        health_pb2.HealthCheckRequest(service=service)
+    )
+    return int(reply.status)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], what: str, within: float = 30) -> None:
+    """Poll ``check`` until it holds; fail naming ``what`` after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not await check():
+        assert time.monotonic() < deadline, f"never: {what}"
+        await asyncio.sleep(0.05)

@@ -20,18 +20,18 @@ import sqlite3
 import subprocess
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import grpc
 import pytest
 from google.protobuf import timestamp_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from notifier.emulator.server import EmulatorServer
 from notifier_proto.v1 import notifier_pb2 as pb
 from tests.conftest import count_rows
-from tests.helpers import details
+from tests.helpers import details, eventually, health
 from tests.test_delivery import Engine, engine_settings, start_engine
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -88,20 +88,6 @@ FAULTS: dict[str, Callable[[Path], contextlib.AbstractAsyncContextManager[None]]
 }
 
 
-async def _health(channel: grpc.aio.Channel) -> int:
-    reply = await health_pb2_grpc.HealthStub(channel).Check(
-        health_pb2.HealthCheckRequest(service="notifier.v1.Notifier")
-    )
-    return int(reply.status)
-
-
-async def _eventually(check: Callable[[], Awaitable[bool]], what: str, within: float = 30) -> None:
-    deadline = time.monotonic() + within
-    while not await check():
-        assert time.monotonic() < deadline, f"never: {what}"
-        await asyncio.sleep(0.05)
-
-
 def _statuses(db_path: Path) -> Counter[str]:
     with sqlite3.connect(db_path) as conn:
         return Counter(s for (s,) in conn.execute("SELECT status FROM messages"))
@@ -128,22 +114,22 @@ async def test_storage_fault_is_unavailable_then_recovers_losing_nothing(
         async with FAULTS[fault](db_path):
 
             async def not_serving() -> bool:
-                return bool(await _health(channel) == NOT_SERVING)
+                return bool(await health(channel) == NOT_SERVING)
 
-            await _eventually(not_serving, "health NOT_SERVING on its own")
+            await eventually(not_serving, "health NOT_SERVING on its own")
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await engine.send(body="during")
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE
             assert any(d.DESCRIPTOR.name == "RetryInfo" for d in details(info.value))
             # Past send_at: the dispatcher meets the fault too, and sends nothing.
             await asyncio.sleep(max(0.0, send_at.ToMilliseconds() / 1000 - time.time()) + 0.5)
-            assert await _health(channel) == NOT_SERVING
+            assert await health(channel) == NOT_SERVING
             assert emulator.state.accepted == []
 
         async def serving() -> bool:
-            return bool(await _health(channel) == SERVING)
+            return bool(await health(channel) == SERVING)
 
-        await _eventually(serving, "health SERVING again, by itself")
+        await eventually(serving, "health SERVING again, by itself")
         after = await engine.send(body="after")
         for mid in [*ids, after]:
             await engine.until_status(mid, pb.MESSAGE_STATUS_QUEUED, within=30)
