@@ -65,11 +65,18 @@ class Listener:
     async def _run(self) -> None:
         pause = _RETRY_MIN_SECONDS
         while True:
+            before = self.connections
             try:
                 await self._listen()
-                pause = _RETRY_MIN_SECONDS
+                error: BaseException | None = None
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-                log.warning("LISTEN connection lost, reconnecting in %.1fs: %s", pause, exc)
+                error = exc
+            # A connection that was up and then died, however it died, is retried soon;
+            # only failures to connect back off (else a loss after an outage waited 5 s).
+            if self.connections > before:
+                pause = _RETRY_MIN_SECONDS
+            if error is not None:
+                log.warning("LISTEN connection lost, reconnecting in %.1fs: %s", pause, error)
             self._connected.clear()
             await asyncio.sleep(pause)
             pause = min(pause * 2, _RETRY_MAX_SECONDS)
