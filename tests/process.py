@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import subprocess
@@ -10,6 +11,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
+
+from notifier_proto.v1 import notifier_pb2 as pb
+from notifier_proto.v1 import notifier_pb2_grpc
 from tests.databases import TestDb
 
 BIN = Path(sys.executable).parent
@@ -109,3 +114,18 @@ def run_notifier(env: dict[str, str], *args: str) -> subprocess.CompletedProcess
         text=True,
         timeout=30,
     )
+
+
+async def send_many(address: str, bodies: list[str], *, concurrency: int) -> list[str]:
+    """One SendMessage per body to a test number, ``concurrency`` calls at a time, the
+    way a busy caller loads a server under test; the message ids, in order."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = notifier_pb2_grpc.NotifierStub(channel)
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one(body: str) -> str:
+            async with sem:
+                reply = await stub.SendMessage(pb.SendMessageRequest(to="+14155550100", body=body))
+                return reply.message_id
+
+        return await asyncio.gather(*(one(body) for body in bodies))

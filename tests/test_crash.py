@@ -8,16 +8,13 @@ import signal
 import time
 from collections import Counter
 
-import grpc
 import pytest
 
 from notifier.emulator import DEV_FROM
 from notifier.emulator.faults import Faults
 from notifier.emulator.server import EmulatorServer
-from notifier_proto.v1 import notifier_pb2 as pb
-from notifier_proto.v1 import notifier_pb2_grpc
 from tests.databases import TestDb
-from tests.process import notifier_env, start_server
+from tests.process import notifier_env, send_many, start_server
 
 pytestmark = pytest.mark.backends("sqlite", "postgresql")
 
@@ -49,28 +46,13 @@ def _db_state(db: TestDb) -> tuple[Counter[str], set[str]]:
     return statuses, leased
 
 
-async def _send_all(address: str) -> list[str]:
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = notifier_pb2_grpc.NotifierStub(channel)
-        sem = asyncio.Semaphore(64)
-
-        async def one(i: int) -> str:
-            async with sem:
-                reply = await stub.SendMessage(
-                    pb.SendMessageRequest(to="+14155550100", body=f"m{i:04d}")
-                )
-                return reply.message_id
-
-        return await asyncio.gather(*(one(i) for i in range(TOTAL)))
-
-
 @pytest.mark.slow
 async def test_sigkill_mid_dispatch_loses_nothing(database: TestDb) -> None:
     db = database
     async with EmulatorServer(faults=Faults(latency_seconds=0.005)) as emu:
         env = _env(db, emu)
         first = await asyncio.to_thread(start_server, env, "grpc")
-        ids = await _send_all(first.address)
+        ids = await send_many(first.address, [f"m{i:04d}" for i in range(TOTAL)], concurrency=64)
         assert len(set(ids)) == TOTAL
         deadline = time.monotonic() + 60
         while len(emu.state.accepted) < TOTAL // 4:

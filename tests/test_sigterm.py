@@ -16,7 +16,6 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-import grpc
 import pytest
 
 from notifier.dispatch.dispatcher import DispatchConfig, Dispatcher
@@ -27,8 +26,7 @@ from notifier.emulator import DEV_FROM
 from notifier.emulator.faults import Faults
 from notifier.emulator.server import EmulatorServer
 from notifier_proto.v1 import notifier_pb2 as pb
-from notifier_proto.v1 import notifier_pb2_grpc
-from tests.process import notifier_env, start_server
+from tests.process import notifier_env, send_many, start_server
 
 TOTAL = 300
 
@@ -64,21 +62,6 @@ def _state(db: Path) -> tuple[Counter[str], int, set[str]]:
     return statuses, int(leased), ambiguous
 
 
-async def _send_all(address: str) -> list[str]:
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = notifier_pb2_grpc.NotifierStub(channel)
-        sem = asyncio.Semaphore(32)
-
-        async def one(i: int) -> str:
-            async with sem:
-                reply = await stub.SendMessage(
-                    pb.SendMessageRequest(to="+14155550100", body=f"t{i:04d}")
-                )
-                return reply.message_id
-
-        return await asyncio.gather(*(one(i) for i in range(TOTAL)))
-
-
 @pytest.mark.slow
 async def test_sigterm_under_load_finishes_or_releases_and_loses_nothing(tmp_path: Path) -> None:
     db = tmp_path / "term.db"
@@ -87,7 +70,7 @@ async def test_sigterm_under_load_finishes_or_releases_and_loses_nothing(tmp_pat
     async with EmulatorServer(faults=faults) as emu:
         env = _env(db, emu)
         first = await asyncio.to_thread(start_server, env, "grpc")
-        ids = await _send_all(first.address)
+        ids = await send_many(first.address, [f"t{i:04d}" for i in range(TOTAL)], concurrency=32)
         assert len(set(ids)) == TOTAL
         deadline = time.monotonic() + 60
         while len(emu.state.accepted) < TOTAL // 5:

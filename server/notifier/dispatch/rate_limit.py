@@ -23,6 +23,16 @@ DEFAULT_GUARD_SECONDS = 0.01
 SHARED_GUARD_SECONDS = 0.06
 
 
+def limit_and_window(rate_per_second: float) -> tuple[int, float]:
+    """The rate as "N sends per window": N per second, or one per 1/rate seconds when the
+    rate is below one (0.5/s is one send in any two seconds, not zero per second)."""
+    if rate_per_second <= 0:
+        raise ValueError("rate_per_second must be positive")
+    if rate_per_second >= 1:
+        return int(rate_per_second), 1.0
+    return 1, 1.0 / rate_per_second
+
+
 class SlidingWindowLimiter:
     def __init__(
         self,
@@ -31,13 +41,8 @@ class SlidingWindowLimiter:
         guard_seconds: float = DEFAULT_GUARD_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if rate_per_second <= 0:
-            raise ValueError("rate_per_second must be positive")
         self.rate = rate_per_second
-        if rate_per_second >= 1:
-            self.limit, window = int(rate_per_second), 1.0
-        else:
-            self.limit, window = 1, 1.0 / rate_per_second
+        self.limit, window = limit_and_window(rate_per_second)
         self.window = window + guard_seconds
         self.spacing = self.window / self.limit
         self._last: float | None = None
@@ -112,13 +117,8 @@ class SharedLimiter:
         guard_seconds: float = SHARED_GUARD_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if rate_per_second <= 0:
-            raise ValueError("rate_per_second must be positive")
         self.rate = rate_per_second
-        if rate_per_second >= 1:
-            limit, window = int(rate_per_second), 1.0
-        else:
-            limit, window = 1, 1.0 / rate_per_second
+        limit, window = limit_and_window(rate_per_second)
         self.spacing = (window + guard_seconds) / limit
         self._guard = guard_seconds
         self._spacing_us = max(1, round(self.spacing * 1_000_000))
