@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,32 @@ async def test_every_configured_token_is_accepted(
     # The scheme is case-insensitive, as in HTTP.
     await authed_stub.SendMessage(REQUEST, metadata=(("authorization", f"bearer {TOKEN}"),))
     assert await asyncio.to_thread(count_rows, db_path, "messages") == 3
+
+
+async def test_idempotency_keys_and_order_ids_are_per_caller(
+    authed_stub: notifier_pb2_grpc.NotifierAsyncStub, db_path: Path
+) -> None:
+    """Two services that happen to pick the same key are two callers (SPEC §3: keys are
+    per caller); the same caller's retry is the same message."""
+    keyed = pb.SendMessageRequest(to="+14155550100", body="hello", idempotency_key="k-1")
+    first = await authed_stub.SendMessage(keyed, metadata=_bearer(TOKEN))
+    again = await authed_stub.SendMessage(keyed, metadata=_bearer(TOKEN))
+    other = await authed_stub.SendMessage(keyed, metadata=_bearer(OTHER))
+    assert (again.message_id, again.replayed) == (first.message_id, True)
+    assert other.message_id != first.message_id
+    assert not other.replayed
+    assert await asyncio.to_thread(count_rows, db_path, "messages") == 2
+    callers = {
+        row[0]
+        for row in await asyncio.to_thread(_rows, db_path, "SELECT caller FROM idempotency_keys")
+    }
+    assert len(callers) == 2
+    assert all(c.startswith("token:") and TOKEN not in c and OTHER not in c for c in callers)
+
+
+def _rows(db_path: Path, sql: str) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(db_path) as conn:
+        return conn.execute(sql).fetchall()
 
 
 async def test_streams_are_refused_before_anything_is_read(

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import grpc
@@ -70,16 +70,31 @@ class TokenChecker:
 
     def check(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> grpc.Status | None:
         """None when the metadata carries an accepted token, else the status to answer."""
-        values = [v for k, v in metadata or () if k == "authorization"]
-        if not values:
+        if not any(k == "authorization" for k, _ in metadata or ()):
             return MISSING
-        if len(values) > 1 or not isinstance(values[0], str):
-            return MALFORMED
-        scheme, _, token = values[0].strip().partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
+        token = bearer_token(metadata)
+        if token is None:
             return MALFORMED
         return None if self.accepts(token) else INVALID
+
+
+def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
+    """The token of the one ``authorization: Bearer <token>`` header, else None."""
+    values = [v for k, v in metadata or () if k == "authorization"]
+    if len(values) != 1 or not isinstance(values[0], str):
+        return None
+    scheme, _, token = values[0].strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return None
+    return token
+
+
+def caller_of(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
+    """Who is calling, for scoping idempotency keys and order ids: each token is its own
+    caller, named by a prefix of its SHA-256 (never the token itself); no token, ""."""
+    token = bearer_token(metadata)
+    return "" if token is None else "token:" + token_digest(token)[:16]
 
 
 def _denied(status: grpc.Status) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Any]:

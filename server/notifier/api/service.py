@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 
 from notifier.api import convert
+from notifier.api.auth import caller_of
 from notifier.domain.bulk import BulkSender
 from notifier.domain.clock import now_ms
 from notifier.domain.ports import StatusWatch
@@ -28,6 +29,11 @@ def _deadline_ms(context: Context) -> int | None:
     return now_ms() + int(remaining * 1000)
 
 
+def _caller(context: Context) -> str:
+    # Idempotency keys and order ids are per caller (SPEC §3): with tokens, per token.
+    return caller_of(context.invocation_metadata())
+
+
 class NotifierServicer(pb_grpc.NotifierServicer):
     def __init__(
         self,
@@ -44,6 +50,7 @@ class NotifierServicer(pb_grpc.NotifierServicer):
     ) -> pb.SendMessageResponse:
         accepted = await self._messages.send(
             convert.send_request(request, _deadline_ms(context)),
+            caller=_caller(context),
             traceparent=current_traceparent(),
         )
         return convert.send_response(accepted)
@@ -62,7 +69,9 @@ class NotifierServicer(pb_grpc.NotifierServicer):
         self, request_iterator: AsyncIterator[pb.SendBulkRequest], context: Context
     ) -> AsyncIterator[pb.SendBulkResponse]:
         requests = convert.bulk_requests(request_iterator)
-        async for results in self._bulk.run(requests, traceparent=current_traceparent()):
+        async for results in self._bulk.run(
+            requests, caller=_caller(context), traceparent=current_traceparent()
+        ):
             for response in convert.bulk_responses(results):
                 yield response
 
@@ -70,7 +79,9 @@ class NotifierServicer(pb_grpc.NotifierServicer):
         self, request: pb.NotifyOrderRequest, context: Context
     ) -> pb.NotifyOrderResponse:
         notified = await self._messages.notify_order(
-            convert.order_request(request), traceparent=current_traceparent()
+            convert.order_request(request),
+            caller=_caller(context),
+            traceparent=current_traceparent(),
         )
         return convert.notify_order_response(notified)
 
@@ -78,7 +89,9 @@ class NotifierServicer(pb_grpc.NotifierServicer):
         self, request: pb.NotifyAdminsRequest, context: Context
     ) -> pb.NotifyAdminsResponse:
         notified = await self._messages.notify_admins(
-            convert.admin_request(request), traceparent=current_traceparent()
+            convert.admin_request(request),
+            caller=_caller(context),
+            traceparent=current_traceparent(),
         )
         return convert.notify_admins_response(notified)
 
