@@ -598,7 +598,7 @@ async def test_metrics_of_a_real_mix_match_hand_computed_values(
 
 
 async def test_a_requeued_message_follows_its_new_send(
-    client: httpx.AsyncClient, repo: Repository, database: TestDb
+    client: httpx.AsyncClient, repo: Repository, database: TestDb, stub: Stub
 ) -> None:
     from notifier.domain.model import MessageQuery
 
@@ -618,6 +618,20 @@ async def test_a_requeued_message_follows_its_new_send(
     # A late callback about the first send no longer moves the message.
     await post_status(client, callback("read"))
     assert message_row(database, mid)["status"] == "delivered"
+    # Its step times are the new send's: the history keeps both sends, the timestamps
+    # and the delivery time do not mix them (the first send's undelivered and read
+    # are not this send's).
+    got = await stub.GetDeliveryStatus(pb.GetDeliveryStatusRequest(message_id=mid))
+    sent = [e for e in got.history if e.status == pb.MESSAGE_STATUS_SENT]
+    delivered = [e for e in got.history if e.status == pb.MESSAGE_STATUS_DELIVERED]
+    assert len(sent) == 2
+    assert got.message.timestamps.sent == sent[-1].occurred_at
+    assert got.message.timestamps.delivered == delivered[-1].occurred_at
+    assert not got.message.timestamps.HasField("undelivered")
+    assert not got.message.timestamps.HasField("read")
+    assert got.message.delivery_time_ms == (
+        delivered[-1].occurred_at.ToMilliseconds() - sent[-1].occurred_at.ToMilliseconds()
+    )
 
 
 async def test_an_opt_out_stops_messages_already_queued(

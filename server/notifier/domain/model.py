@@ -108,6 +108,11 @@ class NewMessage:
         }
 
 
+# Sources of status events that mark where a send begins or that belong to another one.
+REQUEUE_SOURCE = "operator"  # RetryMessages re-queued the message: a new send begins
+OTHER_SEND_SOURCE = "callback-other"  # a callback about another Twilio message
+
+
 @dataclass(frozen=True, slots=True)
 class StatusEvent:
     status: Status
@@ -161,10 +166,18 @@ class Delivery:
     events: tuple[StatusEvent, ...] = ()
     attempts: tuple[Attempt, ...] = ()
 
+    def current_send(self) -> tuple[StatusEvent, ...]:
+        """The events of the message's current send: from the last RetryMessages on
+        (which re-queues it for a new Twilio message), without callbacks about another
+        Twilio message. The history keeps them all; step times must not mix sends."""
+        start = max((i for i, e in enumerate(self.events) if e.source == REQUEUE_SOURCE), default=0)
+        return tuple(e for e in self.events[start:] if e.source != OTHER_SEND_SOURCE)
+
     def first_reached(self) -> dict[Status, int]:
-        """When each status was first reached; out-of-order events count too."""
+        """When each status was first reached in the current send; out-of-order events
+        count too (the step happened, even if the status had already moved on)."""
         times: dict[Status, int] = {}
-        for event in self.events:
+        for event in self.current_send():
             times.setdefault(event.status, event.occurred_at_ms)
         return times
 

@@ -40,6 +40,7 @@ from notifier.domain.errors import (
 from notifier.domain.inbound import WINDOW_MS, Consent, InboundMessage
 from notifier.domain.metrics import FAILURES, ErrorCount, Metrics, MetricsQuery
 from notifier.domain.model import (
+    OTHER_SEND_SOURCE,
     Accepted,
     Attempt,
     AttemptRecord,
@@ -78,7 +79,7 @@ _FIRST_REACHED = {
 
 # The source of a status event reported about another Twilio message than the
 # message's current one: kept in the history, never applied.
-OTHER_SEND = "callback-other"
+OTHER_SEND = OTHER_SEND_SOURCE
 
 
 def _chunks(values: Sequence[str], size: int = 500) -> list[Sequence[str]]:
