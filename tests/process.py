@@ -13,6 +13,8 @@ from pathlib import Path
 
 import grpc
 
+from notifier.emulator import DEV_FROM
+from notifier.emulator.server import EmulatorServer
 from notifier_proto.v1 import notifier_pb2 as pb
 from notifier_proto.v1 import notifier_pb2_grpc
 from tests.databases import TestDb
@@ -50,6 +52,22 @@ def notifier_env(db: Path | TestDb, **extra: str) -> dict[str, str]:
     )
     env.update(extra)
     return env
+
+
+def sending_env(db: Path | TestDb, emu: EmulatorServer, **extra: str) -> dict[str, str]:
+    """``notifier_env`` for a process that sends to the test's emulator ``emu`` (its
+    account, token and sender), quiet below WARNING; ``extra`` adds or overrides."""
+    return notifier_env(
+        db,
+        **{
+            "TWILIO_ACCOUNT_SID": emu.account_sid,
+            "TWILIO_AUTH_TOKEN": emu.auth_token,
+            "TWILIO_WHATSAPP_FROM": DEV_FROM,
+            "TWILIO_API_BASE_URL": emu.url,
+            "NOTIFIER_LOG_LEVEL": "WARNING",
+        }
+        | extra,
+    )
 
 
 def start_server(env: dict[str, str], *args: str, timeout: float = 30) -> ServerProcess:

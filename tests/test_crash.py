@@ -10,11 +10,10 @@ from collections import Counter
 
 import pytest
 
-from notifier.emulator import DEV_FROM
 from notifier.emulator.faults import Faults
 from notifier.emulator.server import EmulatorServer
 from tests.databases import TestDb
-from tests.process import notifier_env, send_many, start_server
+from tests.process import send_many, sending_env, start_server
 
 pytestmark = pytest.mark.backends("sqlite", "postgresql")
 
@@ -22,16 +21,12 @@ TOTAL = 2000
 
 
 def _env(db: TestDb, emu: EmulatorServer) -> dict[str, str]:
-    return notifier_env(
+    return sending_env(
         db,
-        TWILIO_ACCOUNT_SID=emu.account_sid,
-        TWILIO_AUTH_TOKEN=emu.auth_token,
-        TWILIO_WHATSAPP_FROM=DEV_FROM,
-        TWILIO_API_BASE_URL=emu.url,
+        emu,
         NOTIFIER_RATE_LIMIT_PER_SECOND="2000",
         NOTIFIER_LEASE_SECONDS="3",
         NOTIFIER_TWILIO_TIMEOUT_SECONDS="2",
-        NOTIFIER_LOG_LEVEL="WARNING",
     )
 
 

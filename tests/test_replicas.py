@@ -21,13 +21,12 @@ from urllib.parse import parse_qs, urlsplit
 import grpc
 import pytest
 
-from notifier.emulator import DEV_FROM
 from notifier.emulator.faults import Faults
 from notifier.emulator.server import EmulatorServer
 from notifier_proto.v1 import notifier_pb2 as pb
 from notifier_proto.v1 import notifier_pb2_grpc
 from tests.databases import TestDb
-from tests.process import ServerProcess, notifier_env, start_logged
+from tests.process import ServerProcess, notifier_env, sending_env, start_logged
 from tests.test_watch import start_webhooks
 
 pytestmark = [pytest.mark.slow, pytest.mark.backends("postgresql"), pytest.mark.postgresql]
@@ -41,16 +40,7 @@ FAULTS = Faults(latency_seconds=0.005, drop_callback_fraction=0.9)
 
 
 def _env(db: TestDb, emu: EmulatorServer, sidecar: str, **extra: str) -> dict[str, str]:
-    return notifier_env(
-        db,
-        TWILIO_ACCOUNT_SID=emu.account_sid,
-        TWILIO_AUTH_TOKEN=emu.auth_token,
-        TWILIO_WHATSAPP_FROM=DEV_FROM,
-        TWILIO_API_BASE_URL=emu.url,
-        STATUS_CALLBACK_URL=f"{sidecar}/api/v1/whatsapp/status",
-        NOTIFIER_LOG_LEVEL="WARNING",
-        **extra,
-    )
+    return sending_env(db, emu, STATUS_CALLBACK_URL=f"{sidecar}/api/v1/whatsapp/status", **extra)
 
 
 def _sent_ids(emu: EmulatorServer) -> Counter[str]:

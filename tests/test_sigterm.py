@@ -22,26 +22,21 @@ from notifier.dispatch.dispatcher import DispatchConfig, Dispatcher
 from notifier.dispatch.rate_limit import RateLimiters
 from notifier.domain.delivery import OutgoingMessage, SendReceipt
 from notifier.domain.model import AttemptRecord, Channel, MessageRecord, Status, Transition
-from notifier.emulator import DEV_FROM
 from notifier.emulator.faults import Faults
 from notifier.emulator.server import EmulatorServer
 from notifier_proto.v1 import notifier_pb2 as pb
-from tests.process import notifier_env, send_many, start_server
+from tests.process import send_many, sending_env, start_server
 
 TOTAL = 300
 
 
 def _env(db: Path, emu: EmulatorServer) -> dict[str, str]:
-    return notifier_env(
+    return sending_env(
         db,
-        TWILIO_ACCOUNT_SID=emu.account_sid,
-        TWILIO_AUTH_TOKEN=emu.auth_token,
-        TWILIO_WHATSAPP_FROM=DEV_FROM,
-        TWILIO_API_BASE_URL=emu.url,
+        emu,
         NOTIFIER_RATE_LIMIT_PER_SECOND="2000",
         NOTIFIER_TWILIO_TIMEOUT_SECONDS="5",
         NOTIFIER_SHUTDOWN_GRACE_SECONDS="0.5",
-        NOTIFIER_LOG_LEVEL="WARNING",
     )
 
 

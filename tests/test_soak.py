@@ -41,11 +41,10 @@ import grpc
 import psutil
 import pytest
 
-from notifier.emulator import DEV_FROM
 from notifier.emulator.server import EmulatorServer
 from notifier_proto.v1 import notifier_pb2 as pb
 from notifier_proto.v1 import notifier_pb2_grpc
-from tests.process import notifier_env, start_server
+from tests.process import sending_env, start_server
 
 RSS_SLACK_MB = 15.0
 FD_SLACK = 8
@@ -142,15 +141,7 @@ async def test_memory_and_fds_stay_flat_under_steady_load(
 ) -> None:
     db = tmp_path / "soak.db"
     async with EmulatorServer() as emu:
-        env = notifier_env(
-            db,
-            TWILIO_ACCOUNT_SID=emu.account_sid,
-            TWILIO_AUTH_TOKEN=emu.auth_token,
-            TWILIO_WHATSAPP_FROM=DEV_FROM,
-            TWILIO_API_BASE_URL=emu.url,
-            NOTIFIER_RATE_LIMIT_PER_SECOND=str(max(80.0, rate * 2)),
-            NOTIFIER_LOG_LEVEL="WARNING",
-        )
+        env = sending_env(db, emu, NOTIFIER_RATE_LIMIT_PER_SECOND=str(max(80.0, rate * 2)))
         server = await asyncio.to_thread(start_server, env)  # gRPC, dispatcher and sidecar
         proc = psutil.Process(server.proc.pid)
         start = time.monotonic()
