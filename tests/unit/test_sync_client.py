@@ -11,6 +11,7 @@ import grpc
 import pytest
 
 from notifier_client.client import Deadlines
+from notifier_client.errors import NotifierError
 from notifier_client.sync import SyncNotifierClient
 from notifier_proto.v1 import notifier_pb2 as pb
 from tests.unit.fake_channel import Connect, connecting, exchange
@@ -167,5 +168,5 @@ def test_a_failed_call_raises_in_the_calling_thread(connect: Connect) -> None:
     failed = exchange(
         channel, "GetMetrics", client.metrics, code=grpc.StatusCode.INTERNAL, details="boom"
     )
-    with pytest.raises(Exception, match="INTERNAL: boom"):
+    with pytest.raises(NotifierError, match="INTERNAL: boom"):
         failed.result()
