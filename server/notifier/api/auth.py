@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
+
+from notifier.api.handlers import HandlerInterceptor, same_kind
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 ERROR_DOMAIN = "notifier.v1"
@@ -104,7 +106,7 @@ def _denied(status: grpc.Status) -> Callable[[Any, grpc.aio.ServicerContext[Any,
     return deny
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):
+class AuthInterceptor(HandlerInterceptor):
     """UNAUTHENTICATED (with an ErrorInfo reason) for any call without an accepted token,
     before the request is even read; the health service is exempt.
 
@@ -115,27 +117,20 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, digests: Sequence[str]) -> None:
         self._checker = TokenChecker(digests)
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Any:
-        handler: Any = await continuation(handler_call_details)
-        if handler is None or handler_call_details.method.startswith(HEALTH_PREFIX):
+    def handler_for(self, handler: Any, call: grpc.HandlerCallDetails) -> Any:
+        if call.method.startswith(HEALTH_PREFIX):
             return handler
-        status = self._checker.check(handler_call_details.invocation_metadata)
+        status = self._checker.check(call.invocation_metadata)
         if status is None:
             return handler
         # No request deserializer: an unauthenticated caller's bytes are never parsed.
-        codec = {"response_serializer": handler.response_serializer}
         deny = _denied(status)
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(deny, **codec)
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(deny, **codec)
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(deny, **codec)
-        return grpc.stream_stream_rpc_method_handler(deny, **codec)
+        return same_kind(
+            handler,
+            lambda _: deny,
+            lambda _: deny,
+            response_serializer=handler.response_serializer,
+        )
 
 
 def auth_interceptors(digests: Sequence[str]) -> list[grpc.aio.ServerInterceptor]:

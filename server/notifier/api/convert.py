@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import TypedDict
 
 from google.protobuf import duration_pb2, timestamp_pb2
 from google.protobuf.message import Message
@@ -105,13 +106,25 @@ def time_ms(holder: Message, name: str, path: str | None = None) -> int | None:
         ) from None
 
 
+class _Content(TypedDict):
+    body: str | None
+    content_sid: str | None
+
+
+def _content(holder: pb.SendMessageRequest | pb.BulkContent | pb.BulkItem) -> _Content:
+    """The ``content`` oneof as keyword arguments: the field set, the other one None."""
+    content = holder.WhichOneof("content")
+    return {
+        "body": holder.body if content == "body" else None,
+        "content_sid": holder.content_sid if content == "content_sid" else None,
+    }
+
+
 def send_request(req: pb.SendMessageRequest, deadline_ms: int | None) -> SendRequest:
-    content = req.WhichOneof("content")
     return SendRequest(
         to=req.to,
         channel=channel_from_pb(req.channel),
-        body=req.body if content == "body" else None,
-        content_sid=req.content_sid if content == "content_sid" else None,
+        **_content(req),
         variables=dict(req.variables),
         media_urls=list(req.media_urls),
         idempotency_key=req.idempotency_key,
@@ -270,11 +283,9 @@ def watch_response(change: StatusChange) -> pb.WatchDeliveryStatusResponse:
 
 
 def _bulk_defaults(d: pb.BulkContent) -> BulkDefaults:
-    content = d.WhichOneof("content")
     return BulkDefaults(
         channel=channel_from_pb(d.channel),
-        body=d.body if content == "body" else None,
-        content_sid=d.content_sid if content == "content_sid" else None,
+        **_content(d),
         variables=dict(d.variables),
         media_urls=list(d.media_urls),
         tags=list(d.tags),
@@ -284,13 +295,11 @@ def _bulk_defaults(d: pb.BulkContent) -> BulkDefaults:
 
 
 def _bulk_item(i: pb.BulkItem) -> BulkItem:
-    content = i.WhichOneof("content")
     return BulkItem(
         correlation_id=i.correlation_id,
         to=i.to,
         variables=dict(i.variables),
-        body=i.body if content == "body" else None,
-        content_sid=i.content_sid if content == "content_sid" else None,
+        **_content(i),
         media_urls=list(i.media_urls),
         idempotency_key=i.idempotency_key,
         tags=list(i.tags),

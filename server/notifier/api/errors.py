@@ -18,6 +18,7 @@ from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from notifier.api.handlers import Handler, HandlerInterceptor, same_kind
 from notifier.domain.capacity import OutboxFull
 from notifier.domain.errors import (
     DomainError,
@@ -32,8 +33,6 @@ from notifier.domain.errors import (
 from notifier.telemetry import record_rpc_status
 
 log = logging.getLogger(__name__)
-
-Handler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Any]
 
 
 def _packed(detail: Any) -> any_pb2.Any:
@@ -156,39 +155,20 @@ async def _checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         yield request
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
+class ErrorInterceptor(HandlerInterceptor):
     """Aborts with the mapped status; calls ``on_storage_down`` so health follows."""
 
     def __init__(self, on_storage_down: Callable[[], Awaitable[None]] | None = None) -> None:
         self._on_storage_down = on_storage_down
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Any:
-        handler: Any = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        method = handler_call_details.method
-        codec = {
-            "request_deserializer": _tolerant(handler.request_deserializer),
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, method), **codec
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                self._unary(handler.stream_unary, method), **codec
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                self._stream(handler.unary_stream, method), **codec
-            )
-        return grpc.stream_stream_rpc_method_handler(
-            self._stream(handler.stream_stream, method), **codec
+    def handler_for(self, handler: Any, call: grpc.HandlerCallDetails) -> Any:
+        method = call.method
+        return same_kind(
+            handler,
+            lambda behavior: self._unary(behavior, method),
+            lambda behavior: self._stream(behavior, method),
+            request_deserializer=_tolerant(handler.request_deserializer),
+            response_serializer=handler.response_serializer,
         )
 
     def _unary(self, behavior: Handler, method: str) -> Handler:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypedDict
 
 import grpc
 
@@ -29,9 +29,18 @@ def _deadline_ms(context: Context) -> int | None:
     return now_ms() + int(remaining * 1000)
 
 
-def _caller(context: Context) -> str:
+class _Origin(TypedDict):
+    caller: str
+    traceparent: str | None
+
+
+def _origin(context: Context) -> _Origin:
+    """Who stores messages, and the trace they belong to: the same for every write."""
     # Idempotency keys and order ids are per caller (SPEC §3): with tokens, per token.
-    return caller_of(context.invocation_metadata())
+    return {
+        "caller": caller_of(context.invocation_metadata()),
+        "traceparent": current_traceparent(),
+    }
 
 
 class NotifierServicer(pb_grpc.NotifierServicer):
@@ -50,8 +59,7 @@ class NotifierServicer(pb_grpc.NotifierServicer):
     ) -> pb.SendMessageResponse:
         accepted = await self._messages.send(
             convert.send_request(request, _deadline_ms(context)),
-            caller=_caller(context),
-            traceparent=current_traceparent(),
+            **_origin(context),
         )
         return convert.send_response(accepted)
 
@@ -69,9 +77,7 @@ class NotifierServicer(pb_grpc.NotifierServicer):
         self, request_iterator: AsyncIterator[pb.SendBulkRequest], context: Context
     ) -> AsyncIterator[pb.SendBulkResponse]:
         requests = convert.bulk_requests(request_iterator)
-        async for results in self._bulk.run(
-            requests, caller=_caller(context), traceparent=current_traceparent()
-        ):
+        async for results in self._bulk.run(requests, **_origin(context)):
             for response in convert.bulk_responses(results):
                 yield response
 
@@ -79,9 +85,7 @@ class NotifierServicer(pb_grpc.NotifierServicer):
         self, request: pb.NotifyOrderRequest, context: Context
     ) -> pb.NotifyOrderResponse:
         notified = await self._messages.notify_order(
-            convert.order_request(request),
-            caller=_caller(context),
-            traceparent=current_traceparent(),
+            convert.order_request(request), **_origin(context)
         )
         return convert.notify_order_response(notified)
 
@@ -89,9 +93,7 @@ class NotifierServicer(pb_grpc.NotifierServicer):
         self, request: pb.NotifyAdminsRequest, context: Context
     ) -> pb.NotifyAdminsResponse:
         notified = await self._messages.notify_admins(
-            convert.admin_request(request),
-            caller=_caller(context),
-            traceparent=current_traceparent(),
+            convert.admin_request(request), **_origin(context)
         )
         return convert.notify_admins_response(notified)
 

@@ -1,0 +1,50 @@
+"""A gRPC method handler rebuilt around new behaviour, keeping its kind and its codec.
+
+Server interceptors that replace or wrap what a method does (authentication refusing it,
+errors mapped to statuses) need a handler of the same kind (unary or streaming request
+and response) as the one they got; this is the one place that tells the kinds apart.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+Handler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Any]
+Wrap = Callable[[Handler], Handler]
+
+
+def same_kind(
+    handler: Any, unary: Wrap, stream: Wrap, **codec: Any
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """A handler of ``handler``'s kind whose behaviour is ``unary(behaviour)`` for a unary
+    response and ``stream(behaviour)`` for a streamed one; ``codec`` names its
+    ``request_deserializer`` and ``response_serializer``."""
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), **codec)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary), **codec)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(stream(handler.unary_stream), **codec)
+    return grpc.stream_stream_rpc_method_handler(stream(handler.stream_stream), **codec)
+
+
+class HandlerInterceptor(grpc.aio.ServerInterceptor):
+    """A server interceptor that only swaps the handler of a method this server has."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler: Any = await continuation(handler_call_details)
+        if handler is None:  # not a method of this server: gRPC answers UNIMPLEMENTED
+            return handler
+        return self.handler_for(handler, handler_call_details)
+
+    @abc.abstractmethod
+    def handler_for(self, handler: Any, call: grpc.HandlerCallDetails) -> Any:
+        """The handler to serve the call with: ``handler`` itself, or one built on it."""
