@@ -18,6 +18,7 @@ from notifier.domain.errors import (
     ValidationFailed,
 )
 from notifier.domain.model import Accepted, Channel, MessageRecord, Status
+from notifier.domain.money import format_money, line_total
 from notifier.domain.notifications import (
     AdminDelivery,
     AdminRequest,
@@ -28,8 +29,6 @@ from notifier.domain.notifications import (
     OrderItem,
     OrderRequest,
     fill_percent,
-    format_money,
-    line_total,
     order_text,
     settle,
     validate_admin_request,

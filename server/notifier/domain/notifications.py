@@ -4,64 +4,47 @@ Pure domain code: no gRPC, no storage. Each notification is checked field by fie
 (every violation reported at once, as SendMessage does) and turned into an ``Alert``:
 the text to send (or a Content template), the idempotency key that deduplicates it,
 and the canonical payload whose hash tells a retry from a different notification.
-
-Money is ``decimal.Decimal`` parsed from the proto's decimal strings, never a float:
-admins compare these figures with their shop's books, so 3 x 0.10 must read 0.30,
-not 0.30000000000000004 rounded by luck. Texts use one fixed locale (en_US) so they
-do not change with the host's settings and tests can check them word for word.
+Money lives in ``domain/money.py`` (exact decimals), the field checks and the
+fixed-locale texts in ``domain/fields.py``.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, tzinfo
-from decimal import ROUND_HALF_UP, Context, Decimal, Inexact, InvalidOperation, Overflow
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-from babel.numbers import format_currency, get_currency_precision, is_currency
+from datetime import UTC
+from decimal import ROUND_HALF_UP, Context, Decimal
 
 from notifier.domain.errors import DomainError, IdempotencyConflict, ValidationFailed, Violation
+from notifier.domain.fields import (
+    MAX_FIELD,
+    check_email,
+    check_id,
+    check_template,
+    check_text,
+    check_time,
+    format_when,
+    more_items,
+    one_line,
+    time_zone,
+)
 from notifier.domain.model import Accepted, Channel, NewMessage, Status
+from notifier.domain.money import (
+    canonical_amount,
+    check_currency,
+    format_money,
+    line_total,
+    parse_money,
+)
 from notifier.domain.validation import (
-    CONTENT_SID,
     MAX_BODY,
-    MAX_VARIABLE,
-    MAX_VARIABLES,
-    VARIABLE_KEY,
 )
 
 log = logging.getLogger(__name__)
 
-LOCALE = "en_US"
-# A display field longer than this is cut with "…": a 5,000-character product name
-# must not push the order's id and total out of a 1,600-character WhatsApp message.
-MAX_FIELD = 200
-# Ids become part of idempotency keys ("order:{id}:{+E.164}"), which the store keeps
-# at most 255 characters long; these limits leave room for the prefix and the number.
-MAX_ID = 128
 MAX_KEY = 200
-MAX_EMAIL = 254  # RFC 5321's limit on a forward path
-# Long enough for any real price, short enough that price x quantity (int64) stays
-# far inside the exact context below.
-MAX_AMOUNT_CHARS = 32
-ELLIPSIS = "…"
 TAG = "admin-notification"
-
-_AMOUNT = re.compile(r"^[0-9]+(?:\.([0-9]+))?$")
-_NEGATIVE = re.compile(r"^-[0-9]+(?:\.[0-9]+)?$")
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
-_CURRENCY = re.compile(r"^[A-Z]{3}$")
-
-# Enough digits for any product of a 32-character amount and an int64 quantity, and
-# a trap on anything inexact: money arithmetic here either is exact or fails loudly.
-_EXACT = Context(prec=100, traps=[Inexact, InvalidOperation, Overflow])
-
-_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 # -- requests as the caller wrote them ------------------------------------------------
@@ -187,173 +170,6 @@ class AdminNotified:
     replayed: bool
 
 
-# -- money ----------------------------------------------------------------------------
-
-
-def currency_known(code: str) -> bool:
-    return bool(_CURRENCY.match(code)) and is_currency(code)
-
-
-def check_currency(code: str, path: str, bad: list[Violation]) -> str | None:
-    """The currency code, or None (with a violation) when it is not ISO 4217."""
-    if not code:
-        bad.append(Violation(path, "is required: an ISO 4217 code, e.g. USD, EUR, JPY"))
-        return None
-    if not currency_known(code):
-        bad.append(Violation(path, "is not an ISO 4217 currency code, e.g. USD, EUR, JPY"))
-        return None
-    return code
-
-
-def parse_money(raw: str, currency: str | None, path: str, bad: list[Violation]) -> Decimal | None:
-    """Parse an exact, non-negative amount with no more decimals than ``currency`` has.
-
-    Only plain digits with an optional decimal point are accepted: no sign, exponent,
-    grouping or spaces, so "1e3" or "1,250" can never be read as something else. With
-    an unknown currency (None) only the form is checked.
-    """
-    if not raw:
-        bad.append(Violation(path, "is required: an exact decimal string, e.g. 12.50"))
-        return None
-    if len(raw) > MAX_AMOUNT_CHARS:
-        bad.append(Violation(path, f"is longer than {MAX_AMOUNT_CHARS} characters"))
-        return None
-    if _NEGATIVE.match(raw):
-        bad.append(Violation(path, "must not be negative"))
-        return None
-    match = _AMOUNT.match(raw)
-    if match is None:
-        bad.append(
-            Violation(path, "must be a decimal number like 12.50 (digits and one point only)")
-        )
-        return None
-    if currency is not None:
-        allowed = get_currency_precision(currency)
-        decimals = len(match.group(1) or "")
-        if decimals > allowed:
-            bad.append(Violation(path, f"has {decimals} decimal(s); {currency} allows {allowed}"))
-            return None
-    return Decimal(raw)
-
-
-def line_total(unit_price: Decimal, quantity: int) -> Decimal:
-    """unit price x quantity, exactly (the context traps anything inexact)."""
-    return _EXACT.multiply(unit_price, Decimal(quantity))
-
-
-def format_money(amount: Decimal, currency: str) -> str:
-    """e.g. "$12.50", "¥1,250", "€12.50": the currency's own decimals, en_US style."""
-    return str(format_currency(amount, currency, locale=LOCALE))
-
-
-def canonical_amount(amount: Decimal, currency: str) -> str:
-    """The one spelling of an amount for the payload hash: "12.5" and "12.50" are the
-    same price."""
-    places = Decimal(1).scaleb(-get_currency_precision(currency))
-    return str(_EXACT.quantize(amount, places))
-
-
-# -- text helpers ---------------------------------------------------------------------
-
-
-def one_line(value: str, limit: int = MAX_FIELD) -> str:
-    """A field as one line of at most ``limit`` characters, cut with "…" when longer.
-
-    Line breaks inside a name would break the layout admins scan, so runs of
-    whitespace become single spaces.
-    """
-    text = " ".join(value.split())
-    if len(text) > limit:
-        return text[: limit - 1] + ELLIPSIS
-    return text
-
-
-def format_when(ms: int, zone: tzinfo, zone_name: str) -> str:
-    """e.g. "Sat 21 Nov 2026, 14:30 (Europe/Madrid)".
-
-    Day and month names come from fixed English tables instead of strftime's %a/%b,
-    which follow the process locale.
-    """
-    moment = (_EPOCH + timedelta(milliseconds=ms)).astimezone(zone)
-    day, month = _DAYS[moment.weekday()], _MONTHS[moment.month - 1]
-    return f"{day} {moment.day} {month} {moment.year}, {moment:%H:%M} ({zone_name})"
-
-
-def _zone(name: str, path: str, bad: list[Violation]) -> tuple[tzinfo, str]:
-    if not name or name == "UTC":
-        return UTC, "UTC"
-    try:
-        return ZoneInfo(name), name
-    except (ZoneInfoNotFoundError, ValueError):
-        bad.append(Violation(path, "is not an IANA time zone, e.g. Europe/Madrid"))
-        return UTC, "UTC"
-
-
-def _check_time(ms: int | None, path: str, required: bool, bad: list[Violation]) -> int | None:
-    if ms is None:
-        if required:
-            bad.append(Violation(path, "is required"))
-        return None
-    try:
-        moment = _EPOCH + timedelta(milliseconds=ms)
-    except OverflowError:
-        moment = None
-    # A day of margin at both ends, so a time zone's offset cannot overflow either.
-    if moment is None or not 1 < moment.year < 9999:
-        bad.append(Violation(path, "is out of range"))
-        return None
-    return ms
-
-
-def _check_id(value: str, path: str, bad: list[Violation], limit: int = MAX_ID) -> None:
-    """Ids become idempotency keys: required, bounded, printable, no stray spaces."""
-    if not value:
-        bad.append(Violation(path, "is required"))
-    elif len(value) > limit:
-        bad.append(Violation(path, f"is longer than {limit} characters"))
-    elif not value.isprintable() or value.strip() != value:
-        bad.append(Violation(path, "must be printable, without surrounding spaces"))
-
-
-def _check_text(value: str, path: str, bad: list[Violation]) -> None:
-    if not value.strip():
-        bad.append(Violation(path, "is required"))
-
-
-def _check_email(value: str, path: str, bad: list[Violation]) -> None:
-    if not value.strip():
-        bad.append(Violation(path, "is required"))
-    elif len(value) > MAX_EMAIL:
-        bad.append(Violation(path, f"is longer than {MAX_EMAIL} characters"))
-    elif not _EMAIL.match(value):
-        bad.append(Violation(path, "is not an email address, e.g. ana@example.com"))
-
-
-def _check_template(
-    content_sid: str, variables: Mapping[str, str], bad: list[Violation]
-) -> str | None:
-    """The same rules as SendMessage's content_sid and variables."""
-    if content_sid and not CONTENT_SID.match(content_sid):
-        bad.append(Violation("content_sid", "must be a Content SID: HX followed by 32 hex digits"))
-    if variables and not content_sid:
-        bad.append(Violation("variables", "only with content_sid"))
-    if len(variables) > MAX_VARIABLES:
-        bad.append(Violation("variables", f"at most {MAX_VARIABLES} entries"))
-    else:
-        for name, value in variables.items():
-            if not VARIABLE_KEY.match(name):
-                bad.append(Violation(f"variables[{name}]", "names are 1-64 letters, digits or _"))
-            if len(value) > MAX_VARIABLE:
-                bad.append(
-                    Violation(f"variables[{name}]", f"longer than {MAX_VARIABLE:,} characters")
-                )
-    return content_sid or None
-
-
-def _more(n: int) -> str:
-    return f"{ELLIPSIS} and {n} more item{'' if n == 1 else 's'}"
-
-
 # -- orders ---------------------------------------------------------------------------
 
 
@@ -385,11 +201,11 @@ def order_text(
         return full
     kept: list[str] = []
     for line in lines:
-        candidate = [*kept, line, _more(len(lines) - len(kept) - 1)]
+        candidate = [*kept, line, more_items(len(lines) - len(kept) - 1)]
         if len(head + "\n".join(candidate) + tail) > limit:
             break
         kept.append(line)
-    return head + "\n".join([*kept, _more(len(lines) - len(kept))]) + tail
+    return head + "\n".join([*kept, more_items(len(lines) - len(kept))]) + tail
 
 
 def validate_order(req: OrderRequest) -> Alert:
@@ -400,20 +216,20 @@ def validate_order(req: OrderRequest) -> Alert:
     taxes or discounts the items do not show, and the admins want the caller's figure.
     """
     bad: list[Violation] = []
-    _check_id(req.order_id, "order_id", bad)
-    _check_text(req.customer_name, "customer_name", bad)
-    _check_email(req.customer_email, "customer_email", bad)
+    check_id(req.order_id, "order_id", bad)
+    check_text(req.customer_name, "customer_name", bad)
+    check_email(req.customer_email, "customer_email", bad)
     currency = check_currency(req.currency, "currency", bad)
     if not req.items:
         bad.append(Violation("items", "at least one item is required"))
     prices: list[Decimal | None] = []
     for i, item in enumerate(req.items):
-        _check_text(item.title, f"items[{i}].title", bad)
+        check_text(item.title, f"items[{i}].title", bad)
         if item.quantity < 1:
             bad.append(Violation(f"items[{i}].quantity", "must be at least 1"))
         prices.append(parse_money(item.unit_price, currency, f"items[{i}].unit_price", bad))
     total = parse_money(req.total, currency, "total", bad)
-    content_sid = _check_template(req.content_sid, req.variables, bad)
+    content_sid = check_template(req.content_sid, req.variables, bad)
     if bad:
         raise ValidationFailed(bad)
     assert currency is not None  # no violation: parsed
@@ -453,14 +269,14 @@ def validate_order(req: OrderRequest) -> Alert:
 
 
 def _booking(n: Booking, p: str, bad: list[Violation]) -> tuple[str, str, dict[str, object]]:
-    _check_id(n.booking_id, f"{p}booking_id", bad)
-    _check_text(n.customer_name, f"{p}customer_name", bad)
-    _check_email(n.customer_email, f"{p}customer_email", bad)
-    _check_text(n.item, f"{p}item", bad)
-    starts = _check_time(n.starts_at_ms, f"{p}starts_at", True, bad)
+    check_id(n.booking_id, f"{p}booking_id", bad)
+    check_text(n.customer_name, f"{p}customer_name", bad)
+    check_email(n.customer_email, f"{p}customer_email", bad)
+    check_text(n.item, f"{p}item", bad)
+    starts = check_time(n.starts_at_ms, f"{p}starts_at", True, bad)
     if n.quantity < 1:
         bad.append(Violation(f"{p}quantity", "must be at least 1"))
-    zone, zone_name = _zone(n.time_zone, f"{p}time_zone", bad)
+    zone, zone_name = time_zone(n.time_zone, f"{p}time_zone", bad)
     when = format_when(starts, zone, zone_name) if starts is not None else ""
     text = (
         "📅 *New Booking!*\n\n"
@@ -488,8 +304,8 @@ def _low_stock(n: LowStock, p: str, bad: list[Violation]) -> tuple[str, str, dic
     """Stock may be negative (oversold): that is when admins most need the alert. It
     must be at or below the threshold, as the contract defines the notification; an
     alert above it is a caller's bug that would only train admins to ignore alerts."""
-    _check_id(n.product_id, f"{p}product_id", bad)
-    _check_text(n.product_name, f"{p}product_name", bad)
+    check_id(n.product_id, f"{p}product_id", bad)
+    check_text(n.product_name, f"{p}product_name", bad)
     if n.threshold < 0:
         bad.append(Violation(f"{p}threshold", "must not be negative"))
     elif n.current_stock > n.threshold:
@@ -525,13 +341,13 @@ def fill_percent(registered: int, capacity: int) -> Decimal:
 def _event(n: EventCapacity, p: str, bad: list[Violation]) -> tuple[str, str, dict[str, object]]:
     """Registered may exceed capacity (an overbooked event); the percentage then reads
     over 100, which is what the admins need to see."""
-    _check_id(n.event_id, f"{p}event_id", bad)
-    _check_text(n.event_name, f"{p}event_name", bad)
+    check_id(n.event_id, f"{p}event_id", bad)
+    check_text(n.event_name, f"{p}event_name", bad)
     if n.registered < 0:
         bad.append(Violation(f"{p}registered", "must not be negative"))
     if n.capacity < 1:
         bad.append(Violation(f"{p}capacity", "must be at least 1"))
-    starts = _check_time(n.starts_at_ms, f"{p}starts_at", False, bad)
+    starts = check_time(n.starts_at_ms, f"{p}starts_at", False, bad)
     percent = fill_percent(n.registered, n.capacity) if n.capacity >= 1 else Decimal(0)
     when = f"Starts: {format_when(starts, UTC, 'UTC')}\n" if starts is not None else ""
     text = (
@@ -587,7 +403,7 @@ def validate_admin_request(req: AdminRequest) -> Alert:
         bad.append(Violation("idempotency_key", f"is longer than {MAX_KEY} characters"))
     elif key and (not key.isprintable() or key.strip() != key):
         bad.append(Violation("idempotency_key", "must be printable, without surrounding spaces"))
-    content_sid = _check_template(req.content_sid, req.variables, bad)
+    content_sid = check_template(req.content_sid, req.variables, bad)
     n = req.notification
     rendered: tuple[str, str | None, dict[str, object]] = ("", None, {})
     if isinstance(n, Booking):
