@@ -30,11 +30,11 @@ from notifier.domain.model import (
     Transition,
 )
 from notifier.domain.watch import WatchSpec
+from notifier.status_feed import StatusFeed
 from notifier.storage.engine import Database, create_database
 from notifier.storage.listener import Listener
 from notifier.storage.repository import DUE_CHANNEL, EVENTS_CHANNEL, Repository, _storage_errors
 from notifier.storage.send_slots import SendSlots
-from notifier.watch import StatusFeed
 from tests.databases import TestDb, run_async
 
 pytestmark = [pytest.mark.backends("postgresql"), pytest.mark.postgresql]

@@ -19,20 +19,20 @@ from notifier.asgi_server import InProcessServer, bind
 from notifier.config import Settings
 from notifier.dispatch.dispatcher import DispatchConfig, Dispatcher
 from notifier.dispatch.rate_limit import RateLimiters
+from notifier.dispatch.twilio import TwilioConfig, TwilioProvider
 from notifier.domain.bulk import BulkSender
 from notifier.domain.capacity import OutboxCapacity
 from notifier.domain.inbound import Keywords
 from notifier.domain.retry import RetryPolicy
 from notifier.domain.service import MessageService, payload_hash
 from notifier.health import StorageHealth
+from notifier.status_feed import StatusFeed
 from notifier.storage.engine import Database, create_database
 from notifier.storage.listener import Listener
 from notifier.storage.migrate import pending_revisions, upgrade
 from notifier.storage.repository import DUE_CHANNEL, EVENTS_CHANNEL, Repository
 from notifier.storage.send_slots import SendSlots
 from notifier.telemetry import DISABLED, Telemetry
-from notifier.twilio_provider import TwilioConfig, TwilioProvider
-from notifier.watch import StatusFeed
 from notifier.webhooks.app import WebhookConfig, create_webhook_app
 from notifier_proto.v1 import notifier_pb2, notifier_pb2_grpc
 

@@ -16,18 +16,13 @@ If the write fails, every caller in the batch gets the error and retries on its 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from typing import Protocol
 
 from notifier.domain.model import AttemptRecord, Transition
+from notifier.domain.ports import AttemptStore
 
 Result = tuple[str, AttemptRecord | None, Transition]
 
 MAX_BATCH = 256
-
-
-class AttemptStore(Protocol):
-    async def record_attempts(self, results: Sequence[Result]) -> None: ...
 
 
 class AttemptRecorder:
