@@ -30,8 +30,9 @@ $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml uv.lock | $(UV)
 	touch $@
 
 $(BUF): package.json package-lock.json
-	# npm ci rejects this lock (npm records only the linux builds of buf): install from it instead
-	npm install --no-audit --no-fund --loglevel=error
+	# npm ci: exactly the lock, never rewriting it (the lock records buf's builds for
+	# every platform, so npm has nothing to add on any machine)
+	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
 install: $(VENV)/.installed $(BUF)

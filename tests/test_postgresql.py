@@ -31,9 +31,15 @@ from notifier.domain.model import (
 )
 from notifier.domain.watch import WatchSpec
 from notifier.status_feed import StatusFeed
-from notifier.storage.engine import Database, create_database
+from notifier.storage.engine import (
+    DUE_CHANNEL,
+    EVENTS_CHANNEL,
+    Database,
+    create_database,
+    storage_errors,
+)
 from notifier.storage.listener import Listener
-from notifier.storage.repository import DUE_CHANNEL, EVENTS_CHANNEL, Repository, _storage_errors
+from notifier.storage.repository import Repository
 from notifier.storage.send_slots import SendSlots
 from tests.databases import TestDb, run_async
 
@@ -209,7 +215,7 @@ async def test_error_classes(engines: list[Database], errcode: str, transient: b
     raise_it = text(f"DO $$ BEGIN RAISE EXCEPTION 'boom' USING ERRCODE = '{errcode}'; END $$")
     expected: type[Exception] = StorageUnavailable if transient else Exception
     with pytest.raises(expected) as info:
-        async with _storage_errors(), engines[0].writer.begin() as conn:
+        async with storage_errors(), engines[0].writer.begin() as conn:
             await conn.execute(raise_it)
     if not transient:
         assert not isinstance(info.value, StorageUnavailable)  # a bug stays a bug

@@ -30,10 +30,10 @@ from notifier.domain.retry import RetryPolicy
 from notifier.domain.service import MessageService, payload_hash
 from notifier.health import StorageHealth
 from notifier.status_feed import StatusFeed
-from notifier.storage.engine import Database, create_database
+from notifier.storage.engine import DUE_CHANNEL, EVENTS_CHANNEL, Database, create_database
 from notifier.storage.listener import Listener
 from notifier.storage.migrate import pending_revisions, upgrade
-from notifier.storage.repository import DUE_CHANNEL, EVENTS_CHANNEL, Repository
+from notifier.storage.repository import Repository
 from notifier.storage.send_slots import SendSlots
 from notifier.telemetry import DISABLED, Telemetry
 from notifier.webhooks.app import WebhookConfig, create_webhook_app

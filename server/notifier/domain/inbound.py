@@ -10,6 +10,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from notifier.domain.errors import PreconditionFailed
+from notifier.domain.model import Channel, NewMessage
+
 WINDOW_MS = 24 * 3600 * 1000
 
 
@@ -44,3 +47,37 @@ class Keywords:
         if word in self.opt_in:
             return Consent.OPT_IN
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientState:
+    """What storage knows of a recipient on one channel."""
+
+    opted_out: bool = False
+    last_inbound_at_ms: int | None = None  # when they last wrote to us
+
+
+def refusal(
+    message: NewMessage, state: RecipientState | None, now_ms: int, *, window_only: bool
+) -> PreconditionFailed | None:
+    """Why ``message`` must not be accepted, if it must not: the recipient opted out, or
+    (``window_only``: NOTIFIER_REFUSE_OUTSIDE_WINDOW) it is free-form WhatsApp text to
+    someone who has not written in the last 24 hours, which only a template may reach."""
+    state = state or RecipientState()
+    if state.opted_out:
+        return PreconditionFailed(
+            message.to,
+            "OPTED_OUT",
+            f"{message.to} opted out (sent an opt-out keyword); "
+            "nothing is sent until they opt in again",
+        )
+    last = state.last_inbound_at_ms
+    outside = last is None or now_ms - last >= WINDOW_MS
+    if window_only and message.channel is Channel.WHATSAPP and message.body is not None and outside:
+        return PreconditionFailed(
+            message.to,
+            "OUTSIDE_WINDOW",
+            f"{message.to} has not written in the last 24 hours: WhatsApp only "
+            "allows approved templates (content_sid) now (Twilio error 63016)",
+        )
+    return None

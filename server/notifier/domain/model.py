@@ -108,16 +108,21 @@ class NewMessage:
         }
 
 
-# Sources of status events that mark where a send begins or that belong to another one.
-REQUEUE_SOURCE = "operator"  # RetryMessages re-queued the message: a new send begins
-OTHER_SEND_SOURCE = "callback-other"  # a callback about another Twilio message
+class EventSource(enum.StrEnum):
+    """Who put a status event in a message's history (stored, and shown to callers)."""
+
+    API = "api"  # SendMessage and friends stored it, or CancelMessage canceled it
+    DISPATCHER = "dispatcher"  # an attempt to hand it to Twilio, or a decision not to try
+    CALLBACK = "callback"  # Twilio's status callback about the message's current send
+    OTHER_SEND = "callback-other"  # a callback about another Twilio message: history only
+    OPERATOR = "operator"  # RetryMessages re-queued it: a new send begins
 
 
 @dataclass(frozen=True, slots=True)
 class StatusEvent:
     status: Status
     occurred_at_ms: int
-    source: str
+    source: EventSource
     error_code: int | None = None
     applied: bool = True
 
@@ -170,8 +175,10 @@ class Delivery:
         """The events of the message's current send: from the last RetryMessages on
         (which re-queues it for a new Twilio message), without callbacks about another
         Twilio message. The history keeps them all; step times must not mix sends."""
-        start = max((i for i, e in enumerate(self.events) if e.source == REQUEUE_SOURCE), default=0)
-        return tuple(e for e in self.events[start:] if e.source != OTHER_SEND_SOURCE)
+        start = max(
+            (i for i, e in enumerate(self.events) if e.source is EventSource.OPERATOR), default=0
+        )
+        return tuple(e for e in self.events[start:] if e.source is not EventSource.OTHER_SEND)
 
     def first_reached(self) -> dict[Status, int]:
         """When each status was first reached in the current send; out-of-order events

@@ -12,12 +12,17 @@ use a pool of their own that WAL lets run beside the writer.
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import event
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy import event, text
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
+
+from notifier.domain.errors import StorageUnavailable
 
 SQLITE_BUSY_TIMEOUT_MS = 5_000
 
@@ -26,6 +31,53 @@ SQLITE_BUSY_TIMEOUT_MS = 5_000
 # at (SQLAlchemy's own default is WARNING; pinning it keeps it so).
 logging.getLogger("aiosqlite").setLevel(logging.INFO)
 logging.getLogger("sqlalchemy.engine").setLevel(logging.WARNING)
+
+# LISTEN/NOTIFY channels (PostgreSQL): "messages became due" and "status events stored".
+DUE_CHANNEL = "notifier_due"
+EVENTS_CHANNEL = "notifier_events"
+
+# PostgreSQL SQLSTATEs that say "not now" rather than "wrong": the same work may succeed
+# when tried again. asyncpg's errors reach us as plain DBAPIError, so the class of the
+# code decides: 08 connection exception, 53 insufficient resources (53300 too many
+# connections), 57P0x shutdown / cannot connect now, 40001 serialization failure,
+# 40P01 deadlock detected, 55P03 lock not available.
+_TRANSIENT_SQLSTATE_CLASSES = ("08", "53")
+_TRANSIENT_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "40001", "40P01", "55P03"})
+
+
+def is_transient(exc: sa_exc.DBAPIError) -> bool:
+    """Whether a driver error says "try again later" (see the SQLSTATEs above)."""
+    code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    if not isinstance(code, str):
+        return False
+    return code.startswith(_TRANSIENT_SQLSTATE_CLASSES) or code in _TRANSIENT_SQLSTATES
+
+
+@asynccontextmanager
+async def storage_errors() -> AsyncIterator[None]:
+    """The one place driver errors are mapped: "cannot reach the database" becomes
+    StorageUnavailable (callers answer UNAVAILABLE and retry); real bugs go through."""
+    try:
+        yield
+    except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, OSError) as exc:
+        raise StorageUnavailable(str(exc).splitlines()[0]) from exc
+    except sa_exc.DBAPIError as exc:
+        if exc.connection_invalidated or is_transient(exc):
+            raise StorageUnavailable(str(exc).splitlines()[0]) from exc
+        raise
+
+
+async def notify(conn: AsyncConnection, *channels: str) -> None:
+    """PostgreSQL: wake the listeners of ``channels`` when this transaction commits.
+
+    NOTIFY is transactional: it is delivered on commit and dropped on rollback, so a
+    listener never wakes for rows it cannot see yet. SQLite has no NOTIFY; its readers
+    poll. Identical notifications within one transaction are folded into one.
+    """
+    if conn.dialect.name != "postgresql":
+        return
+    for channel in channels:
+        await conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": channel})
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,8 +15,7 @@ from __future__ import annotations
 from sqlalchemy import BigInteger, bindparam, text
 from sqlalchemy.dialects.postgresql import insert
 
-from notifier.storage.engine import Database
-from notifier.storage.repository import _storage_errors
+from notifier.storage.engine import Database, storage_errors
 from notifier.storage.tables import send_slots
 
 # The UPDATE sees the row as it is after waiting for its lock (READ COMMITTED re-checks
@@ -61,7 +60,7 @@ class SendSlots:
         """
         # One statement, atomic by itself: autocommit spares the BEGIN and COMMIT round
         # trips, which count at a few hundred grants a second.
-        async with _storage_errors(), self._db.writer.connect() as conn:
+        async with storage_errors(), self._db.writer.connect() as conn:
             conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
             if sender not in self._known:
                 await conn.execute(

@@ -24,6 +24,26 @@ metadata = MetaData(
     }
 )
 
+
+def _serial_id() -> Column[int]:
+    """An auto-increment key: BIGINT on PostgreSQL, SQLite's INTEGER rowid alias."""
+    return Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+
+
+def _message_ref(*, primary_key: bool = False, index: bool = False) -> Column[str]:
+    """The message a row belongs to; deleting the message deletes the row."""
+    return Column(
+        "message_id",
+        String(26),
+        ForeignKey("messages.id", ondelete="CASCADE"),
+        primary_key=primary_key,
+        nullable=False,
+        index=index or None,
+    )
+
+
 messages = Table(
     "messages",
     metadata,
@@ -63,9 +83,7 @@ messages = Table(
 message_tags = Table(
     "message_tags",
     metadata,
-    Column(
-        "message_id", String(26), ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True
-    ),
+    _message_ref(primary_key=True),
     Column("tag", String(64), primary_key=True),
     Index(None, "tag", "message_id"),
 )
@@ -73,16 +91,8 @@ message_tags = Table(
 status_events = Table(
     "status_events",
     metadata,
-    Column(
-        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
-    ),
-    Column(
-        "message_id",
-        String(26),
-        ForeignKey("messages.id", ondelete="CASCADE"),
-        nullable=False,
-        index=True,
-    ),
+    _serial_id(),
+    _message_ref(index=True),
     Column("status", String(16), nullable=False),
     Column("source", String(16), nullable=False),
     Column("occurred_at", BigInteger, nullable=False),
@@ -96,7 +106,7 @@ idempotency_keys = Table(
     Column("caller", String(128), primary_key=True),
     Column("key", String(255), primary_key=True),
     Column("request_hash", String(64), nullable=False),
-    Column("message_id", String(26), ForeignKey("messages.id", ondelete="CASCADE"), nullable=False),
+    _message_ref(),
     Column("created_at", BigInteger, nullable=False),
     Column("expires_at", BigInteger, nullable=False, index=True),
 )
@@ -104,16 +114,8 @@ idempotency_keys = Table(
 delivery_attempts = Table(
     "delivery_attempts",
     metadata,
-    Column(
-        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
-    ),
-    Column(
-        "message_id",
-        String(26),
-        ForeignKey("messages.id", ondelete="CASCADE"),
-        nullable=False,
-        index=True,
-    ),
+    _serial_id(),
+    _message_ref(index=True),
     Column("number", Integer, nullable=False),
     Column("started_at", BigInteger, nullable=False),
     Column("finished_at", BigInteger),

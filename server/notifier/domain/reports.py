@@ -1,0 +1,95 @@
+"""What a status report (Twilio's status callback) does to a message: one rule, no I/O.
+
+Storage applies callbacks one by one (PostgreSQL, under a row lock) or many at once
+(SQLite, under its single writer); both ask ``judge_report`` what a report does, so the
+two paths cannot drift apart. The rule:
+
+- A report about another Twilio message than the message's current one (an earlier
+  send of a re-queued message, or a copy Twilio took on an ambiguous attempt) goes into
+  the history under its own source and changes nothing: judged together with the
+  current send's callbacks, it made them look like duplicates and left the message
+  stuck at queued.
+- A report whose status was already reported for the current send (since the last
+  RetryMessages, which starts a new send) is a duplicate: nothing is written.
+- Otherwise it is recorded, and applied only if it moves the message forward
+  (``moves_forward``): a late "sent" never undoes "read".
+- The first time the current send reaches sent, delivered or read is stamped even when
+  the report arrives out of order: the step happened.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from notifier.domain.model import (
+    CallbackResult,
+    EventSource,
+    Status,
+    StatusReport,
+    moves_forward,
+)
+
+STAMPED = frozenset({Status.SENT, Status.DELIVERED, Status.READ})
+"""Statuses whose first-reached time a message keeps (its sent, delivered, read times)."""
+
+HISTORY_SOURCES = (EventSource.OPERATOR, EventSource.CALLBACK, EventSource.OTHER_SEND)
+"""The past events the rule looks at; storage reads only these."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReportTarget:
+    """The message a report is about, as the rule needs to see it."""
+
+    status: Status
+    twilio_sid: str | None
+    stamped: frozenset[Status] = frozenset()  # which of STAMPED already have a time
+
+
+@dataclass(frozen=True, slots=True)
+class PastEvent:
+    status: Status
+    source: EventSource
+
+
+@dataclass(frozen=True, slots=True)
+class ReportEffect:
+    result: CallbackResult  # APPLIED, RECORDED or DUPLICATE
+    source: EventSource  # CALLBACK, or OTHER_SEND for another Twilio message
+    adopt_sid: bool = False  # the message had no SID yet: it takes the report's
+    new_status: Status | None = None  # set when the report is applied
+    sets_error: bool = False  # the applied report carries an error code
+    stamp: Status | None = None  # the status whose first-reached time becomes now
+
+    @property
+    def writes(self) -> bool:
+        return self.result is not CallbackResult.DUPLICATE
+
+
+def judge_report(
+    report: StatusReport, target: ReportTarget, history: Sequence[PastEvent]
+) -> ReportEffect:
+    """What ``report`` does to ``target``, given its past ``history`` (oldest first, only
+    events of HISTORY_SOURCES)."""
+    same_send = target.twilio_sid in (None, report.twilio_sid)
+    source = EventSource.CALLBACK if same_send else EventSource.OTHER_SEND
+    if any(e.source is source and e.status is report.status for e in _current_send(history)):
+        return ReportEffect(CallbackResult.DUPLICATE, source)
+    applies = same_send and moves_forward(target.status, report.status)
+    stamps = same_send and report.status in STAMPED and report.status not in target.stamped
+    return ReportEffect(
+        CallbackResult.APPLIED if applies else CallbackResult.RECORDED,
+        source,
+        adopt_sid=target.twilio_sid is None,
+        new_status=report.status if applies else None,
+        sets_error=applies and report.error_code is not None,
+        stamp=report.status if stamps else None,
+    )
+
+
+def _current_send(history: Sequence[PastEvent]) -> Sequence[PastEvent]:
+    """The events since the last re-queue (RetryMessages starts a new Twilio message)."""
+    start = max(
+        (i + 1 for i, e in enumerate(history) if e.source is EventSource.OPERATOR), default=0
+    )
+    return history[start:]

@@ -1,0 +1,225 @@
+"""What Twilio tells us: status callbacks (applied by the rule in domain/reports.py) and
+inbound messages (with what they mean for the sender's window and consent)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
+
+from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from notifier.batching import Coalescer
+from notifier.domain.clock import Clock, now_ms
+from notifier.domain.inbound import Consent, InboundMessage
+from notifier.domain.model import CallbackResult, EventSource, Status, StatusReport
+from notifier.domain.reports import HISTORY_SOURCES, PastEvent, ReportTarget, judge_report
+from notifier.storage.engine import EVENTS_CHANNEL, Database, notify
+from notifier.storage.rows import STAMP_COLUMNS, chunks, event_row, new_message_id
+from notifier.storage.store import Store
+from notifier.storage.tables import inbound_messages, messages, recipients, status_events
+
+Applied = tuple[CallbackResult, str | None]
+
+# The columns a status report may change.
+_REPORTED = ("status", "twilio_sid", "error_code", "error_message", *STAMP_COLUMNS.values())
+
+
+class _ReportBatch(Coalescer[StatusReport, Applied]):
+    """Callbacks that arrive together are applied in one piece of work, in order; if the
+    batch fails, each is tried again on its own, so one bad callback fails only itself."""
+
+    def __init__(self, apply: Callable[[list[StatusReport]], Awaitable[list[Applied]]]) -> None:
+        super().__init__("report-batch")
+        self._apply = apply
+
+    async def flush(self, items: list[StatusReport]) -> list[Applied]:
+        return await self._apply(items)
+
+
+class Callbacks(Store):
+    def __init__(self, db: Database, clock: Clock = now_ms) -> None:
+        super().__init__(db, clock)
+        self._reports = _ReportBatch(self._apply) if db.is_sqlite else None
+
+    async def apply_report(self, report: StatusReport) -> Applied:
+        """Record a status Twilio reported; move the message only forward."""
+        if self._reports is not None:
+            return await self._reports.submit(report)
+        (result,) = await self._apply([report])
+        return result
+
+    async def _apply(self, reports: list[StatusReport]) -> list[Applied]:
+        return await self._write(partial(self._apply_reports, reports=reports, now=self._clock()))
+
+    async def _apply_reports(
+        self, conn: AsyncConnection, reports: list[StatusReport], now: int
+    ) -> list[Applied]:
+        """Apply ``reports`` in order, each exactly as alone (a later one sees an earlier
+        one's effect), with bulk reads and one executemany per table.
+
+        The messages are read under row locks (PostgreSQL): two callbacks for one
+        message, or a callback racing the dispatcher's record, take turns, so the
+        duplicate check and the forward-only move see each other's writes. SQLite's
+        single writer holds the write lock from the first read.
+        """
+        found, by_sid = await self._targets(conn, reports)
+        history = await _histories(conn, sorted(found))
+        results: list[Applied] = []
+        events: list[dict[str, Any]] = []
+        touched: dict[str, dict[str, Any]] = {}
+        for report in reports:
+            row = found.get(report.message_id or "")
+            if row is None:
+                row = found.get(by_sid.get(report.twilio_sid, ""))
+            if row is None:
+                results.append((CallbackResult.UNKNOWN, None))
+                continue
+            effect = judge_report(report, _target(row), history[row["id"]])
+            results.append((effect.result, row["id"]))
+            if not effect.writes:
+                continue
+            row["updated_at"] = now
+            if effect.adopt_sid:
+                row["twilio_sid"] = report.twilio_sid
+                by_sid[report.twilio_sid] = row["id"]
+            if effect.new_status is not None:
+                row["status"] = effect.new_status.value
+            if effect.sets_error:
+                row["error_code"], row["error_message"] = report.error_code, report.error_message
+            if effect.stamp is not None:
+                row[STAMP_COLUMNS[effect.stamp]] = now
+            touched[row["id"]] = row
+            history[row["id"]].append(PastEvent(report.status, effect.source))
+            applied = effect.result is CallbackResult.APPLIED
+            event = event_row(row["id"], report.status, effect.source, now, report.error_code)
+            events.append(event | {"applied": applied})
+        await _write_reported(conn, touched, events)
+        return results
+
+    async def _targets(
+        self, conn: AsyncConnection, reports: list[StatusReport]
+    ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+        """The messages the reports name (by our id, else by Twilio's SID), locked, as
+        (id -> row, Twilio SID -> id)."""
+        found: dict[str, dict[str, Any]] = {}
+        for chunk in chunks(sorted({r.message_id for r in reports if r.message_id})):
+            stmt = select(messages).where(messages.c.id.in_(chunk)).order_by(messages.c.id)
+            found |= {r.id: dict(r._mapping) for r in await conn.execute(self._locked(stmt))}
+        sids = {r.twilio_sid for r in reports if not r.message_id or r.message_id not in found}
+        by_sid = {m["twilio_sid"]: i for i, m in found.items() if m["twilio_sid"]}
+        for chunk in chunks(sorted(sids)):
+            stmt = select(messages).where(messages.c.twilio_sid.in_(chunk)).order_by(messages.c.id)
+            for r in await conn.execute(self._locked(stmt)):
+                found.setdefault(r.id, dict(r._mapping))
+                by_sid[r.twilio_sid] = r.id
+        return found, by_sid
+
+    async def record_inbound(self, inbound: InboundMessage, consent: Consent | None) -> bool:
+        """Store an inbound message and update its sender's window and consent.
+
+        Returns False for a repeat of a message already stored (Twilio retries).
+        """
+        try:
+            return await self._record_inbound(inbound, consent)
+        except sa_exc.IntegrityError:
+            # PostgreSQL: a concurrent delivery of the same message (or the sender's
+            # first recipients row) committed first; the second pass sees it.
+            return await self._record_inbound(inbound, consent)
+
+    async def _record_inbound(self, inbound: InboundMessage, consent: Consent | None) -> bool:
+        now = self._clock()
+        async with self._transaction() as conn:
+            seen = (
+                await conn.execute(
+                    select(inbound_messages.c.id).where(
+                        inbound_messages.c.message_sid == inbound.message_sid
+                    )
+                )
+            ).first()
+            if seen is not None:
+                return False
+            await conn.execute(insert(inbound_messages), [_inbound_row(inbound, now)])
+            await _touch_recipient(conn, inbound, consent, now)
+        return True
+
+
+def _target(row: dict[str, Any]) -> ReportTarget:
+    stamped = frozenset(s for s, column in STAMP_COLUMNS.items() if row[column] is not None)
+    return ReportTarget(Status(row["status"]), row["twilio_sid"], stamped)
+
+
+async def _histories(conn: AsyncConnection, ids: list[str]) -> dict[str, list[PastEvent]]:
+    """Each message's past operator and callback events, oldest first."""
+    history: dict[str, list[PastEvent]] = {i: [] for i in ids}
+    for chunk in chunks(ids):
+        rows = await conn.execute(
+            select(status_events.c.message_id, status_events.c.status, status_events.c.source)
+            .where(
+                status_events.c.message_id.in_(chunk),
+                status_events.c.source.in_([s.value for s in HISTORY_SOURCES]),
+            )
+            .order_by(status_events.c.id)
+        )
+        for message_id, status, source in rows:
+            history[message_id].append(PastEvent(Status(status), EventSource(source)))
+    return history
+
+
+async def _write_reported(
+    conn: AsyncConnection, touched: dict[str, dict[str, Any]], events: list[dict[str, Any]]
+) -> None:
+    if touched:
+        columns = (*_REPORTED, "updated_at")
+        await conn.execute(
+            update(messages)
+            .where(messages.c.id == bindparam("b_id"))
+            .values({c: bindparam(f"p_{c}") for c in columns}),
+            [{"b_id": i} | {f"p_{c}": row[c] for c in columns} for i, row in touched.items()],
+        )
+    if events:
+        await conn.execute(insert(status_events), events)
+        await notify(conn, EVENTS_CHANNEL)
+
+
+def _inbound_row(inbound: InboundMessage, now: int) -> dict[str, Any]:
+    media = [{"url": u, "content_type": t} for u, t in inbound.media]
+    return {
+        "id": new_message_id(),
+        "message_sid": inbound.message_sid,
+        "from_addr": inbound.from_addr,
+        "to_addr": inbound.to_addr,
+        "channel": inbound.channel,
+        "body": inbound.body,
+        "media": json.dumps(media) if media else None,
+        "profile_name": inbound.profile_name,
+        "wa_id": inbound.wa_id,
+        "received_at": now,
+    }
+
+
+async def _touch_recipient(
+    conn: AsyncConnection, inbound: InboundMessage, consent: Consent | None, now: int
+) -> None:
+    """The sender wrote: their 24-hour window opens, and a keyword changes consent."""
+    values: dict[str, Any] = {"last_inbound_at": now, "updated_at": now}
+    if consent is Consent.OPT_OUT:
+        values |= {"opted_out": True, "opted_out_at": now}
+    elif consent is Consent.OPT_IN:
+        values |= {"opted_out": False}
+    changed = (
+        await conn.execute(
+            update(recipients)
+            .where(
+                recipients.c.channel == inbound.channel,
+                recipients.c.address == inbound.from_addr,
+            )
+            .values(**values)
+        )
+    ).rowcount
+    if not changed:
+        key = {"channel": inbound.channel, "address": inbound.from_addr}
+        await conn.execute(insert(recipients), [{**key, **values}])

@@ -1,0 +1,278 @@
+"""The outbox, as the dispatcher uses it: claims, leases, attempts and their effects."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+from sqlalchemy import BigInteger, bindparam, func, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from notifier.domain.errors import NotFound
+from notifier.domain.model import (
+    AttemptRecord,
+    EventSource,
+    MessageRecord,
+    Status,
+    Transition,
+)
+from notifier.storage.engine import DUE_CHANNEL, EVENTS_CHANNEL, notify
+from notifier.storage.rows import OUTBOX, chunks, event_row, record
+from notifier.storage.store import Store
+from notifier.storage.tables import delivery_attempts, messages, status_events
+
+AttemptResult = tuple[str, AttemptRecord | None, Transition]
+
+
+class Outbox(Store):
+    async def status_counts(self) -> tuple[dict[str, int], int, int | None]:
+        """(messages per status, due PENDING messages, oldest due PENDING creation time)."""
+        now = self._clock()
+        async with self._reading() as conn:
+            rows = (
+                await conn.execute(
+                    select(messages.c.status, func.count()).group_by(messages.c.status)
+                )
+            ).all()
+            due = (
+                await conn.execute(
+                    select(func.count(), func.min(messages.c.created_at)).where(
+                        messages.c.status == Status.PENDING.value,
+                        messages.c.next_attempt_at <= now,
+                    )
+                )
+            ).one()
+        return {str(k): int(v) for k, v in rows}, int(due[0]), due[1]
+
+    async def count_unsent(self) -> int:
+        """Messages waiting in the outbox (pending or scheduled), for backpressure; the
+        (status, next_attempt_at) index answers it without reading the rows."""
+        async with self._reading() as conn:
+            count = (
+                await conn.execute(
+                    select(func.count()).select_from(messages).where(messages.c.status.in_(OUTBOX))
+                )
+            ).scalar_one()
+        return int(count)
+
+    async def claim_due(self, owner: str, *, limit: int, lease_ms: int) -> list[MessageRecord]:
+        """Lease up to ``limit`` due messages to ``owner``, oldest due first.
+
+        A lease that runs out (its worker died) makes the message claimable again.
+        """
+        if limit <= 0:
+            return []
+        now = self._clock()
+        due = (
+            select(messages.c.id)
+            .where(
+                messages.c.status.in_(OUTBOX),
+                messages.c.next_attempt_at <= now,
+                or_(messages.c.lease_expires_at.is_(None), messages.c.lease_expires_at < now),
+            )
+            .order_by(messages.c.priority, messages.c.next_attempt_at, messages.c.id)
+            .limit(limit)
+        )
+        if not self._db.is_sqlite:  # SQLite's single writer already excludes other claimers
+            due = due.with_for_update(skip_locked=True, key_share=True)
+        async with self._transaction() as conn:
+            ids = list((await conn.execute(due)).scalars())
+            if not ids:
+                return []
+            await conn.execute(
+                update(messages)
+                .where(messages.c.id.in_(ids))
+                .values(lease_owner=owner, lease_expires_at=now + lease_ms)
+            )
+            rows = (await conn.execute(select(messages).where(messages.c.id.in_(ids)))).all()
+        by_id = {row.id: record(row._mapping, ()) for row in rows}
+        return [by_id[i] for i in ids]
+
+    async def record_attempt(
+        self, message_id: str, attempt: AttemptRecord | None, transition: Transition
+    ) -> None:
+        """Store an attempt and its effect on the message in one transaction."""
+        await self.record_attempts([(message_id, attempt, transition)])
+
+    async def record_attempts(self, results: Sequence[AttemptResult]) -> None:
+        """Store many attempts and their effects on their messages in one transaction.
+
+        The dispatcher hands over what Twilio answered for every send that finished
+        while the previous write was committing: a handful of statements for the lot
+        instead of six per message. Each result is applied as ``record_attempt`` alone
+        would (in the order given, so the same message twice is fine).
+        """
+        if results:
+            await self._write(
+                partial(self._record_attempts, results=list(results), now=self._clock())
+            )
+
+    async def _record_attempts(
+        self, conn: AsyncConnection, results: list[AttemptResult], now: int
+    ) -> None:
+        ids = sorted({message_id for message_id, _, _ in results})
+        plan = _AttemptPlan(now)
+        for chunk in chunks(ids):
+            stmt = select(
+                messages.c.id, messages.c.status, messages.c.twilio_sid, messages.c.attempts
+            ).where(messages.c.id.in_(chunk))
+            # PostgreSQL: a callback on another connection waits for this record.
+            plan.state |= {
+                row.id: {
+                    "status": row.status,
+                    "twilio_sid": row.twilio_sid,
+                    "attempts": row.attempts,
+                }
+                for row in await conn.execute(self._locked(stmt))
+            }
+            counted = await conn.execute(
+                select(delivery_attempts.c.message_id, func.count())
+                .where(delivery_attempts.c.message_id.in_(chunk))
+                .group_by(delivery_attempts.c.message_id)
+            )
+            plan.numbers |= {message_id: int(n) for message_id, n in counted}
+        for result in results:
+            plan.add(*result)
+        await plan.write(conn)
+
+    async def release(self, owner: str, ids: Sequence[str]) -> int:
+        """Give back leases that were never used, so another worker takes them now."""
+        if not ids:
+            return 0
+        async with self._transaction() as conn:
+            result = await conn.execute(
+                update(messages)
+                .where(
+                    messages.c.id.in_(list(ids)),
+                    messages.c.lease_owner == owner,
+                    messages.c.status.in_(OUTBOX),
+                )
+                .values(lease_owner=None, lease_expires_at=None)
+            )
+            if result.rowcount:
+                await notify(conn, DUE_CHANNEL)
+            return int(result.rowcount)
+
+    async def attempts_of(self, message_id: str) -> tuple[Status, int]:
+        async with self._reading() as conn:
+            row = (
+                await conn.execute(
+                    select(messages.c.status, messages.c.attempts).where(
+                        messages.c.id == message_id
+                    )
+                )
+            ).first()
+        if row is None:
+            raise NotFound("message", message_id)
+        return Status(row.status), int(row.attempts)
+
+
+class _AttemptPlan:
+    """What a batch of attempt results writes, decided in order against the messages'
+    state as the earlier results of the batch left it."""
+
+    def __init__(self, now: int) -> None:
+        self.now = now
+        self.state: dict[str, dict[str, Any]] = {}  # message id -> status, sid, attempts
+        self.numbers: dict[str, int] = {}  # message id -> attempts stored so far
+        self.attempts: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []
+        self.moved: dict[str, dict[str, Any]] = {}  # their status changes
+        self.late: dict[str, dict[str, Any]] = {}  # their status stays (a callback won)
+
+    def add(self, message_id: str, attempt: AttemptRecord | None, transition: Transition) -> None:
+        row = self.state.get(message_id)
+        if row is None:
+            return  # deleted meanwhile: nothing to record against
+        if attempt is not None:
+            self._add_attempt(message_id, row, attempt)
+        # Only a message still in the outbox changes status here: a callback that
+        # already moved it on (or an operator's cancel) wins.
+        if row["status"] not in OUTBOX:
+            # A callback (or a cancel) moved it on first; keep the attempt's facts.
+            if row["twilio_sid"] is None and transition.twilio_sid is not None:
+                row["twilio_sid"] = transition.twilio_sid
+            if message_id not in self.moved:
+                self.late[message_id] = {"b_id": message_id}
+            return
+        self.late.pop(message_id, None)
+        values = self.moved.setdefault(message_id, {"p_next": None})
+        if transition.twilio_sid is not None:
+            row["twilio_sid"] = transition.twilio_sid
+        if transition.status is Status.PENDING:
+            values["p_next"] = transition.retry_at_ms
+        values |= {
+            "b_id": message_id,
+            "p_status": transition.status.value,
+            "p_error_code": transition.error_code,
+            "p_error_message": transition.error_message,
+        }
+        row["status"] = transition.status.value
+        if transition.status is not Status.PENDING:
+            self.events.append(
+                event_row(
+                    message_id,
+                    transition.status,
+                    EventSource.DISPATCHER,
+                    self.now,
+                    transition.error_code,
+                )
+            )
+
+    def _add_attempt(self, message_id: str, row: dict[str, Any], attempt: AttemptRecord) -> None:
+        self.numbers[message_id] = self.numbers.get(message_id, 0) + 1
+        row["attempts"] += 1
+        self.attempts.append(
+            {
+                "message_id": message_id,
+                "number": self.numbers[message_id],
+                "started_at": attempt.started_at_ms,
+                "finished_at": attempt.finished_at_ms,
+                "outcome": attempt.outcome,
+                "http_status": attempt.http_status,
+                "error_code": attempt.error_code,
+                "error_message": attempt.error_message,
+                "twilio_sid": attempt.twilio_sid,
+            }
+        )
+
+    async def write(self, conn: AsyncConnection) -> None:
+        for message_id, values in (self.moved | self.late).items():
+            row = self.state[message_id]
+            values |= {"p_attempts": row["attempts"], "p_twilio_sid": row["twilio_sid"]}
+        if self.attempts:
+            await conn.execute(insert(delivery_attempts), self.attempts)
+        await _update_many(conn, list(self.moved.values()), self.now, moved=True)
+        await _update_many(conn, list(self.late.values()), self.now, moved=False)
+        if self.events:
+            await conn.execute(insert(status_events), self.events)
+            await notify(conn, EVENTS_CHANNEL)
+
+
+async def _update_many(
+    conn: AsyncConnection, rows: list[dict[str, Any]], now: int, *, moved: bool
+) -> None:
+    """One executemany: leases given back, attempts counted, and (``moved``) the new
+    status; rows whose status stays put keep their next_attempt_at unless PENDING."""
+    if not rows:
+        return
+    values: dict[str, Any] = {
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "updated_at": now,
+        "attempts": bindparam("p_attempts"),
+        "twilio_sid": bindparam("p_twilio_sid"),
+    }
+    if moved:
+        values |= {
+            "status": bindparam("p_status"),
+            "error_code": bindparam("p_error_code"),
+            "error_message": bindparam("p_error_message"),
+            "next_attempt_at": func.coalesce(
+                bindparam("p_next", type_=BigInteger), messages.c.next_attempt_at
+            ),
+        }
+    await conn.execute(
+        update(messages).where(messages.c.id == bindparam("b_id")).values(**values), rows
+    )

@@ -1,0 +1,175 @@
+"""Rows and domain values, both ways: the mappers every storage module shares, and the
+few reads that bring a message back whole (with its tags)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Row, insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+from ulid import ULID
+
+from notifier.domain.errors import NotFound
+from notifier.domain.model import (
+    Attempt,
+    Channel,
+    EventSource,
+    MessageRecord,
+    NewMessage,
+    Status,
+    StatusEvent,
+)
+from notifier.storage.tables import message_tags, messages, status_events
+
+STAMP_COLUMNS = {Status.SENT: "sent_at", Status.DELIVERED: "delivered_at", Status.READ: "read_at"}
+"""Where a message keeps the time its current send first reached each status."""
+
+OUTBOX = (Status.PENDING.value, Status.SCHEDULED.value)
+"""Statuses of messages waiting in the outbox (not yet handed to Twilio)."""
+
+
+def chunks(values: Sequence[str], size: int = 500) -> list[Sequence[str]]:
+    """Keep IN (...) lists under SQLite's limit on bound parameters."""
+    return [values[i : i + size] for i in range(0, len(values), size)]
+
+
+def new_message_id() -> str:
+    """ULIDs: unique across replicas, and sorted by creation time (pages, newest first)."""
+    return str(ULID())
+
+
+def message_row(
+    message: NewMessage,
+    message_id: str,
+    caller: str,
+    traceparent: str | None,
+    now: int,
+    priority: int = 0,
+) -> dict[str, Any]:
+    status = Status.SCHEDULED if message.send_at_ms is not None else Status.PENDING
+    return {
+        "id": message_id,
+        "caller": caller,
+        "channel": message.channel.value,
+        "to_addr": message.to,
+        "body": message.body,
+        "content_sid": message.content_sid,
+        "variables": json.dumps(message.variables) if message.variables else None,
+        "media_urls": json.dumps(list(message.media_urls)) if message.media_urls else None,
+        "status": status.value,
+        "send_at": message.send_at_ms,
+        "expires_at": message.expires_at_ms,
+        "next_attempt_at": message.send_at_ms or now,
+        "traceparent": traceparent,
+        "created_at": now,
+        "updated_at": now,
+        "attempts": 0,
+        "priority": priority,
+    }
+
+
+def event_row(
+    message_id: str,
+    status: Status | str,
+    source: EventSource,
+    now: int,
+    error_code: int | None = None,
+    *,
+    applied: bool = True,
+) -> dict[str, Any]:
+    """A status_events row: one entry of a message's history."""
+    return {
+        "message_id": message_id,
+        "status": Status(status).value,
+        "source": source.value,
+        "occurred_at": now,
+        "error_code": error_code,
+        "applied": applied,
+    }
+
+
+def record(row: Any, tags: Sequence[str]) -> MessageRecord:
+    """A message row (a RowMapping or a dict of the same columns) as the domain sees it."""
+    return MessageRecord(
+        id=row["id"],
+        to=row["to_addr"],
+        channel=Channel(row["channel"]),
+        status=Status(row["status"]),
+        created_at_ms=row["created_at"],
+        updated_at_ms=row["updated_at"],
+        body=row["body"],
+        content_sid=row["content_sid"],
+        variables=json.loads(row["variables"]) if row["variables"] else {},
+        media_urls=tuple(json.loads(row["media_urls"])) if row["media_urls"] else (),
+        tags=tuple(tags),
+        twilio_sid=row.get("twilio_sid"),
+        attempts=row.get("attempts") or 0,
+        error_code=row.get("error_code"),
+        error_message=row.get("error_message"),
+        send_at_ms=row["send_at"],
+        expires_at_ms=row["expires_at"],
+        next_attempt_at_ms=row["next_attempt_at"],
+        traceparent=row.get("traceparent"),
+    )
+
+
+def status_event(row: Row[Any]) -> StatusEvent:
+    return StatusEvent(
+        status=Status(row.status),
+        occurred_at_ms=row.occurred_at,
+        source=EventSource(row.source),
+        error_code=row.error_code,
+        applied=bool(row.applied),
+    )
+
+
+def attempt(row: Row[Any]) -> Attempt:
+    return Attempt(
+        number=row.number,
+        started_at_ms=row.started_at,
+        finished_at_ms=row.finished_at,
+        outcome=row.outcome,
+        http_status=row.http_status,
+        error_code=row.error_code,
+        error_message=row.error_message,
+    )
+
+
+async def add_event(
+    conn: AsyncConnection, message_id: str, status: Status, source: EventSource, now: int
+) -> None:
+    await conn.execute(insert(status_events), [event_row(message_id, status, source, now)])
+
+
+async def tags_of(conn: AsyncConnection, ids: list[str]) -> dict[str, tuple[str, ...]]:
+    if not ids:
+        return {}
+    rows = await conn.execute(
+        select(message_tags.c.message_id, message_tags.c.tag).where(
+            message_tags.c.message_id.in_(ids)
+        )
+    )
+    out: dict[str, list[str]] = {}
+    for mid, tag in rows:
+        out.setdefault(mid, []).append(tag)
+    return {k: tuple(v) for k, v in out.items()}
+
+
+async def load(conn: AsyncConnection, message_id: str) -> MessageRecord:
+    """The message with its tags; raises NotFound."""
+    row = (await conn.execute(select(messages).where(messages.c.id == message_id))).first()
+    if row is None:
+        raise NotFound("message", message_id)
+    tags = await tags_of(conn, [message_id])
+    return record(row._mapping, tags.get(message_id, ()))
+
+
+async def load_many(conn: AsyncConnection, ids: list[str]) -> dict[str, MessageRecord]:
+    out: dict[str, MessageRecord] = {}
+    for chunk in chunks(sorted(set(ids))):
+        rows = (await conn.execute(select(messages).where(messages.c.id.in_(chunk)))).all()
+        tags = await tags_of(conn, [r.id for r in rows])
+        out |= {r.id: record(r._mapping, tags.get(r.id, ())) for r in rows}
+    return out

@@ -1,0 +1,70 @@
+"""What every part of the repository shares: the database, the clock, and how it writes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+from sqlalchemy import Select, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from notifier.domain.clock import Clock, now_ms
+from notifier.storage.engine import Database, storage_errors
+from notifier.storage.group_commit import GroupCommit
+
+T = TypeVar("T")
+
+
+class Store:
+    def __init__(self, db: Database, clock: Clock = now_ms) -> None:
+        self._db = db
+        self._clock = clock
+        # SQLite's single writer commits the small writes of many callers together;
+        # other databases take concurrent transactions on their own connections.
+        self._group = GroupCommit(db.writer) if db.is_sqlite else None
+
+    async def _write(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """Run ``work`` in a write transaction and return once it is committed.
+
+        On SQLite it shares the transaction (and the fsync) with the writes queued
+        beside it (storage/group_commit.py); a failure of ``work`` still undoes only
+        its own changes.
+        """
+        async with storage_errors():
+            if self._group is not None:
+                return await self._group.run(work)
+            async with self._db.writer.begin() as conn:
+                return await work(conn)
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction of its own (not shared with others' writes)."""
+        async with storage_errors(), self._db.writer.begin() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def _reading(self) -> AsyncIterator[AsyncConnection]:
+        async with storage_errors(), self._db.reader.connect() as conn:
+            yield conn
+
+    def _locked(self, stmt: Select[Any]) -> Select[Any]:
+        """``stmt`` (a SELECT) taking row locks on PostgreSQL; SQLite's single writer
+        needs none. FOR NO KEY UPDATE: we never change a message's id, and the weaker
+        lock does not wait for transactions that merely insert rows referencing the
+        message (their foreign key check takes KEY SHARE)."""
+        return stmt if self._db.is_sqlite else stmt.with_for_update(key_share=True)
+
+    async def ping(self) -> None:
+        """Check that a write can be made now.
+
+        SQLite: write the header's user_version back unchanged. Taking the write lock
+        alone still succeeds on storage that has turned read-only, and health said
+        SERVING while every write failed with "disk I/O error".
+        """
+        async with self._transaction() as conn:
+            if self._db.is_sqlite:
+                version = int((await conn.execute(text("PRAGMA user_version"))).scalar_one())
+                await conn.execute(text(f"PRAGMA user_version = {version}"))
+            else:
+                await conn.execute(text("SELECT 1"))
