@@ -1,7 +1,8 @@
 """Every interface the service needs from storage, one narrow protocol per consumer.
 
-The repository (``notifier.storage``) implements all of them; each consumer names only
-what it calls, so a fake for a test needs only those methods:
+The repository (``notifier.storage``) implements the stores, the status feed implements
+``StatusWatch``; each consumer names only what it calls, so a fake for a test needs
+only those methods:
 
 - ``MessageStore``: the use cases (``domain.service``, ``domain.bulk``)
 - ``StorageProbe``: the health checks (``health.StorageHealth``, the sidecar's /readyz)
