@@ -30,6 +30,7 @@ from notifier.domain.model import (
     Transition,
 )
 from notifier.domain.watch import WatchSpec
+from notifier.status_feed import StatusFeed
 from notifier.storage.engine import (
     DUE_CHANNEL,
     EVENTS_CHANNEL,
@@ -40,7 +41,6 @@ from notifier.storage.engine import (
 from notifier.storage.listener import Listener
 from notifier.storage.repository import Repository
 from notifier.storage.send_slots import SendSlots
-from notifier.watch import StatusFeed
 from tests.databases import TestDb, run_async
 
 pytestmark = [pytest.mark.backends("postgresql"), pytest.mark.postgresql]

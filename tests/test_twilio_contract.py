@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
+from notifier.dispatch.twilio import TwilioConfig, TwilioProvider
 from notifier.domain.delivery import ErrorKind, OutgoingMessage, ProviderError
-from notifier.twilio_provider import TwilioConfig, TwilioProvider
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "tests" / "contract" / "twilio_messages_v2010.json"

@@ -25,8 +25,8 @@ from notifier.domain.watch import StatusChange, WatchSpec
 from notifier.emulator.faults import Faults
 from notifier.emulator.server import EmulatorServer
 from notifier.server import NotifierServer, create_sidecar
+from notifier.status_feed import StatusFeed
 from notifier.storage.repository import Repository
-from notifier.watch import StatusFeed
 from notifier_proto.v1 import notifier_pb2 as pb
 from tests.helpers import details, field_violations
 from tests.process import notifier_env

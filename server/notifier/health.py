@@ -9,7 +9,7 @@ import logging
 from grpc_health.v1 import health, health_pb2
 
 from notifier.domain.errors import StorageUnavailable
-from notifier.domain.ports import MessageStore
+from notifier.domain.ports import StorageProbe
 from notifier.telemetry import untraced
 
 log = logging.getLogger(__name__)
@@ -22,7 +22,7 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 class StorageHealth:
     """Pings storage every ``interval`` seconds and publishes the result."""
 
-    def __init__(self, store: MessageStore, interval: float) -> None:
+    def __init__(self, store: StorageProbe, interval: float) -> None:
         self.servicer = health.aio.HealthServicer()
         self._store = store
         self._interval = interval

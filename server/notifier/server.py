@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,20 +22,20 @@ from notifier.asgi_server import InProcessServer, bind
 from notifier.config import Settings
 from notifier.dispatch.dispatcher import DispatchConfig, Dispatcher
 from notifier.dispatch.rate_limit import RateLimiters
+from notifier.dispatch.twilio import TwilioConfig, TwilioProvider
 from notifier.domain.bulk import BulkSender
 from notifier.domain.capacity import OutboxCapacity
 from notifier.domain.inbound import Keywords
 from notifier.domain.retry import RetryPolicy
 from notifier.domain.service import MessageService, payload_hash
 from notifier.health import StorageHealth
+from notifier.status_feed import StatusFeed
 from notifier.storage.engine import DUE_CHANNEL, EVENTS_CHANNEL, Database, create_database
 from notifier.storage.listener import Listener
 from notifier.storage.migrate import pending_revisions, upgrade
 from notifier.storage.repository import Repository
 from notifier.storage.send_slots import SendSlots
 from notifier.telemetry import DISABLED, Telemetry
-from notifier.twilio_provider import TwilioConfig, TwilioProvider
-from notifier.watch import StatusFeed
 from notifier.webhooks.app import WebhookConfig, create_webhook_app
 from notifier_proto.v1 import notifier_pb2, notifier_pb2_grpc
 
@@ -51,27 +54,6 @@ class StartupError(Exception):
     """The server cannot start; the message says what to do."""
 
 
-@dataclass(slots=True)
-class Sidecar:
-    """The webhook sidecar on its port, with the storage it uses."""
-
-    http: InProcessServer
-    db: Database
-    owns_db: bool
-
-    @property
-    def url(self) -> str:
-        return self.http.url
-
-    async def start(self) -> None:
-        await self.http.start()
-
-    async def stop(self) -> None:
-        await self.http.stop()
-        if self.owns_db:
-            await self.db.dispose()
-
-
 def _split_addr(addr: str) -> tuple[str, int]:
     host, _, port = addr.rpartition(":")
     return host, int(port)
@@ -85,83 +67,6 @@ def sidecar_urls(settings: Settings, base: str) -> Settings:
     if settings.webhook_url is None:
         update["webhook_url"] = AnyHttpUrl(base + settings.inbound_path)
     return settings.model_copy(update=update) if update else settings
-
-
-async def create_sidecar(
-    settings: Settings, db: Database | None = None, telemetry: Telemetry = DISABLED
-) -> tuple[Sidecar, Settings]:
-    """The sidecar bound to NOTIFIER_HTTP_ADDR; returns it with the settings it implies
-    (in development, Twilio's URLs default to the sidecar's own)."""
-    host, port = _split_addr(settings.http_addr)
-    try:
-        sock = bind(host, port)
-    except OSError as exc:
-        raise StartupError(f"cannot listen on {settings.http_addr}: {exc.strerror}") from exc
-    base = f"http://{host}:{sock.getsockname()[1]}"
-    if settings.is_development:
-        settings = sidecar_urls(settings, base)
-    if settings.status_callback_url is None or settings.webhook_url is None:
-        sock.close()
-        raise StartupError("set STATUS_CALLBACK_URL and WEBHOOK_URL: the public URLs Twilio calls")
-    owns_db = db is None
-    if db is None:
-        db = await prepare_storage(settings, telemetry)
-    repository = Repository(db)
-    config = WebhookConfig(
-        status_url=str(settings.status_callback_url),
-        inbound_url=str(settings.webhook_url),
-        status_path=settings.status_path,
-        inbound_path=settings.inbound_path,
-        tokens=settings.webhook_tokens,
-        max_bytes=settings.webhook_max_bytes,
-        keywords=Keywords(
-            frozenset(settings.opt_out_keywords), frozenset(settings.opt_in_keywords)
-        ),
-    )
-    app = create_webhook_app(repository, config)
-    telemetry.instrument_app(app)
-    return Sidecar(InProcessServer(app, host, sock=sock), db, owns_db), settings
-
-
-@dataclass(slots=True)
-class NotifierServer:
-    server: grpc.aio.Server
-    port: int
-    health: StorageHealth
-    db: Database
-    dispatcher: Dispatcher | None = None
-    provider: TwilioProvider | None = None
-    feed: StatusFeed | None = None
-    capacity: OutboxCapacity | None = None
-    listener: Listener | None = None
-
-    async def start(self) -> None:
-        await self.server.start()
-        await self.health.check()
-        self.health.start()
-        if self.listener is not None:
-            self.listener.start()
-        if self.dispatcher is not None:
-            self.dispatcher.start()
-
-    async def stop(self, grace: float) -> None:
-        """Refuse new calls; let running calls and sends finish within ``grace`` seconds."""
-        await self.health.stop()
-        if self.feed is not None:
-            # Watches never finish on their own: end them now (UNAVAILABLE, reopen
-            # elsewhere) instead of letting them hold the grace period.
-            await self.feed.close()
-        if self.listener is not None:
-            await self.listener.close()
-        stopping = [self.server.stop(grace)]
-        if self.dispatcher is not None:
-            stopping.append(self.dispatcher.stop(grace))
-        await asyncio.gather(*stopping)
-        if self.provider is not None:
-            await self.provider.close()
-        if self.capacity is not None:
-            await self.capacity.close()
-        await self.db.dispose()
 
 
 def twilio_config(settings: Settings) -> TwilioConfig | None:
@@ -217,19 +122,171 @@ async def prepare_storage(settings: Settings, telemetry: Telemetry = DISABLED) -
     return db
 
 
-def _dispatcher(
-    settings: Settings,
-    db: Database,
-    repository: Repository,
-    provider: TwilioProvider,
-    telemetry: Telemetry,
-) -> Dispatcher:
+@contextlib.asynccontextmanager
+async def _closed_on_failure() -> AsyncIterator[contextlib.AsyncExitStack]:
+    """The exit stack a builder registers each cleanup on as it builds. If building
+    fails, what was built so far is undone; if not, the stack is the caller's to keep
+    (and close on stop)."""
+    cleanup = contextlib.AsyncExitStack()
+    try:
+        yield cleanup
+    except BaseException:
+        await cleanup.aclose()
+        raise
+
+
+# -- the webhook sidecar ------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Sidecar:
+    """The webhook sidecar on its port, with the storage it uses.
+
+    ``cleanup`` holds what stop() undoes, last built first: the HTTP server, then the
+    database when the sidecar opened it itself, then its listening socket.
+    """
+
+    http: InProcessServer
+    db: Database
+    cleanup: contextlib.AsyncExitStack
+
+    @property
+    def url(self) -> str:
+        return self.http.url
+
+    async def start(self) -> None:
+        await self.http.start()
+
+    async def stop(self) -> None:
+        await self.cleanup.aclose()
+
+
+def webhook_config(settings: Settings) -> WebhookConfig:
+    """What the sidecar checks and serves; the public URLs must be known by now."""
+    return WebhookConfig(
+        status_url=str(settings.status_callback_url),
+        inbound_url=str(settings.webhook_url),
+        status_path=settings.status_path,
+        inbound_path=settings.inbound_path,
+        tokens=settings.webhook_tokens,
+        max_bytes=settings.webhook_max_bytes,
+        keywords=Keywords(
+            frozenset(settings.opt_out_keywords), frozenset(settings.opt_in_keywords)
+        ),
+    )
+
+
+def _listen(addr: str) -> socket.socket:
+    host, port = _split_addr(addr)
+    try:
+        return bind(host, port)
+    except OSError as exc:
+        raise StartupError(f"cannot listen on {addr}: {exc.strerror}") from exc
+
+
+def _public_urls(settings: Settings, base: str) -> Settings:
+    """The settings with the URLs Twilio calls (in development, the sidecar's own)."""
+    if settings.is_development:
+        settings = sidecar_urls(settings, base)
+    if settings.status_callback_url is None or settings.webhook_url is None:
+        raise StartupError("set STATUS_CALLBACK_URL and WEBHOOK_URL: the public URLs Twilio calls")
+    return settings
+
+
+async def create_sidecar(
+    settings: Settings, db: Database | None = None, telemetry: Telemetry = DISABLED
+) -> tuple[Sidecar, Settings]:
+    """The sidecar bound to NOTIFIER_HTTP_ADDR; returns it with the settings it implies
+    (in development, Twilio's URLs default to the sidecar's own). Without ``db`` it
+    opens (and on stop disposes of) its own."""
+    host = _split_addr(settings.http_addr)[0]
+    sock = _listen(settings.http_addr)
+    async with _closed_on_failure() as cleanup:
+        cleanup.callback(sock.close)
+        settings = _public_urls(settings, f"http://{host}:{sock.getsockname()[1]}")
+        if db is None:
+            db = await prepare_storage(settings, telemetry)
+            cleanup.push_async_callback(db.dispose)
+        app = create_webhook_app(Repository(db), webhook_config(settings))
+        telemetry.instrument_app(app)
+        http = InProcessServer(app, host, sock=sock)
+        cleanup.push_async_callback(http.stop)
+        return Sidecar(http, db, cleanup), settings
+
+
+# -- the gRPC server ------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Grace:
+    """The grace period stop() was given, read by the cleanup that lets work finish."""
+
+    seconds: float = 0.0
+
+
+@dataclass(slots=True)
+class NotifierServer:
+    """The gRPC server with everything it runs.
+
+    ``cleanup`` holds every cleanup, registered as each part was built and run in
+    reverse by stop(): health goes NOT_SERVING, watches end, the PostgreSQL listener
+    closes, running calls and sends finish together within the grace period, then the
+    Twilio client, the outbox capacity and the database close.
+    """
+
+    server: grpc.aio.Server
+    port: int
+    health: StorageHealth
+    db: Database
+    cleanup: contextlib.AsyncExitStack
+    grace: Grace
+    dispatcher: Dispatcher | None = None
+    provider: TwilioProvider | None = None
+    feed: StatusFeed | None = None
+    capacity: OutboxCapacity | None = None
+    listener: Listener | None = None
+
+    async def start(self) -> None:
+        await self.server.start()
+        await self.health.check()
+        self.health.start()
+        if self.listener is not None:
+            self.listener.start()
+        if self.dispatcher is not None:
+            self.dispatcher.start()
+
+    async def stop(self, grace: float) -> None:
+        """Refuse new calls; let running calls and sends finish within ``grace`` seconds."""
+        self.grace.seconds = grace
+        await self.cleanup.aclose()
+
+
+@dataclass(frozen=True, slots=True)
+class Storage:
+    db: Database
+    repository: Repository
+    capacity: OutboxCapacity
+
+
+async def build_storage(
+    settings: Settings, telemetry: Telemetry, cleanup: contextlib.AsyncExitStack
+) -> Storage:
+    """The migrated database, its repository and the outbox capacity that guards it."""
+    db = await prepare_storage(settings, telemetry)
+    cleanup.push_async_callback(db.dispose)
+    repository = Repository(db, refuse_outside_window=settings.refuse_outside_window)
+    capacity = OutboxCapacity(repository.count_unsent, settings.outbox_capacity)
+    cleanup.push_async_callback(capacity.close)
+    return Storage(db, repository, capacity)
+
+
+def dispatch_config(settings: Settings, db: Database) -> DispatchConfig:
     policy = RetryPolicy(
         base_seconds=settings.retry_base_seconds,
         cap_seconds=settings.retry_cap_seconds,
         max_attempts=settings.retry_max_attempts,
     )
-    config = DispatchConfig(
+    return DispatchConfig(
         concurrency=settings.dispatch_concurrency,
         lease_seconds=settings.lease_seconds,
         retry=policy,
@@ -237,45 +294,39 @@ def _dispatcher(
         twilio_timeout_seconds=settings.twilio_timeout_seconds,
         poll_seconds=FALLBACK_POLL_SECONDS if db.is_postgresql else _SQLITE_DISPATCH_POLL_SECONDS,
     )
+
+
+def build_dispatcher(
+    settings: Settings,
+    storage: Storage,
+    telemetry: Telemetry,
+    cleanup: contextlib.AsyncExitStack,
+) -> tuple[TwilioProvider, Dispatcher] | None:
+    """The Twilio client and the dispatcher sending through it; None when this process
+    does not send (dispatcher disabled, or no Twilio credentials)."""
+    twilio = twilio_config(settings) if settings.dispatcher_enabled else None
+    if twilio is None:
+        return None
+    provider = TwilioProvider(twilio, telemetry.http_trace_configs())
+    cleanup.push_async_callback(provider.close)
     # On PostgreSQL any number of replicas send for one sender: the limit is shared
     # through the database so that it holds for all of them together.
-    shared = SendSlots(db) if db.is_postgresql else None
+    shared = SendSlots(storage.db) if storage.db.is_postgresql else None
     limiters = RateLimiters(settings.rate_limit_per_second, shared=shared)
-    return Dispatcher(
-        repository,
+    dispatcher = Dispatcher(
+        storage.repository,
         provider,
         limiters,
-        config,
+        dispatch_config(settings, storage.db),
         tracer=telemetry.tracer("notifier.dispatch"),
     )
+    return provider, dispatcher
 
 
-async def create_server(
-    settings: Settings, addr: str | None = None, telemetry: Telemetry = DISABLED
-) -> NotifierServer:
-    """Build the gRPC server bound to ``addr`` (port 0 picks a free one), traced by
-    ``telemetry`` (by default not at all)."""
-    db = await prepare_storage(settings, telemetry)
-    repository = Repository(db, refuse_outside_window=settings.refuse_outside_window)
-    capacity = OutboxCapacity(repository.count_unsent, settings.outbox_capacity)
-    messages = MessageService(
-        repository,
-        idempotency_ttl_ms=int(settings.idempotency_ttl_hours * 3600 * 1000),
-        admins=tuple(settings.admin_whatsapp_numbers),
-        capacity=capacity,
-    )
-    provider = dispatcher = None
-    try:
-        config = twilio_config(settings) if settings.dispatcher_enabled else None
-    except StartupError:
-        await db.dispose()
-        raise
-    if config is not None:
-        provider = TwilioProvider(config, telemetry.http_trace_configs())
-        dispatcher = _dispatcher(settings, db, repository, provider, telemetry)
-        messages.acceptance = dispatcher
-        messages.on_accepted = dispatcher.wake
-    health = StorageHealth(repository, settings.health_interval_seconds)
+def build_grpc_server(
+    settings: Settings, address: str, telemetry: Telemetry, health: StorageHealth
+) -> tuple[grpc.aio.Server, int]:
+    """The gRPC server with its interceptors, bound to ``address``; the port it got."""
     # Authentication before errors: a refused call reaches neither a handler nor storage.
     auth = auth_interceptors(settings.api_tokens)
     server = grpc.aio.server(
@@ -289,29 +340,92 @@ async def create_server(
         # Without this a second server on the same port would silently share it.
         options=[("grpc.so_reuseport", 0)],
     )
-    # One poller for every watch in this process; it reads the database, so it also
-    # sees the status callbacks a webhook sidecar in another process records.
-    feed = StatusFeed(
-        repository,
-        FALLBACK_POLL_SECONDS if db.is_postgresql else settings.watch_poll_seconds,
-        gap_grace_seconds=EVENT_GAP_GRACE_SECONDS if db.is_postgresql else 0.0,
-    )
+    try:
+        credentials = server_credentials(settings)
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError as exc:
+        raise StartupError(f"cannot listen on {address}: {exc}") from exc
+    return server, port
+
+
+async def _finish_work(
+    server: grpc.aio.Server, dispatcher: Dispatcher | None, grace: Grace
+) -> None:
+    """Refuse new calls; let running calls and sends finish, together, within the grace."""
+    stopping = [server.stop(grace.seconds)]
+    if dispatcher is not None:
+        stopping.append(dispatcher.stop(grace.seconds))
+    await asyncio.gather(*stopping)
+
+
+def build_status_feed(
+    settings: Settings,
+    db: Database,
+    repository: Repository,
+    dispatcher: Dispatcher | None,
+    cleanup: contextlib.AsyncExitStack,
+) -> tuple[StatusFeed, Listener | None]:
+    """One poller for every watch in this process and, on PostgreSQL, the listener that
+    wakes it (and the dispatcher)."""
     listener = None
     if db.is_postgresql:
         # Wake-ups from every process sharing the database (other replicas, the
         # sidecar) instead of busy polling.
         listener = Listener(db.asyncpg_dsn())
+        cleanup.push_async_callback(listener.close)
+    # The feed reads the database, so it also sees the status callbacks a webhook
+    # sidecar in another process records.
+    feed = StatusFeed(
+        repository,
+        FALLBACK_POLL_SECONDS if db.is_postgresql else settings.watch_poll_seconds,
+        gap_grace_seconds=EVENT_GAP_GRACE_SECONDS if db.is_postgresql else 0.0,
+    )
+    # Closed before the listener and before the gRPC server stops: watches never
+    # finish on their own, so they are ended (UNAVAILABLE, reopen elsewhere) instead
+    # of holding the grace period.
+    cleanup.push_async_callback(feed.close)
+    if listener is not None:
         listener.subscribe(EVENTS_CHANNEL, feed.wake)
         if dispatcher is not None:
             listener.subscribe(DUE_CHANNEL, dispatcher.wake)
-    bulk = BulkSender(
-        repository,
-        payload_hash,
-        idempotency_ttl_ms=messages.idempotency_ttl_ms,
-        on_accepted=messages.on_accepted,
-        capacity=capacity,
+    return feed, listener
+
+
+def _nothing_to_wake() -> None:
+    """Accepted messages wake no dispatcher in a process without one."""
+
+
+def build_servicer(
+    settings: Settings, storage: Storage, dispatcher: Dispatcher | None, feed: StatusFeed
+) -> NotifierServicer:
+    """The use cases (single sends, bulk sends, watches) behind the Notifier service."""
+    on_accepted = dispatcher.wake if dispatcher is not None else _nothing_to_wake
+    ttl_ms = int(settings.idempotency_ttl_hours * 3600 * 1000)
+    messages = MessageService(
+        storage.repository,
+        idempotency_ttl_ms=ttl_ms,
+        acceptance=dispatcher,
+        on_accepted=on_accepted,
+        admins=tuple(settings.admin_whatsapp_numbers),
+        capacity=storage.capacity,
     )
-    servicer = NotifierServicer(messages, feed, bulk)
+    bulk = BulkSender(
+        storage.repository,
+        payload_hash,
+        idempotency_ttl_ms=ttl_ms,
+        on_accepted=on_accepted,
+        capacity=storage.capacity,
+    )
+    return NotifierServicer(messages, feed, bulk)
+
+
+def add_services(
+    server: grpc.aio.Server, servicer: NotifierServicer, health: StorageHealth
+) -> None:
+    """Notifier, grpc.health.v1 and reflection (so grpcurl needs no proto files)."""
     notifier_pb2_grpc.add_NotifierServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
     names = (
@@ -320,26 +434,42 @@ async def create_server(
         reflection.SERVICE_NAME,
     )
     reflection.enable_server_reflection(names, server)
-    address = addr or settings.grpc_addr
-    try:
-        credentials = server_credentials(settings)
-        if credentials is None:
-            port = server.add_insecure_port(address)
-        else:
-            port = server.add_secure_port(address, credentials)
-    except RuntimeError as exc:
-        if provider is not None:
-            await provider.close()
-        await db.dispose()
-        raise StartupError(f"cannot listen on {address}: {exc}") from exc
-    return NotifierServer(
-        server=server,
-        port=port,
-        health=health,
-        db=db,
-        dispatcher=dispatcher,
-        provider=provider,
-        feed=feed,
-        capacity=capacity,
-        listener=listener,
-    )
+
+
+async def create_server(
+    settings: Settings, addr: str | None = None, telemetry: Telemetry = DISABLED
+) -> NotifierServer:
+    """Build the gRPC server bound to ``addr`` (port 0 picks a free one), traced by
+    ``telemetry`` (by default not at all).
+
+    Each part's cleanup goes on one exit stack as the part is built; stop() closes it,
+    so everything is shut down in the reverse order (see NotifierServer). If building
+    fails, what was built so far is undone the same way.
+    """
+    grace = Grace()
+    async with _closed_on_failure() as cleanup:
+        storage = await build_storage(settings, telemetry, cleanup)
+        sending = build_dispatcher(settings, storage, telemetry, cleanup)
+        provider, dispatcher = sending if sending is not None else (None, None)
+        health = StorageHealth(storage.repository, settings.health_interval_seconds)
+        server, port = build_grpc_server(settings, addr or settings.grpc_addr, telemetry, health)
+        cleanup.push_async_callback(_finish_work, server, dispatcher, grace)
+        feed, listener = build_status_feed(
+            settings, storage.db, storage.repository, dispatcher, cleanup
+        )
+        add_services(server, build_servicer(settings, storage, dispatcher, feed), health)
+        # Last, so it runs first: NOT_SERVING before anything else stops.
+        cleanup.push_async_callback(health.stop)
+        return NotifierServer(
+            server=server,
+            port=port,
+            health=health,
+            db=storage.db,
+            cleanup=cleanup,
+            grace=grace,
+            dispatcher=dispatcher,
+            provider=provider,
+            feed=feed,
+            capacity=storage.capacity,
+            listener=listener,
+        )

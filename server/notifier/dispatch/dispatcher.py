@@ -13,14 +13,15 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.trace import Span, StatusCode
 from ulid import ULID
 
+from notifier.dispatch.provider import Provider
 from notifier.dispatch.rate_limit import RateLimiters
 from notifier.dispatch.recorder import AttemptRecorder
 from notifier.domain.clock import Clock, now_ms
@@ -28,11 +29,11 @@ from notifier.domain.delivery import (
     ErrorKind,
     OutgoingMessage,
     ProviderError,
-    SendReceipt,
     meaning,
 )
 from notifier.domain.errors import StorageUnavailable
 from notifier.domain.model import AttemptRecord, MessageRecord, Status, Transition
+from notifier.domain.ports import OutboxStore
 from notifier.domain.retry import RetryPolicy, after_failure
 from notifier.telemetry import (
     SEND_KIND,
@@ -43,27 +44,6 @@ from notifier.telemetry import (
 )
 
 log = logging.getLogger(__name__)
-
-
-class Provider(Protocol):
-    @property
-    def sender(self) -> str: ...
-
-    async def send(self, msg: OutgoingMessage) -> SendReceipt: ...
-
-
-class OutboxStore(Protocol):
-    async def claim_due(self, owner: str, *, limit: int, lease_ms: int) -> list[MessageRecord]: ...
-
-    async def record_attempts(
-        self, results: Sequence[tuple[str, AttemptRecord | None, Transition]]
-    ) -> None: ...
-
-    async def release(self, owner: str, ids: list[str]) -> int: ...
-
-    async def attempts_of(self, message_id: str) -> tuple[Status, int]: ...
-
-    async def opted_out_among(self, pairs: Sequence[tuple[str, str]]) -> set[tuple[str, str]]: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,8 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Protocol
+
+from notifier.domain.ports import SlotStore
 
 DEFAULT_GUARD_SECONDS = 0.01
 # Replicas sharing a limit each add their own scheduling delay, and a slot is fixed on
@@ -76,16 +77,6 @@ class SlidingWindowLimiter:
             now = self._clock()
             self._stamps.append(now)
             self._last = now
-
-
-class SlotStore(Protocol):
-    async def take_slots(
-        self, sender: str, spacing_us: int, count: int, tolerance_us: int
-    ) -> tuple[bool, float]:
-        """Take ``count`` consecutive slots of the sender if the next one is due within
-        ``tolerance_us``; the sender's next slot then comes one spacing after the last
-        of them. Returns (granted, seconds): until the first slot when granted, else
-        until the next slot, when to ask again."""
 
 
 # How far ahead of its time a slot may be taken: enough to hide the round trip to the

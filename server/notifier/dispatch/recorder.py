@@ -17,17 +17,13 @@ its own, so one result the database refuses does not fail the others.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
 
 from notifier.batching import MAX_BATCH, Coalescer
 from notifier.domain.errors import StorageUnavailable
 from notifier.domain.model import AttemptRecord, Transition
+from notifier.domain.ports import AttemptStore
 
 Result = tuple[str, AttemptRecord | None, Transition]
-
-
-class AttemptStore(Protocol):
-    async def record_attempts(self, results: Sequence[Result]) -> None: ...
 
 
 class AttemptRecorder(Coalescer[Result, None]):

@@ -1,4 +1,20 @@
-"""The narrow interface the domain needs from storage."""
+"""Every interface the service needs from storage, one narrow protocol per consumer.
+
+The repository (``notifier.storage``) implements the stores, the status feed implements
+``StatusWatch``; each consumer names only what it calls, so a fake for a test needs
+only those methods:
+
+- ``MessageStore``: the use cases (``domain.service``, ``domain.bulk``)
+- ``StorageProbe``: the health checks (``health.StorageHealth``, the sidecar's /readyz)
+- ``StatusEventStore``: the status feed (``status_feed.StatusFeed``)
+- ``StatusWatch``: what WatchDeliveryStatus reads (``api.service``), the feed's side
+- ``AttemptStore``: the attempt recorder (``dispatch.recorder``)
+- ``OutboxStore``: the dispatcher (``dispatch.dispatcher``): claims, leases, attempts
+- ``SlotStore``: the rate limit shared by replicas (``dispatch.rate_limit``)
+- ``CallbackStore``: the webhook sidecar (``webhooks.app``)
+
+Nothing here knows of gRPC, SQL or HTTP.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +22,34 @@ from collections.abc import AsyncGenerator, Sequence
 from typing import Protocol
 
 from notifier.domain.errors import DomainError
+from notifier.domain.inbound import Consent, InboundMessage
 from notifier.domain.metrics import Metrics, MetricsQuery
 from notifier.domain.model import (
     Accepted,
+    AttemptRecord,
+    CallbackResult,
     Delivery,
     MessageQuery,
     MessageRecord,
     NewMessage,
     RetryOutcome,
+    Status,
+    StatusReport,
+    Transition,
 )
 from notifier.domain.watch import StatusChange, WatchSpec
 
+# One finished send: the message, its attempt (None: never sent, e.g. expired) and what
+# becomes of the message.
+AttemptResult = tuple[str, AttemptRecord | None, Transition]
 
-class MessageStore(Protocol):
+
+class StorageProbe(Protocol):
     async def ping(self) -> None:
         """Raise StorageUnavailable unless storage can take a write now."""
 
+
+class MessageStore(StorageProbe, Protocol):
     async def add_message(
         self,
         message: NewMessage,
@@ -110,3 +138,49 @@ class StatusWatch(Protocol):
         include_current) the current state of each id, then every matching change in
         the order stored, until the caller stops iterating. Raises FellBehind when the
         caller reads too slowly, FeedClosed when the server shuts down."""
+
+
+class AttemptStore(Protocol):
+    async def record_attempts(self, results: Sequence[AttemptResult]) -> None:
+        """Store many attempts and their effects on their messages in one transaction."""
+
+
+class OutboxStore(AttemptStore, Protocol):
+    """What the dispatcher needs: claim due messages under a lease, record the sends."""
+
+    async def claim_due(self, owner: str, *, limit: int, lease_ms: int) -> list[MessageRecord]:
+        """Lease up to ``limit`` due messages to ``owner``, oldest due first."""
+
+    async def release(self, owner: str, ids: list[str]) -> int:
+        """Give back leases that were never used, so another worker takes them now."""
+
+    async def attempts_of(self, message_id: str) -> tuple[Status, int]:
+        """The message's status and how many attempts it has had."""
+
+    async def opted_out_among(self, pairs: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of these (channel, address) pairs opted out."""
+
+
+class SlotStore(Protocol):
+    async def take_slots(
+        self, sender: str, spacing_us: int, count: int, tolerance_us: int
+    ) -> tuple[bool, float]:
+        """Take ``count`` consecutive slots of the sender if the next one is due within
+        ``tolerance_us``; the sender's next slot then comes one spacing after the last
+        of them. Returns (granted, seconds): until the first slot when granted, else
+        until the next slot, when to ask again."""
+
+
+class CallbackStore(StorageProbe, Protocol):
+    """What the webhook sidecar needs: Twilio's reports and inbound messages, figures."""
+
+    async def apply_report(self, report: StatusReport) -> tuple[CallbackResult, str | None]:
+        """Record a status Twilio reported; move the message only forward. Returns the
+        outcome and the message's id (None when the SID is unknown)."""
+
+    async def record_inbound(self, inbound: InboundMessage, consent: Consent | None) -> bool:
+        """Store an inbound message and update its sender's window and consent; False
+        for a repeat of a message already stored (Twilio retries)."""
+
+    async def status_counts(self) -> tuple[dict[str, int], int, int | None]:
+        """(messages per status, due PENDING messages, oldest due PENDING creation time)."""

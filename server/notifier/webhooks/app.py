@@ -20,7 +20,7 @@ from notifier.domain.delivery import meaning
 from notifier.domain.errors import StorageUnavailable
 from notifier.domain.inbound import InboundMessage, Keywords
 from notifier.domain.model import CallbackResult, Status, StatusReport
-from notifier.storage.repository import Repository
+from notifier.domain.ports import CallbackStore
 from notifier.telemetry import TRACEPARENT, link_current_span
 from notifier.webhooks.forms import BadRequest, public_url, read_form, signed_by_twilio
 from notifier.webhooks.metrics import WebhookMetrics
@@ -60,7 +60,7 @@ class WebhookConfig:
 
 class _Handlers:
     def __init__(
-        self, repo: Repository, config: WebhookConfig, metrics: WebhookMetrics, clock: Clock
+        self, repo: CallbackStore, config: WebhookConfig, metrics: WebhookMetrics, clock: Clock
     ) -> None:
         self.repo = repo
         self.config = config
@@ -183,7 +183,7 @@ async def _storage_down(request: Request, exc: Exception) -> Response:
 
 
 def create_webhook_app(
-    repo: Repository,
+    repo: CallbackStore,
     config: WebhookConfig,
     metrics: WebhookMetrics | None = None,
     clock: Clock = now_ms,
