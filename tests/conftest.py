@@ -1,5 +1,10 @@
 """Shared fixtures: a real grpc.aio server on an ephemeral port over a real database.
 
+Tests sit in one directory per layer (unit, storage, api, e2e, process: see
+``LAYERS``), and every test is marked with its directory's name, so ``-m unit`` or
+``-m "api and not postgresql"`` select by layer. Helpers shared by test modules are in
+tests/support; no test module imports another.
+
 The database is a fresh SQLite file per test. A module (or a test) that marks itself
 ``@pytest.mark.backends("sqlite", "postgresql")`` runs once per backend; its PostgreSQL
 variants carry the ``postgresql`` mark (deselect with ``-m "not postgresql"``) and fail,
@@ -8,7 +13,6 @@ not skip, when PostgreSQL cannot be reached.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -19,7 +23,28 @@ from notifier.config import Settings, load_settings
 from notifier.emulator.server import EmulatorServer
 from notifier.server import NotifierServer, create_server
 from notifier_proto.v1 import notifier_pb2_grpc
-from tests.databases import PgDatabases, TestDb, sqlite_db
+from tests.support.databases import PgDatabases, TestDb, sqlite_db
+
+LAYERS = {
+    "unit": "no I/O at all: pure rules, table-driven",
+    "storage": "the repository and the database: a real SQLite file or PostgreSQL",
+    "api": "a real grpc.aio (or ASGI) server in this process, the emulator in this process",
+    "e2e": "several real parts together over HTTP: server, sidecar, emulator, Prism, README",
+    "process": "starts processes: notifier serve, notifier-cli, crash, SIGTERM, soak, replicas",
+}
+HERE = Path(__file__).parent
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with its layer, the directory it sits in (before ``-m`` selects)."""
+    for item in items:
+        layer = item.path.relative_to(HERE).parts[0]
+        if layer not in LAYERS:
+            raise pytest.UsageError(
+                f"{item.nodeid}: a test module belongs in one of tests/{{{','.join(LAYERS)}}}/"
+            )
+        item.add_marker(layer)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -77,22 +102,6 @@ async def emulator() -> AsyncIterator[EmulatorServer]:
 
 
 @pytest.fixture
-def empty_database(
-    backend: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> Iterator[TestDb]:
-    """Like ``database`` but with no schema at all (for migration tests)."""
-    if backend == "sqlite":
-        yield sqlite_db(tmp_path / "empty.db")
-        return
-    pg: PgDatabases = request.getfixturevalue("pg_databases")
-    db = pg.create(migrated=False)
-    try:
-        yield db
-    finally:
-        pg.drop(db)
-
-
-@pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "notifier.db"
 
@@ -128,12 +137,3 @@ async def channel(address: str) -> AsyncIterator[grpc.aio.Channel]:
 @pytest.fixture
 def stub(channel: grpc.aio.Channel) -> notifier_pb2_grpc.NotifierAsyncStub:
     return notifier_pb2_grpc.NotifierStub(channel)
-
-
-def count_rows(db: Path | TestDb, table: str) -> int:
-    """Read the database the way an operator would: a separate connection."""
-    if isinstance(db, TestDb):
-        return db.count(table)
-    with sqlite3.connect(db) as conn:
-        (n,) = conn.execute(f"SELECT count(*) FROM {table}").fetchone()  # noqa: S608
-        return int(n)

@@ -15,8 +15,8 @@ import pytest
 from notifier.emulator.server import EmulatorServer
 from notifier.storage.repository import Repository
 from notifier_proto.v1 import notifier_pb2 as pb
-from tests.conftest import count_rows
-from tests.test_delivery import Engine, engine_settings, start_engine
+from tests.support.databases import count_rows
+from tests.support.engine import Engine, engine_settings, start_engine
 
 if TYPE_CHECKING:
     from notifier_proto.v1.notifier_pb2_grpc import NotifierAsyncStub as Stub

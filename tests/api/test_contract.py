@@ -14,8 +14,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from notifier_proto.v1 import notifier_pb2 as pb
 from notifier_proto.v1 import notifier_pb2_grpc
-from tests.helpers import details
-from tests.process import grpcurl
+from tests.support.process import grpcurl
+from tests.support.rpc import details
 
 RPCS = [
     "SendMessage",

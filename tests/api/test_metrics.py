@@ -25,7 +25,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from notifier.domain.delivery import meaning
 from notifier_proto.v1 import notifier_pb2 as pb
-from tests.helpers import field_violations
+from tests.support.rpc import field_violations
 
 if TYPE_CHECKING:
     from notifier_proto.v1.notifier_pb2_grpc import NotifierAsyncStub as Stub

@@ -21,9 +21,9 @@ from notifier.emulator import DEV_FROM
 from notifier.emulator.server import EmulatorServer
 from notifier.storage.repository import Repository
 from notifier_proto.v1 import notifier_pb2 as pb
-from tests.conftest import count_rows
-from tests.helpers import details, field_violations
-from tests.test_delivery import Engine, engine_settings, start_engine
+from tests.support.databases import count_rows
+from tests.support.engine import Engine, engine_settings, start_engine
+from tests.support.rpc import details, field_violations
 
 if TYPE_CHECKING:
     from notifier_proto.v1.notifier_pb2_grpc import NotifierAsyncStub as Stub

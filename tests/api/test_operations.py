@@ -10,8 +10,8 @@ import pytest
 from google.protobuf import timestamp_pb2
 
 from notifier_proto.v1 import notifier_pb2 as pb
-from tests.conftest import count_rows
-from tests.helpers import field_violations
+from tests.support.databases import count_rows
+from tests.support.rpc import field_violations
 
 if TYPE_CHECKING:
     from notifier_proto.v1.notifier_pb2_grpc import NotifierAsyncStub as Stub

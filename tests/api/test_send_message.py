@@ -9,9 +9,8 @@ import pytest
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from notifier_proto.v1 import notifier_pb2 as pb
-from tests.conftest import count_rows
-from tests.databases import TestDb
-from tests.helpers import details, field_violations
+from tests.support.databases import TestDb, count_rows
+from tests.support.rpc import details, field_violations
 
 if TYPE_CHECKING:
     from notifier_proto.v1.notifier_pb2_grpc import NotifierAsyncStub as Stub

@@ -1,210 +1,32 @@
-"""WatchDeliveryStatus through the real path: a gRPC server on a port over a SQLite file,
-the dispatcher sending to the Twilio emulator over HTTP, and the emulator's signed
-status callbacks coming back through the real webhook sidecar, in this process or in
-another one (``notifier serve webhooks``) that shares only the database."""
+"""WatchDeliveryStatus through a gRPC server on a port over a SQLite file (no
+dispatcher): what a watch is sent, when it ends, and how one poller serves them all.
+
+With the dispatcher, the emulator and the webhook sidecar: tests/e2e/test_watch_sidecar.py,
+and tests/process/test_watch_sidecar_process.py with the sidecar as a process."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
-import subprocess
-import sys
-import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
-from google.protobuf import timestamp_pb2
 from google.rpc import error_details_pb2
 
-from notifier.config import Settings
 from notifier.domain.watch import StatusChange, WatchSpec
-from notifier.emulator.faults import Faults
-from notifier.emulator.server import EmulatorServer
-from notifier.server import NotifierServer, create_sidecar
+from notifier.server import NotifierServer
 from notifier.status_feed import StatusFeed
 from notifier.storage.repository import Repository
 from notifier_proto.v1 import notifier_pb2 as pb
-from tests.helpers import details, field_violations
-from tests.process import notifier_env
-from tests.test_delivery import Engine, engine_settings, start_engine
+from tests.support.rpc import details, field_violations
+from tests.support.watching import feed_of, in_a_second, read_changes, until, watching
 
 if TYPE_CHECKING:
     from notifier_proto.v1.notifier_pb2_grpc import NotifierAsyncStub as Stub
 
 TO = "+14155550100"
-WatchCall = grpc.aio.UnaryStreamCall[pb.WatchDeliveryStatusRequest, pb.WatchDeliveryStatusResponse]
-# Callbacks a little apart, so the dispatcher has recorded QUEUED before "sent" arrives
-# (a callback that overtakes it would rightly leave QUEUED out of the history).
-CALLBACKS = Faults(sent_after_seconds=0.15, delivered_after_seconds=0.25, read_after_seconds=0.35)
-LIFECYCLE = [
-    pb.MESSAGE_STATUS_QUEUED,
-    pb.MESSAGE_STATUS_SENT,
-    pb.MESSAGE_STATUS_DELIVERED,
-    pb.MESSAGE_STATUS_READ,
-]
-SOURCES = ["dispatcher", "callback", "callback", "callback"]
-
-
-async def read_changes(
-    call: WatchCall, n: int, within: float = 10
-) -> list[pb.WatchDeliveryStatusResponse]:
-    """The next ``n`` responses of a watch, failing after ``within`` seconds."""
-    out: list[pb.WatchDeliveryStatusResponse] = []
-    async with asyncio.timeout(within):
-        while len(out) < n:
-            response = await call.read()
-            assert response is not grpc.aio.EOF, f"stream ended after {out}"
-            assert isinstance(response, pb.WatchDeliveryStatusResponse)
-            out.append(response)
-    return out
-
-
-async def until(check: Callable[[], bool], within: float = 5) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
-
-
-def feed_of(server: NotifierServer) -> StatusFeed:
-    assert server.feed is not None
-    return server.feed
-
-
-async def watching(server: NotifierServer, stub: Stub, **request: Any) -> WatchCall:
-    """Open a watch and return once the server has registered it (the stream carries
-    nothing until a change, so there is no reply to wait for)."""
-    before = feed_of(server).subscriber_count
-    call = stub.WatchDeliveryStatus(pb.WatchDeliveryStatusRequest(**request))
-    await until(lambda: feed_of(server).subscriber_count > before)
-    return call
-
-
-def in_a_second() -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromMilliseconds(int(time.time() * 1000) + 1000)
-    return ts
-
-
-@pytest.fixture
-async def with_sidecar(
-    db_path: Path, emulator: EmulatorServer
-) -> AsyncIterator[tuple[Engine, Settings]]:
-    """Dispatcher wired to the emulator, callbacks to the real sidecar in this process
-    (its own storage engine over the same file, as a separate process would have)."""
-    emulator.faults = CALLBACKS
-    settings = engine_settings(
-        db_path, emulator, STATUS_CALLBACK_URL=None, NOTIFIER_HTTP_ADDR="127.0.0.1:0"
-    )
-    sidecar, settings = await create_sidecar(settings)
-    await sidecar.start()
-    server, channel = await start_engine(settings)
-    yield Engine(server, channel), settings
-    await channel.close()
-    await server.stop(grace=1)
-    await sidecar.stop()
-
-
-async def test_watch_by_id_sees_dispatcher_and_callbacks_in_order(
-    with_sidecar: tuple[Engine, Settings],
-) -> None:
-    engine, settings = with_sidecar
-    assert str(settings.status_callback_url).endswith("/api/v1/whatsapp/status")
-    mid = await engine.send(body="scheduled", send_at=in_a_second())
-    assert (await engine.status(mid)).message.status == pb.MESSAGE_STATUS_SCHEDULED
-    call = await watching(engine.server, engine.stub, message_ids=[mid])
-    changes = await read_changes(call, 4)
-    assert [c.event.status for c in changes] == LIFECYCLE
-    assert [c.event.source for c in changes] == SOURCES
-    assert all(c.message_id == mid and c.message.message_id == mid for c in changes)
-    assert all(c.event.applied for c in changes)
-    # ``status`` and ``message`` are the message as it is when the change is read.
-    assert changes[-1].status == changes[-1].message.status == pb.MESSAGE_STATUS_READ
-    assert changes[-1].message.twilio_sid.startswith("SM")
-    call.cancel()
-    await until(lambda: feed_of(engine.server).subscriber_count == 0)
-
-
-async def test_watch_by_tag_sees_messages_created_after_it_opened(
-    with_sidecar: tuple[Engine, Settings],
-) -> None:
-    engine, _ = with_sidecar
-    call = await watching(engine.server, engine.stub, tag="order-7")
-    first = await engine.send(body="one", tags=["order-7", "x"])
-    await engine.send(body="untagged")  # never shows up in this watch
-    second = await engine.send(to="+14155550101", body="two", tags=["order-7"])
-    changes = await read_changes(call, 10)
-    by_message: dict[str, list[tuple[int, str]]] = {}
-    for change in changes:
-        by_message.setdefault(change.message_id, []).append(
-            (change.event.status, change.event.source)
-        )
-    expected = [(pb.MESSAGE_STATUS_PENDING, "api"), *zip(LIFECYCLE, SOURCES, strict=True)]
-    assert by_message == {first: expected, second: expected}
-    assert list(changes[0].message.tags) == ["order-7", "x"]
-    call.cancel()
-
-
-SERVING_WEBHOOKS = re.compile(r"webhooks serving on (http://[\d.]+:\d+)")
-
-
-def start_webhooks(
-    env: dict[str, str], log_path: Path, timeout: float = 30
-) -> tuple[subprocess.Popen[bytes], str]:
-    """``notifier serve webhooks`` as its own process; returns it and its base URL.
-
-    Its output goes to a file, so a chatty sidecar can never block on a full pipe.
-    """
-    with log_path.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "notifier", "serve", "webhooks"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        found = SERVING_WEBHOOKS.search(log_path.read_text())
-        if found:
-            return proc, found.group(1)
-        time.sleep(0.05)
-    proc.kill()
-    proc.wait(10)
-    raise AssertionError("webhooks did not start:\n" + log_path.read_text())
-
-
-async def test_watch_sees_callbacks_a_sidecar_process_records(
-    db_path: Path, emulator: EmulatorServer, tmp_path: Path
-) -> None:
-    emulator.faults = CALLBACKS
-    env = notifier_env(db_path, TWILIO_AUTH_TOKEN=emulator.auth_token)
-    proc, base = await asyncio.to_thread(start_webhooks, env, tmp_path / "webhooks.log")
-    try:
-        # This process has no sidecar: every callback lands in the other process.
-        server, channel = await start_engine(
-            engine_settings(db_path, emulator, STATUS_CALLBACK_URL=f"{base}/api/v1/whatsapp/status")
-        )
-        try:
-            engine = Engine(server, channel)
-            call = await watching(server, engine.stub, tag="elsewhere")
-            mid = await engine.send(body="via the other process", tags=["elsewhere"])
-            changes = await read_changes(call, 5)
-            call.cancel()
-        finally:
-            await channel.close()
-            await server.stop(grace=1)
-    finally:
-        proc.terminate()
-        await asyncio.to_thread(proc.wait, 15)
-    assert [c.event.status for c in changes] == [pb.MESSAGE_STATUS_PENDING, *LIFECYCLE]
-    assert [c.event.source for c in changes] == ["api", *SOURCES]
-    assert {c.message_id for c in changes} == {mid}
-    assert proc.returncode == 0
-    assert "Traceback" not in (tmp_path / "webhooks.log").read_text()
 
 
 async def test_include_current_sends_the_state_first_then_changes(

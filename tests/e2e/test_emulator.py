@@ -12,16 +12,12 @@ import asyncio
 import base64
 import copy
 import json
-import os
 import re
-import signal
 import socket
-import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -29,9 +25,7 @@ import jsonschema  # type: ignore[import-untyped]
 import pytest
 from aiohttp import web
 from twilio.base.exceptions import TwilioRestException
-from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.request_validator import RequestValidator
-from twilio.rest import Client
 
 from notifier.emulator import (
     DEV_ACCOUNT_SID,
@@ -42,11 +36,11 @@ from notifier.emulator import (
 from notifier.emulator.faults import Faults
 from notifier.emulator.server import EmulatorServer
 from notifier.emulator.state import statuses
+from tests.support.paths import TWILIO_SPEC
+from tests.support.twilio import TO, Twilio, twilio_sdk
 
-SPEC_PATH = Path(__file__).parent / "contract" / "twilio_messages_v2010.json"
 API_KEY = "SK" + "fedcba9876543210" * 2
 API_SECRET = "s" * 32
-TO = "whatsapp:+14155550100"
 SMS_TO = "+14155550101"
 SMS_FROM = "+14155238886"
 CONTENT_SID = "HX" + "0123456789abcdef" * 2
@@ -80,7 +74,7 @@ def _to_json_schema(node: Any, schemas: dict[str, Any]) -> Any:
 
 
 def _message_validator() -> jsonschema.Draft202012Validator:
-    spec = json.loads(SPEC_PATH.read_text())
+    spec = json.loads(TWILIO_SPEC.read_text())
     schemas = spec["components"]["schemas"]
     schema = _to_json_schema(schemas["api.v2010.account.message"], schemas)
     schema["required"] = sorted(schema["properties"])  # every property, filled in
@@ -168,42 +162,9 @@ async def emulator() -> AsyncIterator[EmulatorServer]:
         yield server
 
 
-@dataclass
-class Twilio:
-    """The official SDK's async client, pointed at the emulator."""
-
-    client: Any
-    http: Any
-
-    def last_json(self) -> Any:
-        """The raw JSON of the last answer, as the SDK received it."""
-        return json.loads(self.http._test_only_last_response.text)
-
-    async def send(self, **params: Any) -> Any:
-        params.setdefault("to", TO)
-        if "messaging_service_sid" not in params:
-            params.setdefault("from_", DEV_FROM)
-        return await self.client.messages.create_async(**params)
-
-    async def error(self, **params: Any) -> TwilioRestException:
-        with pytest.raises(TwilioRestException) as caught:
-            await self.send(**params)
-        return caught.value
-
-
-async def _twilio(
-    base_url: str, username: str, password: str, account_sid: str = DEV_ACCOUNT_SID
-) -> Twilio:
-    """Created inside the running loop: the SDK's aiohttp session binds to it."""
-    http = AsyncTwilioHttpClient()
-    client = Client(username, password, account_sid=account_sid, http_client=http)
-    client.api.base_url = base_url
-    return Twilio(client, http)
-
-
 @pytest.fixture
 async def twilio(emulator: EmulatorServer) -> AsyncIterator[Twilio]:
-    sdk = await _twilio(emulator.url, DEV_ACCOUNT_SID, DEV_AUTH_TOKEN)
+    sdk = await twilio_sdk(emulator.url, DEV_ACCOUNT_SID, DEV_AUTH_TOKEN)
     yield sdk
     await sdk.http.close()
 
@@ -338,7 +299,7 @@ async def test_sdk_raises_the_twilio_error(twilio: Twilio) -> None:
 
 async def test_bad_auth_is_401_20003(emulator: EmulatorServer) -> None:
     for username, password in [(DEV_ACCOUNT_SID, "f" * 32), (API_KEY, "wrong")]:
-        sdk = await _twilio(emulator.url, username, password)
+        sdk = await twilio_sdk(emulator.url, username, password)
         try:
             error = await sdk.error(body="x")
             assert (error.status, error.code) == (401, 20003)
@@ -367,7 +328,7 @@ async def test_other_account_in_the_path_is_refused(emulator: EmulatorServer) ->
 
 
 async def test_api_key_auth(emulator: EmulatorServer) -> None:
-    sdk = await _twilio(emulator.url, API_KEY, API_SECRET)
+    sdk = await twilio_sdk(emulator.url, API_KEY, API_SECRET)
     try:
         message = await sdk.send(body="with an API key")
     finally:
@@ -734,44 +695,3 @@ async def test_unknown_route_is_a_twilio_404(raw: aiohttp.ClientSession) -> None
 
 
 # --- the command ----------------------------------------------------------------------------
-
-
-async def test_notifier_emulator_command(tmp_path: Path) -> None:
-    """``notifier emulator`` uses TWILIO_* credentials when set, and stops on SIGTERM."""
-    account, token = "AC" + "1" * 32, "t" * 32
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFIER_", "TWILIO_"))}
-    env.update(TWILIO_ACCOUNT_SID=account, TWILIO_AUTH_TOKEN=token, PYTHONUNBUFFERED="1")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "notifier",
-        "emulator",
-        "--port",
-        "0",
-        "--faults",
-        '{"to_errors": {"+14155550199": 21610}}',
-        env=env,
-        cwd=tmp_path,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    assert proc.stdout is not None
-    try:
-        line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
-        found = re.search(
-            r"Twilio EMULATOR listening on (http://127\.0\.0\.1:\d+) \(account (AC\w+)\)", line
-        )
-        assert found, line
-        assert found.group(2) == account
-        sdk = await _twilio(found.group(1), account, token, account)
-        try:
-            message = await sdk.client.messages.create_async(to=TO, from_=DEV_FROM, body="x")
-            assert message.status == "queued"
-            error = await sdk.error(to="whatsapp:+14155550199", body="x")
-            assert error.code == 21610
-        finally:
-            await sdk.http.close()
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 10) == 0

@@ -27,9 +27,9 @@ from hypothesis import strategies as st
 from notifier.config import load_settings
 from notifier.server import NotifierServer, create_server
 from notifier_proto.v1 import notifier_pb2 as pb
-from tests.background import LoopThread, table_counts
-from tests.conftest import count_rows
-from tests.helpers import field_violations
+from tests.support.background import LoopThread, table_counts
+from tests.support.databases import count_rows
+from tests.support.rpc import field_violations
 
 if TYPE_CHECKING:
     from notifier_proto.v1.notifier_pb2_grpc import NotifierAsyncStub as Stub

@@ -32,8 +32,8 @@ from notifier.server import prepare_storage
 from notifier.storage.engine import Database
 from notifier.storage.repository import Repository
 from notifier.webhooks.app import WebhookConfig, create_webhook_app
-from tests.background import LoopThread, table_counts
-from tests.test_webhooks import INBOUND_URL, OLD_TOKEN, SID, STATUS_URL, TOKEN, queued_message
+from tests.support.background import LoopThread, table_counts
+from tests.support.webhooks import INBOUND_URL, OLD_TOKEN, SID, STATUS_URL, TOKEN, queued_message
 
 STATUS_PATH = "/api/v1/whatsapp/status"
 INBOUND_PATH = "/api/v1/whatsapp/webhook"

@@ -10,10 +10,9 @@ from pathlib import Path
 
 from notifier.api.auth import token_digest
 from notifier.emulator.server import EmulatorServer
-from tests.process import BIN
-from tests.test_delivery import engine_settings, start_engine
-
-README = Path(__file__).resolve().parent.parent / "README.md"
+from tests.support.engine import engine_settings, start_engine
+from tests.support.paths import README
+from tests.support.process import BIN
 
 
 def block(marker: str) -> str:

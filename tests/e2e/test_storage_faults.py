@@ -30,9 +30,10 @@ from grpc_health.v1 import health_pb2
 
 from notifier.emulator.server import EmulatorServer
 from notifier_proto.v1 import notifier_pb2 as pb
-from tests.conftest import count_rows
-from tests.helpers import details, eventually, health
-from tests.test_delivery import Engine, engine_settings, start_engine
+from tests.support.databases import count_rows
+from tests.support.engine import Engine, engine_settings, start_engine
+from tests.support.rpc import details, health
+from tests.support.waiting import eventually
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

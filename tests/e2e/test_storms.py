@@ -21,7 +21,7 @@ from notifier.emulator.faults import Faults
 from notifier.emulator.server import EmulatorServer
 from notifier.server import create_sidecar
 from notifier_proto.v1 import notifier_pb2 as pb
-from tests.test_delivery import Engine, engine_settings, start_engine
+from tests.support.engine import Engine, engine_settings, start_engine
 
 TOTAL = 30
 MAX_ATTEMPTS = 4

@@ -19,9 +19,8 @@ import pytest
 
 from notifier.dispatch.twilio import TwilioConfig, TwilioProvider
 from notifier.domain.delivery import ErrorKind, OutgoingMessage, ProviderError
+from tests.support.paths import ROOT, TWILIO_SPEC
 
-ROOT = Path(__file__).resolve().parent.parent
-SPEC = ROOT / "tests" / "contract" / "twilio_messages_v2010.json"
 PRISM = ROOT / "node_modules" / ".bin" / "prism"
 ACCOUNT = "AC" + "0123456789abcdef" * 2
 SID = "HX" + "0123456789abcdef" * 2
@@ -59,7 +58,7 @@ def _spec_for_prism(folder: Path) -> Path:
     as an array (stoplightio/prism#2473): ``MediaUrl`` is declared ``explode: false``.
     For a single media URL, which is what WhatsApp takes, the wire form is the same under
     both styles (``MediaUrl=<url>``), so the request checked is exactly the one sent."""
-    spec = json.loads(SPEC.read_text())
+    spec = json.loads(TWILIO_SPEC.read_text())
     form = spec["paths"][CREATE]["post"]["requestBody"]["content"][
         "application/x-www-form-urlencoded"
     ]

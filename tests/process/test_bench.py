@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.paths import ROOT
 
 ROWS = [
     "SendMessage accepted durably (SQLite), 64 callers: rate",

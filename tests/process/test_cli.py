@@ -13,20 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
-from google.protobuf import duration_pb2
-from google.rpc import error_details_pb2
 
 from notifier.emulator.faults import Faults
 from notifier.emulator.server import EmulatorServer
 from notifier.server import NotifierServer
-from notifier_client import NotifierError
-from notifier_client.cli import Exit, explain
-from tests.certs import Certs, make_certs
-from tests.fake_notifier import Recorder, serve
-from tests.process import BIN
-from tests.test_delivery import engine_settings, start_engine
+from tests.support.certs import Certs, make_certs
+from tests.support.engine import engine_settings, start_engine
+from tests.support.fake_notifier import Recorder, serve
+from tests.support.process import BIN
 
 CLI = str(BIN / "notifier-cli")
 TO = "+14155550100"
@@ -250,33 +245,6 @@ async def test_bulk_csv_with_a_bad_header_sends_nothing(
     done = await cli(f"127.0.0.1:{server.port}", "bulk", str(csv_file))
     assert done.code == 2
     assert "unknown column(s) boddy" in done.err
-
-
-def test_every_failure_kind_has_its_exit_code_and_plain_words() -> None:
-    def err(code: grpc.StatusCode, message: str, *details: Any) -> NotifierError:
-        return NotifierError(code, message, details)
-
-    retry = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=2))
-    opted_out = error_details_pb2.PreconditionFailure(
-        violations=[
-            error_details_pb2.PreconditionFailure.Violation(
-                type="OPT_OUT", subject="+14155550100", description="the recipient opted out"
-            )
-        ]
-    )
-    cases = {
-        grpc.StatusCode.UNAUTHENTICATED: (Exit.AUTH, "set NOTIFIER_TOKEN or --token"),
-        grpc.StatusCode.PERMISSION_DENIED: (Exit.AUTH, "permission denied"),
-        grpc.StatusCode.RESOURCE_EXHAUSTED: (Exit.UNAVAILABLE, "(retry in 2 s)"),
-        grpc.StatusCode.DEADLINE_EXCEEDED: (Exit.UNAVAILABLE, "deadline exceeded"),
-        grpc.StatusCode.FAILED_PRECONDITION: (Exit.REFUSED, "+14155550100: the recipient"),
-        grpc.StatusCode.ALREADY_EXISTS: (Exit.REFUSED, "already exists"),
-        grpc.StatusCode.INTERNAL: (Exit.ERROR, "internal"),
-    }
-    for code, (exit_code, words) in cases.items():
-        text, got = explain(err(code, "details here", retry, opted_out), "127.0.0.1:50051")
-        assert got == exit_code, code
-        assert words in text, text
 
 
 @pytest.fixture(scope="module")

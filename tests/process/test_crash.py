@@ -12,8 +12,8 @@ import pytest
 
 from notifier.emulator.faults import Faults
 from notifier.emulator.server import EmulatorServer
-from tests.databases import TestDb
-from tests.process import send_many, sending_env, start_server
+from tests.support.databases import TestDb
+from tests.support.process import send_many, sending_env, start_server
 
 pytestmark = pytest.mark.backends("sqlite", "postgresql")
 

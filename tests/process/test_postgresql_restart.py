@@ -41,9 +41,10 @@ from notifier.server import FALLBACK_POLL_SECONDS
 from notifier.storage.engine import create_database
 from notifier.storage.repository import Repository
 from notifier_proto.v1 import notifier_pb2 as pb
-from tests.databases import PgDatabases
-from tests.helpers import details, eventually, health
-from tests.test_delivery import TO, Engine, engine_settings, start_engine
+from tests.support.databases import PgDatabases
+from tests.support.engine import TO, Engine, engine_settings, start_engine
+from tests.support.rpc import details, health
+from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.postgresql, pytest.mark.slow]
 

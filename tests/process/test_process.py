@@ -7,8 +7,8 @@ import signal
 import time
 from pathlib import Path
 
-from tests.conftest import count_rows
-from tests.process import grpcurl, notifier_env, run_notifier, start_server
+from tests.support.databases import count_rows
+from tests.support.process import grpcurl, notifier_env, run_notifier, start_server
 
 SEND = "notifier.v1.Notifier/SendMessage"
 STATUS = "notifier.v1.Notifier/GetDeliveryStatus"

@@ -8,30 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from notifier.api.auth import token_digest
-from notifier.config import load_settings
-from notifier.production import is_loopback, production_problems
-from tests.certs import Certs, make_certs
-from tests.process import grpcurl, notifier_env, run_notifier, start_server
-
-AUTH_TOKEN = "f00dfeedf00dfeedf00dfeedf00dfeed"
-API_SECRET = "apisecret-do-not-print-0123456789"
-CALLER_TOKEN = "caller-token-do-not-print"
-SECRETS = (AUTH_TOKEN, API_SECRET, CALLER_TOKEN)
-SID = "AC" + "1" * 32
-KEY = "SK" + "2" * 32
-
-PRODUCTION = {
-    "NOTIFIER_ENV": "production",
-    "TWILIO_ACCOUNT_SID": SID,
-    "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
-    "TWILIO_API_KEY": KEY,
-    "TWILIO_API_SECRET": API_SECRET,
-    "TWILIO_MESSAGING_SERVICE_SID": "MG" + "3" * 32,
-    "NOTIFIER_API_TOKENS": token_digest(CALLER_TOKEN),
-    "STATUS_CALLBACK_URL": "https://notify.example.com/api/v1/whatsapp/status",
-    "WEBHOOK_URL": "https://notify.example.com/api/v1/whatsapp/webhook",
-}
+from tests.support.certs import Certs, make_certs
+from tests.support.process import grpcurl, notifier_env, run_notifier, start_server
+from tests.support.production import (
+    API_SECRET,
+    AUTH_TOKEN,
+    CALLER_TOKEN,
+    PRODUCTION,
+    SECRETS,
+)
 
 
 @pytest.fixture(scope="module")
@@ -134,22 +119,6 @@ def test_production_starts_with_tls_and_tokens_and_prints_no_secret(
         rest = server.proc.stdout.read() if server.proc.stdout else ""
     assert code == 0
     _no_secrets(server.banner, rest)
-
-
-def test_tls_terminated_upstream_is_an_explicit_opt_out() -> None:
-    settings = load_settings(**PRODUCTION, NOTIFIER_GRPC_ADDR="0.0.0.0:50051")
-    assert any("NOTIFIER_TLS_CERT" in p for p in production_problems(settings, "grpc"))
-    behind_proxy = settings.model_copy(update={"tls_terminated_upstream": True})
-    assert production_problems(behind_proxy, "grpc") == []
-    loopback = settings.model_copy(update={"grpc_addr": "127.0.0.1:50051"})
-    assert production_problems(loopback, "grpc") == []
-
-
-def test_loopback_hosts() -> None:
-    for host in ("127.0.0.1", "127.8.0.1", "::1", "[::1]", "localhost", "api.localhost"):
-        assert is_loopback(host), host
-    for host in ("0.0.0.0", "::", "10.0.0.1", "notify.example.com"):  # noqa: S104
-        assert not is_loopback(host), host
 
 
 def test_development_refuses_a_network_bind_without_tokens(tmp_path: Path) -> None:

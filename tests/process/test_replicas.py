@@ -25,9 +25,14 @@ from notifier.emulator.faults import Faults
 from notifier.emulator.server import EmulatorServer
 from notifier_proto.v1 import notifier_pb2 as pb
 from notifier_proto.v1 import notifier_pb2_grpc
-from tests.databases import TestDb
-from tests.process import ServerProcess, notifier_env, sending_env, start_logged
-from tests.test_watch import start_webhooks
+from tests.support.databases import TestDb
+from tests.support.process import (
+    ServerProcess,
+    notifier_env,
+    sending_env,
+    start_logged,
+    start_webhooks,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.backends("postgresql"), pytest.mark.postgresql]
 

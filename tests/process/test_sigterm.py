@@ -25,7 +25,7 @@ from notifier.domain.model import AttemptRecord, Channel, MessageRecord, Status,
 from notifier.emulator.faults import Faults
 from notifier.emulator.server import EmulatorServer
 from notifier_proto.v1 import notifier_pb2 as pb
-from tests.process import send_many, sending_env, start_server
+from tests.support.process import send_many, sending_env, start_server
 
 TOTAL = 300
 
@@ -120,7 +120,7 @@ async def test_messages_waiting_for_the_rate_limiter_at_stop_are_released(
     """Found by the SIGTERM test: a claimed message that left the rate limiter during the
     grace period saw the stop and returned unsent, but stayed leased, so after a restart
     it waited a whole lease (60 s by default) before anyone sent it."""
-    from tests.test_delivery import Engine, engine_settings, start_engine
+    from tests.support.engine import Engine, engine_settings, start_engine
 
     settings = engine_settings(db_path, emulator, NOTIFIER_RATE_LIMIT_PER_SECOND=4)
     server, channel = await start_engine(settings)

@@ -44,7 +44,7 @@ import pytest
 from notifier.emulator.server import EmulatorServer
 from notifier_proto.v1 import notifier_pb2 as pb
 from notifier_proto.v1 import notifier_pb2_grpc
-from tests.process import sending_env, start_server
+from tests.support.process import sending_env, start_server
 
 RSS_SLACK_MB = 15.0
 FD_SLACK = 8

@@ -11,7 +11,7 @@ from sqlalchemy import Connection, inspect
 from notifier.storage.engine import create_database
 from notifier.storage.migrate import alembic_config, pending_revisions, upgrade
 from notifier.storage.tables import metadata
-from tests.databases import TestDb
+from tests.support.databases import TestDb
 
 pytestmark = pytest.mark.backends("sqlite", "postgresql")
 

@@ -41,7 +41,7 @@ from notifier.storage.engine import (
 from notifier.storage.listener import Listener
 from notifier.storage.repository import Repository
 from notifier.storage.send_slots import SendSlots
-from tests.databases import TestDb, run_async
+from tests.support.databases import TestDb, run_async
 
 pytestmark = [pytest.mark.backends("postgresql"), pytest.mark.postgresql]
 

@@ -185,3 +185,12 @@ class PgDatabases:
     def close(self) -> None:
         if self._template is not None:
             self.drop(_pg_db(self._template, self.server))
+
+
+def count_rows(db: Path | TestDb, table: str) -> int:
+    """Read the database the way an operator would: a separate connection."""
+    if isinstance(db, TestDb):
+        return db.count(table)
+    with sqlite3.connect(db) as conn:
+        (n,) = conn.execute(f"SELECT count(*) FROM {table}").fetchone()  # noqa: S608
+        return int(n)

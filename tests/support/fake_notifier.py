@@ -1,6 +1,6 @@
 """A Notifier stand-in for client tests: what the real server cannot show on demand
 (the metadata a call arrived with, UNAVAILABLE exactly N times, TLS with client
-certificates made by ``tests.certs``)."""
+certificates made by ``tests.support.certs``)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from notifier_proto.v1 import notifier_pb2 as pb
-from tests.certs import Certs
+from tests.support.certs import Certs
 
 
 @dataclass

@@ -17,11 +17,12 @@ from notifier.emulator import DEV_FROM
 from notifier.emulator.server import EmulatorServer
 from notifier_proto.v1 import notifier_pb2 as pb
 from notifier_proto.v1 import notifier_pb2_grpc
-from tests.databases import TestDb
+from tests.support.databases import TestDb
 
 BIN = Path(sys.executable).parent
 GRPCURL = str(BIN / "grpcurl")
 _SERVING = re.compile(r"gRPC serving on [\d.]+:(\d+)")
+_SERVING_WEBHOOKS = re.compile(r"webhooks serving on (http://[\d.]+:\d+)")
 
 
 @dataclass
@@ -147,3 +148,28 @@ async def send_many(address: str, bodies: list[str], *, concurrency: int) -> lis
                 return reply.message_id
 
         return await asyncio.gather(*(one(body) for body in bodies))
+
+
+def start_webhooks(
+    env: dict[str, str], log_path: Path, timeout: float = 30
+) -> tuple[subprocess.Popen[bytes], str]:
+    """``notifier serve webhooks`` as its own process; returns it and its base URL.
+
+    Its output goes to a file, so a chatty sidecar can never block on a full pipe.
+    """
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "notifier", "serve", "webhooks"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        found = _SERVING_WEBHOOKS.search(log_path.read_text())
+        if found:
+            return proc, found.group(1)
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait(10)
+    raise AssertionError("webhooks did not start:\n" + log_path.read_text())

@@ -1,10 +1,7 @@
-"""Small helpers for reading gRPC errors and health the way a caller would."""
+"""Reading gRPC answers the way a caller would: error details and health."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -43,11 +40,3 @@ async def health(channel: grpc.aio.Channel, service: str = "notifier.v1.Notifier
         health_pb2.HealthCheckRequest(service=service)
     )
     return int(reply.status)
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str, within: float = 30) -> None:
-    """Poll ``check`` until it holds; fail naming ``what`` after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not await check():
-        assert time.monotonic() < deadline, f"never: {what}"
-        await asyncio.sleep(0.05)
