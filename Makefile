@@ -9,12 +9,13 @@ UV := .cache/uv/bin/uv
 BUF := node_modules/.bin/buf
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: help install run test soak lint proto proto-check fmt bench clean
+.PHONY: help install run test test-fast soak lint proto proto-check fmt bench clean
 
 help:
 	@echo "make install      .venv with the project and its locked dependencies"
 	@echo "make run          start the service (SQLite; no credentials needed)"
 	@echo "make test         the whole test suite"
+	@echo "make test-fast    unit and API tests on SQLite only (tests/unit, tests/api): under a minute"
 	@echo "make soak         a few minutes of steady load; prints RSS and open fds (NOTIFIER_SOAK_SECONDS, NOTIFIER_SOAK_RATE)"
 	@echo "make lint         buf lint (+ buf breaking), ruff, mypy"
 	@echo "make proto        regenerate clients/python/src/notifier_proto from proto/"
@@ -42,6 +43,9 @@ run: install
 
 test: install
 	$(VENV)/bin/pytest
+
+test-fast: install
+	$(VENV)/bin/pytest tests/unit tests/api -m "not postgresql and not slow"
 
 soak: install
 	NOTIFIER_SOAK=1 $(VENV)/bin/pytest -m soak -s

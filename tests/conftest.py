@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -24,6 +25,7 @@ from notifier.emulator.server import EmulatorServer
 from notifier.server import NotifierServer, create_server
 from notifier_proto.v1 import notifier_pb2_grpc
 from tests.support.databases import PgDatabases, TestDb, sqlite_db
+from tests.support.engine import Engine, engine_settings, start_engine
 
 LAYERS = {
     "unit": "no I/O at all: pure rules, table-driven",
@@ -137,3 +139,19 @@ async def channel(address: str) -> AsyncIterator[grpc.aio.Channel]:
 @pytest.fixture
 def stub(channel: grpc.aio.Channel) -> notifier_pb2_grpc.NotifierAsyncStub:
     return notifier_pb2_grpc.NotifierStub(channel)
+
+
+@pytest.fixture
+def engine_env() -> dict[str, Any]:
+    """Per-test overrides of engine_settings; tests parametrize this indirectly."""
+    return {}
+
+
+@pytest.fixture
+async def engine(
+    database: TestDb, emulator: EmulatorServer, engine_env: dict[str, Any]
+) -> AsyncIterator[Engine]:
+    server, channel = await start_engine(engine_settings(database, emulator, **engine_env))
+    yield Engine(server, channel)
+    await channel.close()
+    await server.stop(grace=1)

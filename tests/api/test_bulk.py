@@ -5,21 +5,20 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import grpc
 import pytest
 
 from notifier.emulator.server import EmulatorServer
-from notifier.storage.repository import Repository
 from notifier_proto.v1 import notifier_pb2 as pb
+from tests.support.bulk import bulk_requests
 from tests.support.databases import count_rows
 from tests.support.engine import Engine, engine_settings, start_engine
 
 if TYPE_CHECKING:
-    from notifier_proto.v1.notifier_pb2_grpc import NotifierAsyncStub as Stub
+    pass
 
 TEMPLATE = "HX" + "cd" * 16
 
@@ -40,26 +39,13 @@ async def engine(db_path: Path, emulator: EmulatorServer) -> AsyncIterator[Engin
     await server.stop(grace=1)
 
 
-def _item(i: int) -> pb.BulkItem:
-    if i % 10 == 3:
-        return pb.BulkItem(correlation_id=f"c{i}", to="12345", body=f"m{i}")  # bad number
-    if i % 25 == 7:
-        return pb.BulkItem(correlation_id=f"c{i}", to="+14155550100", body="x" * 1601)
-    return pb.BulkItem(correlation_id=f"c{i}", to="+14155550100", body=f"m{i}")
-
-
-def _requests(total: int, per_request: int = 100) -> Iterator[pb.SendBulkRequest]:
-    for start in range(0, total, per_request):
-        yield pb.SendBulkRequest(items=[_item(i) for i in range(start, start + per_request)])
-
-
 @pytest.mark.slow
 async def test_ten_thousand_items_with_bad_ones_mixed_in(
     engine: Engine, emulator: EmulatorServer, db_path: Path
 ) -> None:
     total = 10_000
     results: list[pb.BulkItemResult] = []
-    async for reply in engine.stub.SendBulk(_requests(total)):
+    async for reply in engine.stub.SendBulk(bulk_requests(total)):
         results.extend(reply.results)
     assert [r.index for r in results] == list(range(total))  # every item, in order
     assert [r.correlation_id for r in results] == [f"c{i}" for i in range(total)]
@@ -124,73 +110,3 @@ async def test_shared_content_per_item_variables_and_idempotency(
         pb.ListMessagesRequest(filter=pb.MessageFilter(tag="c1"))
     )
     assert len(tagged.messages) == 3
-
-
-async def test_single_sends_are_not_stuck_behind_a_bulk_backlog(
-    db_path: Path, emulator: EmulatorServer
-) -> None:
-    server, channel = await start_engine(
-        engine_settings(db_path, emulator, NOTIFIER_RATE_LIMIT_PER_SECOND=50)
-    )
-    eng = Engine(server, channel)
-    try:
-        async for _ in eng.stub.SendBulk(_requests(500)):
-            pass  # 500 bulk items: 10 s of sending at 50/s
-        await asyncio.sleep(0.3)
-        start = time.monotonic()
-        mid = await eng.send(body="your code is 123456")
-        await eng.until_status(mid, pb.MESSAGE_STATUS_QUEUED)
-        waited = time.monotonic() - start
-    finally:
-        await channel.close()
-        await server.stop(grace=0.5)
-    assert waited < 2.0  # not the 9+ s the bulk backlog would take
-    assert len(emulator.state.accepted) < 200  # the backlog was still going out
-
-
-async def test_a_slow_database_slows_the_stream_instead_of_growing_memory(
-    stub: Stub, monkeypatch: pytest.MonkeyPatch, db_path: Path
-) -> None:
-    original = Repository.add_messages
-
-    async def slow(self: Repository, *args: Any, **kwargs: Any) -> Any:
-        """Storage that takes 0.3 s per batch, to see what a fast client can push into it."""
-        await asyncio.sleep(0.3)
-        return await original(self, *args, **kwargs)
-
-    monkeypatch.setattr(Repository, "add_messages", slow)
-    call = stub.SendBulk()
-    written = 0
-    body = "y" * 500  # large items fill the transport window quickly
-
-    async def writer() -> None:
-        nonlocal written
-        for start in range(0, 50_000, 100):
-            items = [
-                pb.BulkItem(correlation_id=str(i), to="+14155550100", body=body)
-                for i in range(start, start + 100)
-            ]
-            await call.write(pb.SendBulkRequest(items=items))
-            written += 100
-        await call.done_writing()
-
-    task = asyncio.create_task(writer())
-    first = await call.read()
-    assert first is not grpc.aio.EOF
-
-    async def backlog() -> int:
-        """Items the client got into the stream but storage has not committed."""
-        return written - await asyncio.to_thread(count_rows, db_path, "messages")
-
-    await asyncio.sleep(1.5)
-    early = await backlog()
-    await asyncio.sleep(1.5)  # five more slow batches
-    late = await backlog()
-    # The client is held back by flow control: the backlog stops growing (the server
-    # keeps at most 2,000 items pending; the rest is gRPC's bounded transport window)
-    # while storage works through it, instead of the 50,000 items piling up.
-    assert late <= early + 500
-    assert late < 20_000
-    assert written < 50_000
-    task.cancel()
-    call.cancel()

@@ -6,44 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import grpc
 import pytest
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import duration_pb2
 
 from notifier.emulator import DEV_FROM
 from notifier.emulator.faults import Faults
 from notifier.emulator.server import EmulatorServer
 from notifier_proto.v1 import notifier_pb2 as pb
 from tests.support.databases import TestDb
-from tests.support.engine import TO, Engine, engine_settings, start_engine
+from tests.support.engine import TO, Engine, engine_settings, requests_to, start_engine
 
 if TYPE_CHECKING:
     pass
 
 pytestmark = pytest.mark.backends("sqlite", "postgresql")
-
-
-@pytest.fixture
-def engine_env() -> dict[str, Any]:
-    """Per-test overrides of engine_settings; tests parametrize this indirectly."""
-    return {}
-
-
-@pytest.fixture
-async def engine(
-    database: TestDb, emulator: EmulatorServer, engine_env: dict[str, Any]
-) -> AsyncIterator[Engine]:
-    server, channel = await start_engine(engine_settings(database, emulator, **engine_env))
-    yield Engine(server, channel)
-    await channel.close()
-    await server.stop(grace=1)
-
-
-def requests_to(emu: EmulatorServer, body: str) -> int:
-    return sum(1 for r in emu.state.requests if r.param("Body") == body)
 
 
 async def test_message_is_handed_to_twilio(engine: Engine, emulator: EmulatorServer) -> None:
@@ -189,50 +167,6 @@ async def test_expiry_before_the_next_attempt(engine: Engine, emulator: Emulator
     assert got.message.timestamps.HasField("expired")
 
 
-async def test_expired_message_is_never_sent(database: TestDb, emulator: EmulatorServer) -> None:
-    idle, chan = await start_engine(
-        engine_settings(database, emulator, NOTIFIER_DISPATCHER_ENABLED=False)
-    )
-    mid = await Engine(idle, chan).send(body="stale", validity=duration_pb2.Duration(seconds=1))
-    await chan.close()
-    await idle.stop(grace=1)
-    await asyncio.sleep(1.2)
-    server, chan = await start_engine(engine_settings(database, emulator))
-    try:
-        got = await Engine(server, chan).until_status(mid, pb.MESSAGE_STATUS_EXPIRED)
-    finally:
-        await chan.close()
-        await server.stop(grace=1)
-    assert requests_to(emulator, "stale") == 0
-    assert list(got.attempts) == []
-
-
-async def test_scheduled_message_waits_for_send_at(
-    engine: Engine, emulator: EmulatorServer
-) -> None:
-    send_at = timestamp_pb2.Timestamp()
-    send_at.FromMilliseconds(int(time.time() * 1000) + 1200)
-    mid = await engine.send(body="later", send_at=send_at)
-    assert (await engine.status(mid)).message.status == pb.MESSAGE_STATUS_SCHEDULED
-    got = await engine.until_status(mid, pb.MESSAGE_STATUS_QUEUED)
-    assert got.attempts[0].started_at.ToMilliseconds() >= send_at.ToMilliseconds()
-
-
-async def test_cancel_scheduled_is_never_sent(engine: Engine, emulator: EmulatorServer) -> None:
-    send_at = timestamp_pb2.Timestamp()
-    send_at.FromMilliseconds(int(time.time() * 1000) + 500)
-    mid = await engine.send(body="never", send_at=send_at)
-    await engine.stub.CancelMessage(pb.CancelMessageRequest(message_id=mid))
-    await asyncio.sleep(1.0)
-    assert (await engine.status(mid)).message.status == pb.MESSAGE_STATUS_CANCELED
-    assert requests_to(emulator, "never") == 0
-    queued = await engine.send(body="gone")
-    await engine.until_status(queued, pb.MESSAGE_STATUS_QUEUED)
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await engine.stub.CancelMessage(pb.CancelMessageRequest(message_id=queued))
-    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-
-
 async def test_retry_failed_messages_by_id_and_filter(
     engine: Engine, emulator: EmulatorServer
 ) -> None:
@@ -252,20 +186,6 @@ async def test_retry_failed_messages_by_id_and_filter(
     got = await engine.until_status(b, pb.MESSAGE_STATUS_QUEUED)
     assert [x.outcome for x in got.attempts] == ["permanent", "accepted"]
     assert [e.source for e in got.history] == ["api", "dispatcher", "operator", "dispatcher"]
-
-
-@pytest.mark.parametrize("engine_env", [{"NOTIFIER_RATE_LIMIT_PER_SECOND": 20}])
-async def test_no_one_second_window_exceeds_the_rate(
-    engine: Engine, emulator: EmulatorServer
-) -> None:
-    ids = await asyncio.gather(*(engine.send(body=f"r{i}") for i in range(50)))
-    for mid in ids:
-        await engine.until_status(mid, pb.MESSAGE_STATUS_QUEUED)
-    times = sorted(r.monotonic for r in emulator.state.requests)
-    assert len(times) == 50
-    worst = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
-    assert worst <= 20
-    assert times[-1] - times[0] >= 2.0  # 50 at 20/s cannot take less
 
 
 async def test_graceful_stop_finishes_in_flight_sends(

@@ -79,3 +79,7 @@ async def start_engine(settings: Settings) -> tuple[NotifierServer, grpc.aio.Cha
     server = await create_server(settings)
     await server.start()
     return server, grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+
+
+def requests_to(emu: EmulatorServer, body: str) -> int:
+    return sum(1 for r in emu.state.requests if r.param("Body") == body)
