@@ -1,4 +1,6 @@
-"""SendBulk through the real path: a real server, SQLite file, and the Twilio emulator."""
+"""SendBulk through the real path: a real server, SQLite file, and the Twilio emulator.
+
+Under load (a bulk backlog, storage slower than the caller): tests/e2e/test_bulk_load.py."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """The delivery engine through the real path: server on a port, SQLite file or
 PostgreSQL database, the Twilio emulator over HTTP, and each fault knob ending messages
-in the right state."""
+in the right state. What waits on wall-clock time (scheduling, expiry, the rate limit,
+the in-flight cap) is in tests/e2e/test_delivery_timing.py."""
 
 from __future__ import annotations
 
