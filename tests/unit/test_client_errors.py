@@ -16,7 +16,7 @@ from google.protobuf import duration_pb2, message, timestamp_pb2
 from google.rpc import error_details_pb2 as ed
 
 from notifier_client import errors
-from tests.unit.fake_channel import Connect, connecting, exchange, status_trailers
+from tests.support.fake_channel import Connect, connecting, exchange, status_trailers
 
 C = grpc.StatusCode
 Check = Callable[[errors.NotifierError], object]

@@ -22,7 +22,7 @@ from notifier_client import errors
 from notifier_client.channel import RetryPolicy
 from notifier_client.sync import SyncNotifierClient
 from notifier_proto.v1 import notifier_pb2 as pb
-from tests.unit.fake_channel import AioOverTesting, Connect, connecting, exchange
+from tests.support.fake_channel import AioOverTesting, Connect, connecting, exchange
 
 TO = "+14155550101"
 AUTO_KEY = re.compile(r"auto-[0-9a-f]{32}")

@@ -1,6 +1,6 @@
 """SyncNotifierClient against grpc_testing's fake channel: requests, replies, deadlines,
 the bearer token, closing. No server and no sockets: the test plays the server
-(tests/unit/fake_channel.py). Error mapping and retries have their own modules."""
+(tests/support/fake_channel.py). Error mapping and retries have their own modules."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from notifier_client.client import Deadlines
 from notifier_client.errors import NotifierError
 from notifier_client.sync import SyncNotifierClient
 from notifier_proto.v1 import notifier_pb2 as pb
-from tests.unit.fake_channel import Connect, connecting, exchange
+from tests.support.fake_channel import Connect, connecting, exchange
 
 TO = "+14155550101"
 ID = "01ARZ3NDEKTSV4RRFFQ69G5FAV"
