@@ -13,6 +13,7 @@ not skip, when PostgreSQL cannot be reached.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,10 @@ from notifier.server import NotifierServer, create_server
 from notifier_proto.v1 import notifier_pb2_grpc
 from tests.support.databases import PgDatabases, TestDb, sqlite_db
 from tests.support.engine import Engine, engine_settings, start_engine
+
+# Every server a test starts (here or in a subprocess) serves no /metrics unless the test
+# asks for it: the default port (9464) would collide between servers running at once.
+os.environ.setdefault("NOTIFIER_METRICS_ADDR", "")
 
 LAYERS = ("unit", "storage", "api", "e2e", "process")  # markers described in pyproject.toml
 HERE = Path(__file__).parent

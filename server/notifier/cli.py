@@ -149,6 +149,8 @@ async def _serve(settings: Settings, part: str, telemetry: Telemetry) -> int:
             grace = settings.shutdown_grace_seconds
             running.push_async_callback(notifier.stop, grace)
             lines.append(_banner(settings, notifier.port, emulator))
+            url = notifier.metrics.url if notifier.metrics is not None else None
+            lines.append(f"notifier: Prometheus metrics at {url or 'off (NOTIFIER_METRICS_ADDR)'}")
         print("\n".join(lines), flush=True)
         await stop.wait()
         log.info(

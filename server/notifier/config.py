@@ -140,10 +140,22 @@ class Settings(BaseSettings):
         "INFO", alias="NOTIFIER_LOG_LEVEL"
     )
 
+    # Issue 13: Prometheus metrics of the gRPC process and the poison-message guard.
+    # HOST:PORT of /metrics; empty turns it off.
+    metrics_addr: str = Field("127.0.0.1:9464", alias="NOTIFIER_METRICS_ADDR")
+    # Claims without a recorded outcome after which a message fails instead of being
+    # sent again (domain/poison.py).
+    max_claims: int = Field(5, alias="NOTIFIER_MAX_CLAIMS", ge=1, le=1000)
+
     @field_validator("grpc_addr", "http_addr", "emulator_addr")
     @classmethod
     def _check_addr(cls, value: str) -> str:
         return _addr(value)
+
+    @field_validator("metrics_addr")
+    @classmethod
+    def _check_metrics_addr(cls, value: str) -> str:
+        return _addr(value) if value.strip() else ""
 
     @field_validator("database_url")
     @classmethod

@@ -17,10 +17,12 @@ from pydantic import AnyHttpUrl
 
 from notifier.api.auth import auth_interceptors
 from notifier.api.errors import ErrorInterceptor
+from notifier.api.metrics import MetricsInterceptor
 from notifier.api.service import NotifierServicer
 from notifier.asgi_server import InProcessServer, bind
 from notifier.config import Settings
 from notifier.dispatch.dispatcher import DispatchConfig, Dispatcher
+from notifier.dispatch.observer import NO_OBSERVER, DispatchObserver
 from notifier.dispatch.rate_limit import RateLimiters
 from notifier.dispatch.twilio import TwilioConfig, TwilioProvider
 from notifier.domain.bulk import BulkSender
@@ -29,6 +31,7 @@ from notifier.domain.inbound import Keywords
 from notifier.domain.retry import RetryPolicy
 from notifier.domain.service import MessageService, payload_hash
 from notifier.health import StorageHealth
+from notifier.metrics import OutboxSampler, ServerMetrics, metrics_http
 from notifier.status_feed import StatusFeed
 from notifier.storage.engine import DUE_CHANNEL, EVENTS_CHANNEL, Database, create_database
 from notifier.storage.listener import Listener
@@ -245,8 +248,11 @@ class NotifierServer:
     feed: StatusFeed | None = None
     capacity: OutboxCapacity | None = None
     listener: Listener | None = None
+    metrics: Metrics | None = None
 
     async def start(self) -> None:
+        if self.metrics is not None:
+            await self.metrics.start()
         await self.server.start()
         await self.health.check()
         self.health.start()
@@ -292,6 +298,7 @@ def dispatch_config(settings: Settings, db: Database) -> DispatchConfig:
         retry=policy,
         ambiguous_policy=settings.ambiguous_policy,
         twilio_timeout_seconds=settings.twilio_timeout_seconds,
+        max_claims=settings.max_claims,
         poll_seconds=FALLBACK_POLL_SECONDS if db.is_postgresql else _SQLITE_DISPATCH_POLL_SECONDS,
     )
 
@@ -301,6 +308,7 @@ def build_dispatcher(
     storage: Storage,
     telemetry: Telemetry,
     cleanup: contextlib.AsyncExitStack,
+    observer: DispatchObserver = NO_OBSERVER,
 ) -> tuple[TwilioProvider, Dispatcher] | None:
     """The Twilio client and the dispatcher sending through it; None when this process
     does not send (dispatcher disabled, or no Twilio credentials)."""
@@ -319,12 +327,57 @@ def build_dispatcher(
         limiters,
         dispatch_config(settings, storage.db),
         tracer=telemetry.tracer("notifier.dispatch"),
+        observer=observer,
     )
     return provider, dispatcher
 
 
+@dataclass(slots=True)
+class Metrics:
+    """The process's metrics, the sampler keeping the outbox gauges, and /metrics
+    (None when NOTIFIER_METRICS_ADDR is empty)."""
+
+    registry: ServerMetrics
+    sampler: OutboxSampler
+    http: InProcessServer | None
+
+    @property
+    def url(self) -> str | None:
+        return f"{self.http.url}/metrics" if self.http is not None else None
+
+    async def start(self) -> None:
+        if self.http is not None:  # the gauges are sampled only for someone to read
+            self.sampler.start()
+            await self.http.start()
+
+
+def build_metrics(
+    settings: Settings,
+    storage: Storage,
+    health: StorageHealth,
+    counted: ServerMetrics,
+    cleanup: contextlib.AsyncExitStack,
+) -> Metrics:
+    """Prometheus metrics of this process, served on NOTIFIER_METRICS_ADDR (bound now,
+    so a busy port stops the start with a clear message)."""
+    counted.storage_up.set_function(lambda: 1.0 if health.serving else 0.0)
+    sampler = OutboxSampler(counted, storage.capacity.current, storage.repository.oldest_due_at)
+    cleanup.push_async_callback(sampler.stop)
+    http = None
+    if settings.metrics_addr:
+        sock = _listen(settings.metrics_addr)
+        cleanup.callback(sock.close)
+        http = metrics_http(counted, _split_addr(settings.metrics_addr)[0], sock)
+        cleanup.push_async_callback(http.stop)
+    return Metrics(counted, sampler, http)
+
+
 def build_grpc_server(
-    settings: Settings, address: str, telemetry: Telemetry, health: StorageHealth
+    settings: Settings,
+    address: str,
+    telemetry: Telemetry,
+    health: StorageHealth,
+    counted: ServerMetrics | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """The gRPC server with its interceptors, bound to ``address``; the port it got."""
     # Authentication before errors: a refused call reaches neither a handler nor storage.
@@ -333,6 +386,8 @@ def build_grpc_server(
         # Tracing first: its span then covers authentication and the error interceptor,
         # so refused calls are traced too and every status is seen.
         interceptors=[
+            # Counting first (issue 13): every call is counted with the code it ended with.
+            *([MetricsInterceptor(counted)] if counted is not None else []),
             *telemetry.grpc_interceptors(),
             *auth,
             ErrorInterceptor(health.report_down),
@@ -449,10 +504,14 @@ async def create_server(
     grace = Grace()
     async with _closed_on_failure() as cleanup:
         storage = await build_storage(settings, telemetry, cleanup)
-        sending = build_dispatcher(settings, storage, telemetry, cleanup)
+        counted = ServerMetrics()
+        sending = build_dispatcher(settings, storage, telemetry, cleanup, counted)
         provider, dispatcher = sending if sending is not None else (None, None)
         health = StorageHealth(storage.repository, settings.health_interval_seconds)
-        server, port = build_grpc_server(settings, addr or settings.grpc_addr, telemetry, health)
+        metrics = build_metrics(settings, storage, health, counted, cleanup)
+        server, port = build_grpc_server(
+            settings, addr or settings.grpc_addr, telemetry, health, counted
+        )
         cleanup.push_async_callback(_finish_work, server, dispatcher, grace)
         feed, listener = build_status_feed(
             settings, storage.db, storage.repository, dispatcher, cleanup
@@ -472,4 +531,5 @@ async def create_server(
             feed=feed,
             capacity=storage.capacity,
             listener=listener,
+            metrics=metrics,
         )

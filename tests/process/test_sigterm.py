@@ -144,7 +144,9 @@ class _SlowStore:
         self.recorded: list[Transition] = []
         self.released: list[str] = []
 
-    async def claim_due(self, owner: str, *, limit: int, lease_ms: int) -> list[MessageRecord]:
+    async def claim_due(
+        self, owner: str, *, limit: int, lease_ms: int, max_claims: int | None = None
+    ) -> list[MessageRecord]:
         if self.claimed:
             return []
         self.claimed = True

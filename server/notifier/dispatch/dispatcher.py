@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, StatusCode
 from ulid import ULID
 
+from notifier.dispatch.observer import NO_OBSERVER, DispatchObserver
 from notifier.dispatch.provider import Provider
 from notifier.dispatch.rate_limit import RateLimiters
 from notifier.dispatch.recorder import AttemptRecorder
@@ -33,6 +35,7 @@ from notifier.domain.delivery import (
 )
 from notifier.domain.errors import StorageUnavailable
 from notifier.domain.model import AttemptRecord, MessageRecord, Status, Transition
+from notifier.domain.poison import DEFAULT_MAX_CLAIMS
 from notifier.domain.ports import OutboxStore
 from notifier.domain.retry import RetryPolicy, after_failure
 from notifier.telemetry import (
@@ -54,6 +57,7 @@ class DispatchConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     ambiguous_policy: str = "retry"
     twilio_timeout_seconds: float = 10.0
+    max_claims: int = DEFAULT_MAX_CLAIMS  # the poison guard (domain/poison.py)
 
 
 def _worker_id() -> str:
@@ -75,8 +79,10 @@ class Dispatcher:
         config: DispatchConfig,
         clock: Clock = now_ms,
         tracer: trace.Tracer | None = None,
+        observer: DispatchObserver = NO_OBSERVER,
     ) -> None:
         self.owner = _worker_id()
+        self._observer = observer
         self._tracer = tracer or trace.NoOpTracer()
         self._store = store
         self._recorder = AttemptRecorder(store)  # results of many sends, one commit
@@ -149,7 +155,9 @@ class Dispatcher:
             self.owner,
             limit=min(free, grantable),
             lease_ms=int(self._config.lease_seconds * 1000),
+            max_claims=self._config.max_claims,
         )
+        batch = self._without_poisoned(batch)
         # One read for the batch: recipients who opted out since these were queued.
         opted_out = await self._store.opted_out_among([(m.channel.value, m.to) for m in batch])
         for msg in batch:
@@ -160,6 +168,17 @@ class Dispatcher:
             self._inflight[msg.id] = task
             task.add_done_callback(self._done)
         return len(batch)
+
+    def _without_poisoned(self, batch: list[MessageRecord]) -> list[MessageRecord]:
+        """The claimed messages; those the claim failed instead (the poison guard) are
+        reported, loudly: one of them may have reached its recipient many times."""
+        claimed = [m for m in batch if m.status is not Status.FAILED]
+        for msg in batch:
+            if msg.status is Status.FAILED:
+                self._observer.quarantine()
+                log.error("message %s quarantined: %s", msg.id, msg.error_message)
+        self._observer.claimed(len(claimed), sum(1 for m in claimed if m.claims > 1))
+        return claimed
 
     async def _gather_slots(self) -> None:
         """With sends in flight, let a few more finish before claiming.
@@ -225,7 +244,9 @@ class Dispatcher:
             try:
                 await self._send_slots.acquire()
                 self._holding.add(msg.id)
+                waiting_since = time.monotonic()
                 await self._limiters.for_sender(self._provider.sender).acquire()
+                self._observer.waited(time.monotonic() - waiting_since)
             finally:
                 self._waiting -= 1
             if self._stopping:
@@ -275,14 +296,18 @@ class Dispatcher:
 
     async def _traced_attempt(self, msg: MessageRecord, span: Span) -> None:
         started = self._clock()
+        clock = time.monotonic()
+        self._observer.send_started()
         try:
             receipt = await self._provider.send(_outgoing(msg, started))
         except ProviderError as err:
+            self._observer.send_finished(err.kind.value, err.code, time.monotonic() - clock)
             span.set_attribute("error.type", str(err.code or err.kind.value))
             span.set_status(StatusCode.ERROR, f"{err.kind.value} ({err.code or err.http_status})")
             await _to_the_end(self._failed(msg, started, err))
             return
         except asyncio.CancelledError:
+            self._observer.send_finished(ErrorKind.AMBIGUOUS.value, None, time.monotonic() - clock)
             # Stopped after the grace period with the request out: Twilio may have it.
             # Record that as an ambiguous outcome, so the configured policy decides.
             cut = ProviderError(ErrorKind.AMBIGUOUS, "shutdown interrupted the request to Twilio")
@@ -290,6 +315,10 @@ class Dispatcher:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._failed(msg, started, cut))
             raise
+        except BaseException:
+            self._observer.send_finished(ErrorKind.AMBIGUOUS.value, None, time.monotonic() - clock)
+            raise
+        self._observer.send_finished("accepted", None, time.monotonic() - clock)
         attempt = AttemptRecord(
             started_at_ms=started,
             finished_at_ms=self._clock(),

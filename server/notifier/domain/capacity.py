@@ -101,6 +101,12 @@ class OutboxCapacity:
         if stale and (self._refreshing is None or self._refreshing.done()):
             self._refreshing = asyncio.create_task(self._background_refresh())
 
+    async def current(self) -> int | None:
+        """The estimate, counted first if never counted and refreshed in the background
+        once stale (metrics read it: never a count per scrape)."""
+        await self._fresh()
+        return self.estimate
+
     @contextlib.asynccontextmanager
     async def reserve(self, wanted: int, *, partial: bool = False) -> AsyncIterator[int]:
         """Room for ``wanted`` new messages while they are inserted; yields how many fit.

@@ -161,6 +161,7 @@ class MessageRecord:
     expires_at_ms: int | None = None
     next_attempt_at_ms: int | None = None
     traceparent: str | None = None  # W3C trace context of the request that enqueued it
+    claims: int = 0  # claims since its last recorded outcome, this one included
 
 
 @dataclass(frozen=True, slots=True)

@@ -148,8 +148,12 @@ class AttemptStore(Protocol):
 class OutboxStore(AttemptStore, Protocol):
     """What the dispatcher needs: claim due messages under a lease, record the sends."""
 
-    async def claim_due(self, owner: str, *, limit: int, lease_ms: int) -> list[MessageRecord]:
-        """Lease up to ``limit`` due messages to ``owner``, oldest due first."""
+    async def claim_due(
+        self, owner: str, *, limit: int, lease_ms: int, max_claims: int | None = None
+    ) -> list[MessageRecord]:
+        """Lease up to ``limit`` due messages to ``owner``, oldest due first; with
+        ``max_claims``, fail (and return as FAILED) those claimed that often already
+        without an outcome (``domain.poison``)."""
 
     async def release(self, owner: str, ids: list[str]) -> int:
         """Give back leases that were never used, so another worker takes them now."""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
-from sqlalchemy import BigInteger, bindparam, func, insert, or_, select, update
+from sqlalchemy import BigInteger, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from notifier.domain.errors import NotFound
@@ -17,12 +19,16 @@ from notifier.domain.model import (
     Status,
     Transition,
 )
+from notifier.domain.poison import quarantines
 from notifier.storage.engine import DUE_CHANNEL, EVENTS_CHANNEL, notify
+from notifier.storage.quarantine import quarantine
 from notifier.storage.rows import OUTBOX, chunks, event_row, record
 from notifier.storage.store import Store
 from notifier.storage.tables import delivery_attempts, messages, status_events
 
 AttemptResult = tuple[str, AttemptRecord | None, Transition]
+SID_HELD_FLAG = "Twilio's SID is already held by message"
+log = logging.getLogger(__name__)
 
 
 class Outbox(Store):
@@ -56,16 +62,36 @@ class Outbox(Store):
             ).scalar_one()
         return int(count)
 
-    async def claim_due(self, owner: str, *, limit: int, lease_ms: int) -> list[MessageRecord]:
+    async def oldest_due_at(self) -> int | None:
+        """When the longest-waiting due PENDING message became due (epoch ms), or None:
+        the first entry of the (status, next_attempt_at) index, not a scan."""
+        now = self._clock()
+        async with self._reading() as conn:
+            oldest = (
+                await conn.execute(
+                    select(func.min(messages.c.next_attempt_at)).where(
+                        messages.c.status == Status.PENDING.value,
+                        messages.c.next_attempt_at <= now,
+                    )
+                )
+            ).scalar_one()
+        return None if oldest is None else int(oldest)
+
+    async def claim_due(
+        self, owner: str, *, limit: int, lease_ms: int, max_claims: int | None = None
+    ) -> list[MessageRecord]:
         """Lease up to ``limit`` due messages to ``owner``, oldest due first.
 
-        A lease that runs out (its worker died) makes the message claimable again.
+        A lease that runs out (its worker died) makes the message claimable again. Each
+        claim is counted in the claim's transaction; with ``max_claims``, a message
+        already claimed that often without a recorded outcome is failed here instead
+        (``domain.poison``) and returned with status FAILED, for the caller to report.
         """
         if limit <= 0:
             return []
         now = self._clock()
         due = (
-            select(messages.c.id)
+            select(messages.c.id, messages.c.claims)
             .where(
                 messages.c.status.in_(OUTBOX),
                 messages.c.next_attempt_at <= now,
@@ -77,14 +103,23 @@ class Outbox(Store):
         if not self._db.is_sqlite:  # SQLite's single writer already excludes other claimers
             due = due.with_for_update(skip_locked=True, key_share=True)
         async with self._transaction() as conn:
-            ids = list((await conn.execute(due)).scalars())
-            if not ids:
+            found = {row.id: int(row.claims) for row in await conn.execute(due)}
+            if not found:
                 return []
-            await conn.execute(
-                update(messages)
-                .where(messages.c.id.in_(ids))
-                .values(lease_owner=owner, lease_expires_at=now + lease_ms)
-            )
+            poisoned = {i: n for i, n in found.items() if max_claims and quarantines(n, max_claims)}
+            await quarantine(conn, poisoned, owner, now)
+            claimed = [i for i in found if i not in poisoned]
+            if claimed:
+                await conn.execute(
+                    update(messages)
+                    .where(messages.c.id.in_(claimed))
+                    .values(
+                        lease_owner=owner,
+                        lease_expires_at=now + lease_ms,
+                        claims=messages.c.claims + 1,
+                    )
+                )
+            ids = list(found)
             rows = (await conn.execute(select(messages).where(messages.c.id.in_(ids)))).all()
         by_id = {row.id: record(row._mapping, ()) for row in rows}
         return [by_id[i] for i in ids]
@@ -132,6 +167,12 @@ class Outbox(Store):
                 .group_by(delivery_attempts.c.message_id)
             )
             plan.numbers |= {message_id: int(n) for message_id, n in counted}
+        sids = sorted({t.twilio_sid for _, _, t in results if t.twilio_sid is not None})
+        for chunk in chunks(sids):
+            holders = select(messages.c.twilio_sid, messages.c.id).where(
+                messages.c.twilio_sid.in_(chunk)
+            )
+            plan.held |= {str(sid): str(holder) for sid, holder in await conn.execute(holders)}
         for result in results:
             plan.add(*result)
         await plan.write(conn)
@@ -148,7 +189,12 @@ class Outbox(Store):
                     messages.c.lease_owner == owner,
                     messages.c.status.in_(OUTBOX),
                 )
-                .values(lease_owner=None, lease_expires_at=None)
+                .values(
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    # never used: the claim does not count towards the poison guard
+                    claims=case((messages.c.claims > 0, messages.c.claims - 1), else_=0),
+                )
             )
             if result.rowcount:
                 await notify(conn, DUE_CHANNEL)
@@ -176,6 +222,7 @@ class _AttemptPlan:
         self.now = now
         self.state: dict[str, dict[str, Any]] = {}  # message id -> status, sid, attempts
         self.numbers: dict[str, int] = {}  # message id -> attempts stored so far
+        self.held: dict[str, str] = {}  # Twilio SID -> the message that holds it
         self.attempts: list[dict[str, Any]] = []
         self.events: list[dict[str, Any]] = []
         self.moved: dict[str, dict[str, Any]] = {}  # their status changes
@@ -185,6 +232,7 @@ class _AttemptPlan:
         row = self.state.get(message_id)
         if row is None:
             return  # deleted meanwhile: nothing to record against
+        attempt, transition = self._unique_sid(message_id, attempt, transition)
         if attempt is not None:
             self._add_attempt(message_id, row, attempt)
         # Only a message still in the outbox changes status here: a callback that
@@ -219,6 +267,24 @@ class _AttemptPlan:
                     transition.error_code,
                 )
             )
+
+    def _unique_sid(
+        self, message_id: str, attempt: AttemptRecord | None, transition: Transition
+    ) -> tuple[AttemptRecord | None, Transition]:
+        """Twilio's answer kept whatever it says: a SID another message already holds
+        (messages.twilio_sid is unique; real Twilio never repeats one, a mock or a
+        replayed answer may) stays on the attempt, flagged, and not on the message."""
+        sid = transition.twilio_sid
+        if sid is None:
+            return attempt, transition
+        holder = self.held.setdefault(sid, message_id)
+        if holder == message_id:
+            return attempt, transition
+        log.warning("Twilio SID %s of %s is already held by %s", sid, message_id, holder)
+        flag = f"{SID_HELD_FLAG} {holder}"
+        if attempt is not None:
+            attempt = replace(attempt, error_message=flag)
+        return attempt, replace(transition, twilio_sid=None)
 
     def _add_attempt(self, message_id: str, row: dict[str, Any], attempt: AttemptRecord) -> None:
         self.numbers[message_id] = self.numbers.get(message_id, 0) + 1
@@ -261,6 +327,7 @@ async def _update_many(
         "lease_owner": None,
         "lease_expires_at": None,
         "updated_at": now,
+        "claims": 0,  # an outcome is recorded: the poison guard counts from zero again
         "attempts": bindparam("p_attempts"),
         "twilio_sid": bindparam("p_twilio_sid"),
     }

@@ -112,6 +112,7 @@ def record(row: Any, tags: Sequence[str]) -> MessageRecord:
         expires_at_ms=row["expires_at"],
         next_attempt_at_ms=row["next_attempt_at"],
         traceparent=row.get("traceparent"),
+        claims=row.get("claims") or 0,
     )
 
 

@@ -74,6 +74,8 @@ messages = Table(
     Column("sent_at", BigInteger),
     Column("delivered_at", BigInteger),
     Column("read_at", BigInteger),
+    # Claims since the last recorded outcome (issue 13: the poison-message guard).
+    Column("claims", Integer, nullable=False, server_default="0"),
     Index(None, "status", "next_attempt_at"),
     Index(None, "status", "priority", "next_attempt_at"),
     Index(None, "created_at"),

@@ -1,0 +1,79 @@
+"""Counts and times every gRPC call, by method and status code, for Prometheus.
+
+Outermost of the interceptors, so calls refused by authentication and every status
+the error interceptor maps are counted with the code the caller saw.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from notifier.api.handlers import HandlerInterceptor, same_kind
+from notifier.metrics import ServerMetrics
+
+Handler = Any
+
+
+def _code(context: grpc.aio.ServicerContext[Any, Any], failed: bool) -> str:
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    if isinstance(code, int):  # some grpc versions keep the raw number
+        return grpc.StatusCode(code).name if code in range(17) else str(code)
+    return "UNKNOWN" if failed else "OK"
+
+
+class MetricsInterceptor(HandlerInterceptor):
+    def __init__(self, metrics: ServerMetrics) -> None:
+        self._metrics = metrics
+
+    def handler_for(self, handler: Any, call: grpc.HandlerCallDetails) -> Any:
+        method = call.method
+        return same_kind(
+            handler,
+            lambda behavior: self._unary(behavior, method),
+            lambda behavior: self._stream(behavior, method),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _done(
+        self, method: str, context: grpc.aio.ServicerContext[Any, Any], began: float, failed: bool
+    ) -> None:
+        self._metrics.rpcs.labels(method=method, code=_code(context, failed)).inc()
+        self._metrics.rpc_seconds.labels(method=method).observe(time.monotonic() - began)
+
+    def _unary(self, behavior: Handler, method: str) -> Handler:
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            began, failed = time.monotonic(), True
+            try:
+                result = await behavior(request, context)
+                failed = False
+                return result
+            finally:
+                self._done(method, context, began, failed)
+
+        return wrapper
+
+    def _stream(self, behavior: Handler, method: str) -> Handler:
+        async def wrapper(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            began, failed = time.monotonic(), True
+            try:
+                result = behavior(request, context)
+                if inspect.isawaitable(result):
+                    await result
+                else:
+                    async for response in result:
+                        yield response
+                failed = False
+            finally:
+                self._done(method, context, began, failed)
+
+        return wrapper
