@@ -27,7 +27,6 @@ from notifier.storage.store import Store
 from notifier.storage.tables import delivery_attempts, messages, status_events
 
 AttemptResult = tuple[str, AttemptRecord | None, Transition]
-SID_HELD_FLAG = "Twilio's SID is already held by message"
 log = logging.getLogger(__name__)
 
 
@@ -281,7 +280,7 @@ class _AttemptPlan:
         if holder == message_id:
             return attempt, transition
         log.warning("Twilio SID %s of %s is already held by %s", sid, message_id, holder)
-        flag = f"{SID_HELD_FLAG} {holder}"
+        flag = f"Twilio's SID {sid} is already held by message {holder}; kept on this attempt"
         if attempt is not None:
             attempt = replace(attempt, error_message=flag)
         return attempt, replace(transition, twilio_sid=None)

@@ -1,0 +1,116 @@
+"""Claims counted for the poison guard, Twilio's SID kept whatever it is, and one refused
+result retried alone (issue 13), on real SQLite files and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from notifier.config import Settings
+from notifier.dispatch.recorder import AttemptRecorder
+from notifier.domain.model import AttemptRecord, Status, Transition
+from notifier.server import prepare_storage
+from notifier.storage.engine import Database
+from notifier.storage.repository import Repository
+from tests.support.poison import refuse_accepted_attempts
+from tests.support.webhooks import queued_message
+
+pytestmark = pytest.mark.backends("sqlite", "postgresql")
+
+SID = "SM" + "ab" * 16
+
+
+@pytest.fixture
+async def db(settings: Settings) -> AsyncIterator[Database]:
+    database = await prepare_storage(settings)
+    yield database
+    await database.dispose()
+
+
+@pytest.fixture
+def repo(db: Database) -> Repository:
+    return Repository(db)
+
+
+def _accepted(sid: str) -> tuple[AttemptRecord, Transition]:
+    return AttemptRecord(1, 2, "accepted", 201, twilio_sid=sid), Transition(
+        Status.QUEUED, twilio_sid=sid
+    )
+
+
+async def test_claims_count_until_an_outcome_and_unused_leases_do_not_count(
+    repo: Repository,
+) -> None:
+    mid = await queued_message(repo, sid=None)
+    (first,) = await repo.claim_due("w", limit=5, lease_ms=0)
+    assert first.claims == 1
+    await asyncio.sleep(0.01)  # the zero-length lease runs out
+    (second,) = await repo.claim_due("w", limit=5, lease_ms=60_000)
+    assert second.claims == 2  # a takeover: the earlier lease ran out without an outcome
+    assert await repo.release("w", [mid]) == 1
+    (third,) = await repo.claim_due("w", limit=5, lease_ms=60_000)
+    assert third.claims == 2  # the released claim was never used: not counted
+    await repo.record_attempt(mid, *_accepted(SID))
+    delivery = await repo.get_delivery(message_id=mid)
+    assert delivery.message.claims == 0
+
+
+async def test_a_message_claimed_too_often_is_failed_in_the_claim(repo: Repository) -> None:
+    mid = await queued_message(repo, sid=None)
+    for _ in range(2):
+        await repo.claim_due("w", limit=5, lease_ms=0)
+        await asyncio.sleep(0.01)
+    (failed,) = await repo.claim_due("w", limit=5, lease_ms=60_000, max_claims=2)
+    assert failed.status is Status.FAILED
+    assert failed.error_message == (
+        "delivery outcome could not be recorded after 2 claims; it may have been sent"
+    )
+    await asyncio.sleep(0.01)
+    assert await repo.claim_due("w", limit=5, lease_ms=60_000, max_claims=2) == []
+    delivery = await repo.get_delivery(message_id=mid)
+    assert [a.outcome for a in delivery.attempts] == ["ambiguous"]
+    assert delivery.events[-1].status is Status.FAILED
+
+
+async def test_a_sid_held_by_another_message_is_kept_on_the_attempt(repo: Repository) -> None:
+    first = await queued_message(repo, sid=SID)
+    second = await queued_message(repo, sid=None)
+    await repo.record_attempt(second, *_accepted(SID))  # no IntegrityError
+    mine = await repo.get_delivery(message_id=second)
+    assert mine.message.status is Status.QUEUED
+    assert mine.message.twilio_sid is None
+    (attempt,) = mine.attempts
+    assert attempt.outcome == "accepted"
+    assert attempt.error_message == (
+        f"Twilio's SID {SID} is already held by message {first}; kept on this attempt"
+    )
+    assert (await repo.get_delivery(message_id=first)).message.twilio_sid == SID
+
+
+async def test_two_messages_given_one_sid_in_one_batch_are_both_recorded(
+    repo: Repository,
+) -> None:
+    a = await queued_message(repo, sid=None)
+    b = await queued_message(repo, sid=None)
+    await repo.record_attempts([(a, *_accepted(SID)), (b, *_accepted(SID))])
+    statuses = [(await repo.get_delivery(message_id=m)).message for m in (a, b)]
+    assert [m.status for m in statuses] == [Status.QUEUED, Status.QUEUED]
+    assert [m.twilio_sid for m in statuses] == [SID, None]
+
+
+async def test_a_result_the_database_refuses_fails_alone(repo: Repository, db: Database) -> None:
+    good = await queued_message(repo, sid=None)
+    bad = await queued_message(repo, sid=None)
+    await refuse_accepted_attempts(db.writer, bad)
+    recorder = AttemptRecorder(repo)
+    outcomes = await asyncio.gather(
+        recorder.record(bad, *_accepted("SM" + "01" * 16)),
+        recorder.record(good, *_accepted("SM" + "02" * 16)),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[0], Exception)  # the dispatcher's failed claim
+    assert outcomes[1] is None
+    assert (await repo.get_delivery(message_id=good)).message.status is Status.QUEUED
+    assert (await repo.get_delivery(message_id=bad)).message.status is Status.PENDING
