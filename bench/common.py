@@ -59,6 +59,7 @@ def bench_settings(db_path: Path, **env: Any) -> Settings:
         "NOTIFIER_GRPC_ADDR": "127.0.0.1:0",
         "NOTIFIER_HTTP_ADDR": "127.0.0.1:0",
         "NOTIFIER_LOG_LEVEL": "WARNING",
+        "NOTIFIER_METRICS_ADDR": "127.0.0.1:0",
     }
     values.update(env)
     return load_settings(**values)

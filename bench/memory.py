@@ -54,6 +54,7 @@ async def run() -> Figure:
                 "NOTIFIER_DATABASE_URL": f"sqlite+aiosqlite:///{db_path}",
                 "NOTIFIER_GRPC_ADDR": "127.0.0.1:0",
                 "NOTIFIER_RATE_LIMIT_PER_SECOND": "1",
+                "NOTIFIER_METRICS_ADDR": "127.0.0.1:0",
                 # Room for the SendMessage calls made on top of the queued million (the
                 # default capacity is exactly 1,000,000 and would refuse them).
                 "NOTIFIER_OUTBOX_CAPACITY": str(queued + 10_000),

@@ -49,6 +49,7 @@ def notifier_env(db: Path | TestDb, **extra: str) -> dict[str, str]:
         NOTIFIER_GRPC_ADDR="127.0.0.1:0",
         NOTIFIER_EMULATOR_ADDR="127.0.0.1:0",
         NOTIFIER_HTTP_ADDR="127.0.0.1:0",
+        NOTIFIER_METRICS_ADDR="127.0.0.1:0",  # replicas side by side: a port each
         PYTHONUNBUFFERED="1",
     )
     env.update(extra)
