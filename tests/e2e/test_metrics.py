@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,7 +16,7 @@ import pytest
 
 from notifier.emulator.faults import Faults
 from notifier.emulator.server import EmulatorServer
-from notifier.server import Sidecar, create_sidecar
+from notifier.server import Sidecar, StartupError, create_server, create_sidecar
 from notifier_proto.v1 import notifier_pb2 as pb
 from tests.support.databases import TestDb
 from tests.support.engine import Engine, engine_settings, start_engine
@@ -135,3 +136,14 @@ async def test_every_metric_the_rules_and_dashboard_name_is_exported(
     named = _named_in_rules_and_dashboard()
     assert len(named) >= 10
     assert named - exported == set()
+
+
+async def test_a_taken_metrics_port_stops_the_start_naming_it(
+    database: TestDb, emulator: EmulatorServer
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        addr = f"127.0.0.1:{taken.getsockname()[1]}"
+        with pytest.raises(StartupError, match=f"cannot listen on {addr}"):
+            await create_server(engine_settings(database, emulator, NOTIFIER_METRICS_ADDR=addr))

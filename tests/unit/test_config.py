@@ -56,3 +56,19 @@ def test_lists_and_pairs(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TWILIO_API_KEY", "SK" + "0" * 32)
     with pytest.raises(ConfigError, match="TWILIO_API_KEY and TWILIO_API_SECRET go together"):
         load_settings()
+
+
+def test_metrics_and_poison_guard_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 13: /metrics on by default, empty turns it off; claims at least one."""
+    monkeypatch.chdir("/")
+    monkeypatch.delenv("NOTIFIER_METRICS_ADDR", raising=False)  # tests/conftest.py sets it
+    s = load_settings()
+    assert (s.metrics_addr, s.max_claims) == ("127.0.0.1:9464", 5)
+    monkeypatch.setenv("NOTIFIER_METRICS_ADDR", "")
+    assert load_settings().metrics_addr == ""
+    monkeypatch.setenv("NOTIFIER_METRICS_ADDR", "9464")
+    monkeypatch.setenv("NOTIFIER_MAX_CLAIMS", "0")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "NOTIFIER_METRICS_ADDR: must be HOST:PORT" in str(info.value)
+    assert "NOTIFIER_MAX_CLAIMS" in str(info.value)
