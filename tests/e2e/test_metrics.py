@@ -123,11 +123,12 @@ async def test_every_metric_the_rules_and_dashboard_name_is_exported(
     server, channel = await start_engine(settings)
     try:
         await _traffic(Engine(server, channel), emulator)
-        async with httpx.AsyncClient() as client:  # an unsigned callback: forged
-            forged = await client.post(
-                f"{sidecar.url}/api/v1/whatsapp/status", data={"MessageSid": "SMx"}
-            )
-        assert forged.status_code == 403
+        async with httpx.AsyncClient() as client:  # unsigned webhooks: forged
+            for path in ("status", "webhook"):
+                forged = await client.post(
+                    f"{sidecar.url}/api/v1/whatsapp/{path}", data={"MessageSid": "SMx"}
+                )
+                assert forged.status_code == 403
         exported = names(await scrape(metrics_url(server)))
         exported |= names(await scrape(f"{sidecar.url}/metrics"))
     finally:
