@@ -6,6 +6,7 @@ the error interceptor maps are counted with the code the caller saw.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import time
 from collections.abc import AsyncIterator
@@ -19,12 +20,16 @@ from notifier.metrics import ServerMetrics
 Handler = Any
 
 
-def _code(context: grpc.aio.ServicerContext[Any, Any], failed: bool) -> str:
+def _code(context: grpc.aio.ServicerContext[Any, Any], failed: bool | str) -> str:
+    """The status the call ended with: set by an abort, else OK, or ``failed`` (the
+    name to use) when the handler raised without one."""
     code = context.code()
     if isinstance(code, grpc.StatusCode):
         return code.name
     if isinstance(code, int):  # some grpc versions keep the raw number
         return grpc.StatusCode(code).name if code in range(17) else str(code)
+    if isinstance(failed, str):
+        return failed
     return "UNKNOWN" if failed else "OK"
 
 
@@ -43,18 +48,26 @@ class MetricsInterceptor(HandlerInterceptor):
         )
 
     def _done(
-        self, method: str, context: grpc.aio.ServicerContext[Any, Any], began: float, failed: bool
+        self,
+        method: str,
+        context: grpc.aio.ServicerContext[Any, Any],
+        began: float,
+        failed: bool | str,
     ) -> None:
         self._metrics.rpcs.labels(method=method, code=_code(context, failed)).inc()
         self._metrics.rpc_seconds.labels(method=method).observe(time.monotonic() - began)
 
     def _unary(self, behavior: Handler, method: str) -> Handler:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            began, failed = time.monotonic(), True
+            began = time.monotonic()
+            failed: bool | str = True
             try:
                 result = await behavior(request, context)
                 failed = False
                 return result
+            except asyncio.CancelledError:
+                failed = "CANCELLED"  # the caller went away or its deadline passed
+                raise
             finally:
                 self._done(method, context, began, failed)
 
@@ -64,7 +77,8 @@ class MetricsInterceptor(HandlerInterceptor):
         async def wrapper(
             request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
-            began, failed = time.monotonic(), True
+            began = time.monotonic()
+            failed: bool | str = True
             try:
                 result = behavior(request, context)
                 if inspect.isawaitable(result):
@@ -73,6 +87,9 @@ class MetricsInterceptor(HandlerInterceptor):
                     async for response in result:
                         yield response
                 failed = False
+            except (asyncio.CancelledError, GeneratorExit):
+                failed = "CANCELLED"
+                raise
             finally:
                 self._done(method, context, began, failed)
 
