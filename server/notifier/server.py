@@ -22,6 +22,7 @@ from notifier.asgi_server import InProcessServer, bind
 from notifier.config import Settings
 from notifier.dispatch.dispatcher import DispatchConfig, Dispatcher
 from notifier.dispatch.rate_limit import RateLimiters
+from notifier.dispatch.reconciler import ReconcileConfig, Reconciler
 from notifier.dispatch.twilio import TwilioConfig, TwilioProvider
 from notifier.domain.bulk import BulkSender
 from notifier.domain.capacity import OutboxCapacity
@@ -245,6 +246,7 @@ class NotifierServer:
     feed: StatusFeed | None = None
     capacity: OutboxCapacity | None = None
     listener: Listener | None = None
+    reconciler: Reconciler | None = None
 
     async def start(self) -> None:
         await self.server.start()
@@ -254,6 +256,8 @@ class NotifierServer:
             self.listener.start()
         if self.dispatcher is not None:
             self.dispatcher.start()
+        if self.reconciler is not None:
+            self.reconciler.start()
 
     async def stop(self, grace: float) -> None:
         """Refuse new calls; let running calls and sends finish within ``grace`` seconds."""
@@ -321,6 +325,28 @@ def build_dispatcher(
         tracer=telemetry.tracer("notifier.dispatch"),
     )
     return provider, dispatcher
+
+
+def build_reconciler(
+    settings: Settings,
+    storage: Storage,
+    provider: TwilioProvider | None,
+    cleanup: contextlib.AsyncExitStack,
+) -> Reconciler | None:
+    """The reconciler, beside the dispatcher and through its Twilio client: it fetches
+    the messages whose status callbacks did not come (None when this process does not
+    talk to Twilio). Its counters are in ``reconciler.metrics.registry``."""
+    if provider is None:
+        return None
+    config = ReconcileConfig(
+        after_seconds=settings.reconcile_after_seconds,
+        give_up_seconds=settings.reconcile_give_up_seconds,
+        rate_per_second=settings.reconcile_rate_per_second,
+    )
+    reconciler = Reconciler(storage.repository, provider, config)
+    # Stopped before the Twilio client closes and the database goes.
+    cleanup.push_async_callback(reconciler.stop)
+    return reconciler
 
 
 def build_grpc_server(
@@ -451,6 +477,7 @@ async def create_server(
         storage = await build_storage(settings, telemetry, cleanup)
         sending = build_dispatcher(settings, storage, telemetry, cleanup)
         provider, dispatcher = sending if sending is not None else (None, None)
+        reconciler = build_reconciler(settings, storage, provider, cleanup)
         health = StorageHealth(storage.repository, settings.health_interval_seconds)
         server, port = build_grpc_server(settings, addr or settings.grpc_addr, telemetry, health)
         cleanup.push_async_callback(_finish_work, server, dispatcher, grace)
@@ -472,4 +499,5 @@ async def create_server(
             feed=feed,
             capacity=storage.capacity,
             listener=listener,
+            reconciler=reconciler,
         )
