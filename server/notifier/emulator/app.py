@@ -413,10 +413,10 @@ class _Handlers:
 
     async def fetch_message(self, request: Request) -> Response:
         """The message as it stands now (status, error, dates), as Twilio's fetch."""
+        sid = request.path_params["MessageSid"]
+        self.emulator.state.record_fetch(sid)  # as it arrives, refused or not
         if not self._authorized(request):
             return twilio_error(20003)
-        sid = request.path_params["MessageSid"]
-        self.emulator.state.record_fetch(sid)
         if self.emulator.faults.fetch_error is not None:
             return twilio_error(self.emulator.faults.fetch_error)
         message = self.emulator.state.message(sid)

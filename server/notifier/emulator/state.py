@@ -234,7 +234,7 @@ class EmulatorState:
             self.callback_failures += 1
 
     def record_fetch(self, sid: str) -> None:
-        """A fetch of message ``sid`` arrived (authorized; known or not)."""
+        """A fetch of message ``sid`` arrived (whatever the answer)."""
         self._fetches.append((sid, time.monotonic()))
 
     def fetches_of(self, sid: str) -> list[float]:
