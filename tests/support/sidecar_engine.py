@@ -10,6 +10,8 @@ from typing import Any
 
 import grpc
 
+from notifier.config import Settings
+
 from notifier.emulator.server import EmulatorServer
 from notifier.server import NotifierServer, Sidecar, create_sidecar
 from tests.support.databases import TestDb
@@ -21,6 +23,14 @@ class Running:
     engine: Engine
     server: NotifierServer
     sidecar: Sidecar
+    settings: Settings
+
+    async def restart_sidecar(self) -> None:
+        """A new sidecar on the same port (Twilio keeps calling the same URL)."""
+        port = self.sidecar.url.rsplit(":", 1)[1]
+        settings = self.settings.model_copy(update={"http_addr": f"127.0.0.1:{port}"})
+        self.sidecar, _ = await create_sidecar(settings)
+        await self.sidecar.start()
 
 
 @asynccontextmanager
@@ -35,12 +45,14 @@ async def engine_with_sidecar(
     await sidecar.start()
     channel: grpc.aio.Channel | None = None
     server: NotifierServer | None = None
+    running: Running | None = None
     try:
         server, channel = await start_engine(settings)
-        yield Running(Engine(server, channel), server, sidecar)
+        running = Running(Engine(server, channel), server, sidecar, settings)
+        yield running
     finally:
         if channel is not None:
             await channel.close()
         if server is not None:
             await server.stop(grace=1)
-        await sidecar.stop()
+        await (running.sidecar if running is not None else sidecar).stop()
