@@ -11,7 +11,6 @@ from typing import Any
 import grpc
 
 from notifier.config import Settings
-
 from notifier.emulator.server import EmulatorServer
 from notifier.server import NotifierServer, Sidecar, create_sidecar
 from tests.support.databases import TestDb
