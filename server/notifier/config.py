@@ -45,19 +45,19 @@ def _split(value: object) -> list[str]:
     raise ValueError("must be a comma-separated list")
 
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def _duration_seconds(value: object) -> float:
-    """``30s``, ``10m``, ``72h``, ``2d`` (or a number of seconds) as seconds, above 0."""
+    """``30s``, ``10m``, ``72h``, ``2d`` (a bare number is seconds) as seconds, above 0."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         seconds = float(value)
     else:
         found = _DURATION.match(str(value).strip())
         if not found:
             raise ValueError("must be a duration like 30s, 10m, 72h or 2d")
-        seconds = float(found.group(1)) * _UNIT_SECONDS[found.group(2)]
+        seconds = float(found.group(1)) * _UNIT_SECONDS[found.group(2) or "s"]
     if seconds <= 0:
         raise ValueError("must be longer than 0")
     return seconds
