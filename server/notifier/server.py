@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
 from pydantic import AnyHttpUrl
 
 from notifier.api.auth import auth_interceptors
@@ -22,6 +23,7 @@ from notifier.asgi_server import InProcessServer, bind
 from notifier.config import Settings
 from notifier.dispatch.dispatcher import DispatchConfig, Dispatcher
 from notifier.dispatch.rate_limit import RateLimiters
+from notifier.dispatch.reconcile_metrics import ReconcileMetrics
 from notifier.dispatch.reconciler import ReconcileConfig, Reconciler
 from notifier.dispatch.twilio import TwilioConfig, TwilioProvider
 from notifier.domain.bulk import BulkSender
@@ -332,10 +334,12 @@ def build_reconciler(
     storage: Storage,
     provider: TwilioProvider | None,
     cleanup: contextlib.AsyncExitStack,
+    registry: CollectorRegistry | None = None,
 ) -> Reconciler | None:
     """The reconciler, beside the dispatcher and through its Twilio client: it fetches
     the messages whose status callbacks did not come (None when this process does not
-    talk to Twilio). Its counters are in ``reconciler.metrics.registry``."""
+    talk to Twilio). Its counters go in ``registry`` (the process's /metrics registry),
+    by default in one of their own, ``reconciler.metrics.registry``."""
     if provider is None:
         return None
     config = ReconcileConfig(
@@ -343,7 +347,7 @@ def build_reconciler(
         give_up_seconds=settings.reconcile_give_up_seconds,
         rate_per_second=settings.reconcile_rate_per_second,
     )
-    reconciler = Reconciler(storage.repository, provider, config)
+    reconciler = Reconciler(storage.repository, provider, config, ReconcileMetrics(registry))
     # Stopped before the Twilio client closes and the database goes.
     cleanup.push_async_callback(reconciler.stop)
     return reconciler

@@ -16,6 +16,7 @@ from notifier.emulator.faults import Faults
 from notifier.emulator.server import EmulatorServer
 from notifier_proto.v1 import notifier_pb2 as pb
 from tests.support.databases import TestDb
+from tests.support.engine import start_engine
 from tests.support.sidecar_engine import Running, engine_with_sidecar
 from tests.support.waiting import eventually
 
@@ -208,3 +209,34 @@ async def test_refused_credentials_stop_the_reconciler_with_an_error(
         assert "reconciliation stopped" in errors[0].getMessage()
         for mid in ids:
             assert (await running.engine.status(mid)).message.status == pb.MESSAGE_STATUS_QUEUED
+
+
+@pytest.mark.backends("postgresql")
+async def test_two_replicas_fetch_each_lost_message_once(
+    database: TestDb, emulator: EmulatorServer
+) -> None:
+    """Both replicas run a reconciler; the advisory lock gives each round to one."""
+    emulator.faults = Faults(to_drop_callbacks=[*SILENT_READ])
+    env = {"NOTIFIER_RECONCILE_AFTER": "0.5s", "NOTIFIER_RECONCILE_GIVE_UP": "1h"}
+    async with engine_with_sidecar(database, emulator, **env) as first:
+        other, channel = await start_engine(first.settings)
+        try:
+            assert other.reconciler is not None
+            ids = [await first.engine.send(to=to) for to in SILENT_READ]
+            for mid in ids:
+                await first.engine.until_status(mid, pb.MESSAGE_STATUS_READ)
+            await asyncio.sleep(2.0)  # 4 intervals: time for a second fetch to show up
+            for to in SILENT_READ:
+                assert len(emulator.state.fetches_of(_sid_of(emulator, to))) == 1
+            both = [first.server.reconciler, other.reconciler]
+            updated = [
+                r.metrics.registry.get_sample_value(
+                    "notifier_reconcile_fetches_total", {"result": "updated"}
+                )
+                for r in both
+                if r is not None
+            ]
+            assert sum(v or 0 for v in updated) == len(SILENT_READ)
+        finally:
+            await channel.close()
+            await other.stop(grace=1)
