@@ -85,5 +85,5 @@ async def test_no_message_stays_waiting_after_a_sidecar_restart(
         assert metrics.reconciled >= 400
         assert metrics.unconfirmed == 0
         fetches = [len(emulator.state.fetches_of(m.sid)) for m in emulator.state.accepted]
-        assert sum(1 for n in fetches if n) == metrics.reconciled
+        assert sum(1 for n in fetches if n) >= metrics.reconciled
         assert max(fetches) == 1  # one fetch per message: each found its outcome at once
