@@ -33,6 +33,7 @@ from notifier.domain.reconcile import (
     next_fetch_at,
     reports_from,
 )
+from notifier.telemetry import untraced
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,9 @@ class Reconciler:
         self.stopped_by_twilio = False  # a 401 stopped it: credentials need fixing
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="reconciler")
+        # Background work, like the dispatcher's claim polls: no root span per query.
+        with untraced():
+            self._task = asyncio.create_task(self._run(), name="reconciler")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -114,10 +117,14 @@ class Reconciler:
             due = await self._store.reconcile_candidates(
                 now_ms=now, after_ms=int(cfg.after_seconds * 1000), limit=cfg.batch
             )
-            async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(self._reconcile(c)) for c in due]
-            states = [s for t in tasks if (s := t.result()) is not None]
+            outcomes = await asyncio.gather(
+                *(self._reconcile(c) for c in due), return_exceptions=True
+            )
+            states = [o for o in outcomes if isinstance(o, FetchState)]
             await self._store.record_fetches(states)
+            for failure in outcomes:
+                if isinstance(failure, BaseException):
+                    raise failure  # storage went away mid-round: the round is retried
             return len(states)
 
     async def _reconcile(self, candidate: Candidate) -> FetchState | None:
@@ -131,6 +138,10 @@ class Reconciler:
                 fetched = await self._fetcher.fetch(candidate.twilio_sid)
             except ProviderError as exc:
                 return self._failed(candidate, exc)
+            except Exception:  # an answer we cannot read: back off, never loop on it
+                log.exception("fetch of %s failed", candidate.message_id)
+                self.metrics.fetched(FetchResult.BACK_OFF)
+                return self._later(candidate)
         results = [
             (await self._store.apply_report(report))[0]
             for report in reports_from(fetched, candidate.message_id)
