@@ -45,6 +45,24 @@ def _split(value: object) -> list[str]:
     raise ValueError("must be a comma-separated list")
 
 
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration_seconds(value: object) -> float:
+    """``30s``, ``10m``, ``72h``, ``2d`` (a bare number is seconds) as seconds, above 0."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        found = _DURATION.match(str(value).strip())
+        if not found:
+            raise ValueError("must be a duration like 30s, 10m, 72h or 2d")
+        seconds = float(found.group(1)) * _UNIT_SECONDS[found.group(2) or "s"]
+    if seconds <= 0:
+        raise ValueError("must be longer than 0")
+    return seconds
+
+
 def _check_certificates(path: Path, variable: str) -> None:
     try:
         ssl.create_default_context(cafile=str(path))
@@ -146,6 +164,17 @@ class Settings(BaseSettings):
     # Claims without a recorded outcome after which a message fails instead of being
     # sent again (domain/poison.py).
     max_claims: int = Field(5, alias="NOTIFIER_MAX_CLAIMS", ge=1, le=1000)
+    # Issue 18: reconciliation with Twilio when status callbacks do not come.
+    reconcile_after_seconds: float = Field(600, alias="NOTIFIER_RECONCILE_AFTER")
+    reconcile_give_up_seconds: float = Field(72 * 3600, alias="NOTIFIER_RECONCILE_GIVE_UP")
+    reconcile_rate_per_second: float = Field(
+        5, alias="NOTIFIER_RECONCILE_RATE_PER_SECOND", gt=0, le=100
+    )
+
+    @field_validator("reconcile_after_seconds", "reconcile_give_up_seconds", mode="before")
+    @classmethod
+    def _check_duration(cls, value: object) -> float:
+        return _duration_seconds(value)
 
     @field_validator("grpc_addr", "http_addr", "emulator_addr")
     @classmethod
@@ -234,6 +263,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 "NOTIFIER_LEASE_SECONDS must exceed NOTIFIER_TWILIO_TIMEOUT_SECONDS, or a slow "
                 "send would lose its lease and go out twice"
+            )
+        if self.reconcile_give_up_seconds <= self.reconcile_after_seconds:
+            raise ValueError(
+                "NOTIFIER_RECONCILE_GIVE_UP must exceed NOTIFIER_RECONCILE_AFTER, or no "
+                "message would ever be fetched"
             )
         if self.retry_base_seconds > self.retry_cap_seconds:
             raise ValueError(

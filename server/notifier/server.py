@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
 from pydantic import AnyHttpUrl
 
 from notifier.api.auth import auth_interceptors
@@ -24,6 +25,8 @@ from notifier.config import Settings
 from notifier.dispatch.dispatcher import DispatchConfig, Dispatcher
 from notifier.dispatch.observer import NO_OBSERVER, DispatchObserver
 from notifier.dispatch.rate_limit import RateLimiters
+from notifier.dispatch.reconcile_metrics import ReconcileMetrics
+from notifier.dispatch.reconciler import ReconcileConfig, Reconciler
 from notifier.dispatch.twilio import TwilioConfig, TwilioProvider
 from notifier.domain.bulk import BulkSender
 from notifier.domain.capacity import OutboxCapacity
@@ -249,6 +252,7 @@ class NotifierServer:
     capacity: OutboxCapacity | None = None
     listener: Listener | None = None
     metrics: Metrics | None = None
+    reconciler: Reconciler | None = None
 
     async def start(self) -> None:
         if self.metrics is not None:
@@ -260,6 +264,8 @@ class NotifierServer:
             self.listener.start()
         if self.dispatcher is not None:
             self.dispatcher.start()
+        if self.reconciler is not None:
+            self.reconciler.start()
 
     async def stop(self, grace: float) -> None:
         """Refuse new calls; let running calls and sends finish within ``grace`` seconds."""
@@ -370,6 +376,30 @@ def build_metrics(
         http = metrics_http(counted, _split_addr(settings.metrics_addr)[0], sock)
         cleanup.push_async_callback(http.stop)
     return Metrics(counted, sampler, http)
+
+
+def build_reconciler(
+    settings: Settings,
+    storage: Storage,
+    provider: TwilioProvider | None,
+    cleanup: contextlib.AsyncExitStack,
+    registry: CollectorRegistry | None = None,
+) -> Reconciler | None:
+    """The reconciler, beside the dispatcher and through its Twilio client: it fetches
+    the messages whose status callbacks did not come (None when this process does not
+    talk to Twilio). Its counters go in ``registry`` (the process's /metrics registry),
+    by default in one of their own, ``reconciler.metrics.registry``."""
+    if provider is None:
+        return None
+    config = ReconcileConfig(
+        after_seconds=settings.reconcile_after_seconds,
+        give_up_seconds=settings.reconcile_give_up_seconds,
+        rate_per_second=settings.reconcile_rate_per_second,
+    )
+    reconciler = Reconciler(storage.repository, provider, config, ReconcileMetrics(registry))
+    # Stopped before the Twilio client closes and the database goes.
+    cleanup.push_async_callback(reconciler.stop)
+    return reconciler
 
 
 def build_grpc_server(
@@ -507,6 +537,7 @@ async def create_server(
         counted = ServerMetrics()
         sending = build_dispatcher(settings, storage, telemetry, cleanup, counted)
         provider, dispatcher = sending if sending is not None else (None, None)
+        reconciler = build_reconciler(settings, storage, provider, cleanup, counted.registry)
         health = StorageHealth(storage.repository, settings.health_interval_seconds)
         metrics = build_metrics(settings, storage, health, counted, cleanup)
         server, port = build_grpc_server(
@@ -532,4 +563,5 @@ async def create_server(
             capacity=storage.capacity,
             listener=listener,
             metrics=metrics,
+            reconciler=reconciler,
         )

@@ -79,8 +79,14 @@ def _message_validator() -> jsonschema.Draft202012Validator:
     schema = _to_json_schema(schemas["api.v2010.account.message"], schemas)
     schema["required"] = sorted(schema["properties"])  # every property, filled in
     checker = jsonschema.FormatChecker()
-    checker.checks("date-time-rfc-2822", raises=(TypeError, ValueError))(parsedate_to_datetime)
+    checker.checks("date-time-rfc-2822", raises=(TypeError, ValueError))(_rfc2822_or_null)
     return jsonschema.Draft202012Validator(schema, format_checker=checker)
+
+
+def _rfc2822_or_null(value: object) -> object:
+    """A format applies to strings only (JSON Schema): a nullable date may be null, as
+    ``date_sent`` is until the message leaves Twilio."""
+    return True if value is None else parsedate_to_datetime(value)  # type: ignore[arg-type]
 
 
 MESSAGE_SCHEMA = _message_validator()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 
 from notifier.dispatch.twilio import TwilioConfig, TwilioProvider
 from notifier.domain.delivery import ErrorKind, OutgoingMessage, ProviderError
+from tests.support.paths import TWILIO_SPEC
 from tests.support.prism import Prism, running_prism
 
 ACCOUNT = "AC" + "0123456789abcdef" * 2
@@ -113,3 +115,26 @@ async def test_wrong_credentials_are_a_permanent_error(prism: Prism) -> None:
         await p.close()
     assert info.value.http_status == 401
     assert info.value.kind is ErrorKind.PERMANENT
+
+
+async def test_fetch_is_a_valid_request_and_reads_twilio_s_answer(
+    prism: Prism, provider: TwilioProvider
+) -> None:
+    """The reconciler's GET …/Messages/{Sid}.json, and Twilio's answer read back."""
+    mark = prism.mark()
+    fetched = await provider.fetch("SM" + "0123456789abcdef" * 2)
+    await asyncio.sleep(0.2)
+    assert prism.violations(mark) == []
+    spec = json.loads(TWILIO_SPEC.read_text())
+    assert fetched.status in spec["components"]["schemas"]["message_enum_status"]["enum"]
+    assert fetched.date_sent_ms is not None  # parsed from RFC 2822
+    assert fetched.date_sent_ms % 1000 == 0
+
+
+async def test_a_fetch_with_a_bad_sid_is_caught(prism: Prism, provider: TwilioProvider) -> None:
+    mark = prism.mark()
+    with pytest.raises(ProviderError) as info:
+        await provider.fetch("XX123")
+    assert info.value.http_status == 422
+    await asyncio.sleep(0.2)
+    assert any("path parameter sid" in line for line in prism.violations(mark))

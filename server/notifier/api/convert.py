@@ -269,6 +269,8 @@ def metrics_response(metrics: Metrics) -> pb.GetMetricsResponse:
         queue_depth=metrics.queue_depth,
         oldest_pending_age=age,
         scheduled=metrics.scheduled,
+        reconciled=metrics.reconciled,
+        unconfirmed=metrics.unconfirmed,
     )
 
 

@@ -9,10 +9,13 @@ under our own ``asyncio.timeout``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import json
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -31,6 +34,7 @@ from notifier.domain.delivery import (
     classify,
     meaning,
 )
+from notifier.domain.reconcile import FetchedMessage
 from notifier.telemetry import TRACEPARENT, current_traceparent
 
 log = logging.getLogger(__name__)
@@ -145,9 +149,31 @@ class TwilioProvider:
 
     async def send(self, msg: OutgoingMessage) -> SendReceipt:
         _retry_after.set(None)
+        async with self._errors_mapped():
+            created = await self._client.messages.create_async(**self._params(msg))
+        return SendReceipt(sid=str(created.sid), status=str(created.status or "queued"))
+
+    async def fetch(self, sid: str) -> FetchedMessage:
+        """The message as Twilio shows it now (``GET …/Messages/{Sid}.json``), under the
+        same timeout and error mapping as a send; raises ProviderError."""
+        _retry_after.set(None)
+        async with self._errors_mapped():
+            found = await self._client.messages(sid).fetch_async()
+        sent = found.date_sent
+        return FetchedMessage(
+            sid=str(found.sid),
+            status=str(found.status),
+            error_code=int(found.error_code) if found.error_code is not None else None,
+            error_message=found.error_message,
+            date_sent_ms=int(sent.timestamp() * 1000) if isinstance(sent, datetime) else None,
+        )
+
+    @contextlib.asynccontextmanager
+    async def _errors_mapped(self) -> AsyncIterator[None]:
+        """Run one request under our own timeout; its failure becomes a ProviderError."""
         try:
             async with asyncio.timeout(self._config.timeout_seconds):
-                created = await self._client.messages.create_async(**self._params(msg))
+                yield
         except TwilioRestException as exc:
             code = exc.code if isinstance(exc.code, int) else None
             raise ProviderError(
@@ -169,7 +195,6 @@ class TwilioProvider:
             raise ProviderError(
                 ErrorKind.AMBIGUOUS, f"connection to Twilio broke: {type(exc).__name__}"
             ) from None
-        return SendReceipt(sid=str(created.sid), status=str(created.status or "queued"))
 
     async def close(self) -> None:
         await self._http.close()

@@ -99,6 +99,8 @@ class Metrics:
     queue_depth: int = 0
     oldest_pending_age_ms: int = 0
     scheduled: int = 0
+    reconciled: int = 0  # moved by a fetch from Twilio (callbacks lost)
+    unconfirmed: int = 0  # outcome unknown, no longer sought (never delivered or failed)
 
     def _count(self, statuses: tuple[Status, ...]) -> int:
         return sum(self.by_status.get(s, 0) for s in statuses)

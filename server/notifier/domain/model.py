@@ -116,6 +116,7 @@ class EventSource(enum.StrEnum):
     CALLBACK = "callback"  # Twilio's status callback about the message's current send
     OTHER_SEND = "callback-other"  # a callback about another Twilio message: history only
     OPERATOR = "operator"  # RetryMessages re-queued it: a new send begins
+    RECONCILE = "reconcile"  # fetched from Twilio because its callbacks did not come
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,13 +236,16 @@ class Transition:
 
 @dataclass(frozen=True, slots=True)
 class StatusReport:
-    """A status Twilio reported for a message (a status callback)."""
+    """A status Twilio reported for a message: a status callback, or what a fetch of the
+    message from Twilio found (``source`` RECONCILE) when its callbacks did not come."""
 
     status: Status
     twilio_sid: str
     message_id: str | None = None  # from our StatusCallback URL, when present
     error_code: int | None = None
     error_message: str | None = None
+    source: EventSource = EventSource.CALLBACK  # CALLBACK or RECONCILE
+    occurred_at_ms: int | None = None  # when it happened, if Twilio said (else: received)
 
 
 class CallbackResult(enum.StrEnum):

@@ -12,6 +12,7 @@ only those methods:
 - ``OutboxStore``: the dispatcher (``dispatch.dispatcher``): claims, leases, attempts
 - ``SlotStore``: the rate limit shared by replicas (``dispatch.rate_limit``)
 - ``CallbackStore``: the webhook sidecar (``webhooks.app``)
+- ``ReconcileStore``: the reconciler (``dispatch.reconciler``)
 
 Nothing here knows of gRPC, SQL or HTTP.
 """
@@ -19,6 +20,7 @@ Nothing here knows of gRPC, SQL or HTTP.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 from notifier.domain.errors import DomainError
@@ -37,6 +39,7 @@ from notifier.domain.model import (
     StatusReport,
     Transition,
 )
+from notifier.domain.reconcile import Candidate, FetchState
 from notifier.domain.watch import StatusChange, WatchSpec
 
 # One finished send: the message, its attempt (None: never sent, e.g. expired) and what
@@ -188,3 +191,26 @@ class CallbackStore(StorageProbe, Protocol):
 
     async def status_counts(self) -> tuple[dict[str, int], int, int | None]:
         """(messages per status, due PENDING messages, oldest due PENDING creation time)."""
+
+
+class ReconcileStore(Protocol):
+    """What the reconciler needs: its turn, the messages waiting for news, their fetch
+    state, and the callbacks' own path for what a fetch learns."""
+
+    def reconcile_turn(self) -> AbstractAsyncContextManager[bool]:
+        """Whether this process may reconcile now (one replica at a time), held for the
+        block."""
+
+    async def reconcile_candidates(
+        self, *, now_ms: int, after_ms: int, limit: int
+    ) -> list[Candidate]:
+        """Messages Twilio holds, outcome unknown, no news for ``after_ms``, due a fetch."""
+
+    async def give_up_reconciling(self, *, now_ms: int, give_up_ms: int) -> int:
+        """Count the messages without news for ``give_up_ms`` as unconfirmed; how many."""
+
+    async def record_fetches(self, states: Sequence[FetchState]) -> None:
+        """Store each fetched message's fetch state."""
+
+    async def apply_report(self, report: StatusReport) -> tuple[CallbackResult, str | None]:
+        """Apply what a fetch found exactly as a status callback (``CallbackStore``)."""

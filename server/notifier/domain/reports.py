@@ -15,6 +15,10 @@ two paths cannot drift apart. The rule:
   (``moves_forward``): a late "sent" never undoes "read".
 - The first time the current send reaches sent, delivered or read is stamped even when
   the report arrives out of order: the step happened.
+- A fetch from Twilio (source RECONCILE, when callbacks did not come) is judged the same
+  way, as one more reporter of the current send: a status a callback already reported
+  is a duplicate of it and the other way round. A fetch that finds the message where
+  it already is records nothing (fetches repeat; callbacks never report the start).
 """
 
 from __future__ import annotations
@@ -33,8 +37,16 @@ from notifier.domain.model import (
 STAMPED = frozenset({Status.SENT, Status.DELIVERED, Status.READ})
 """Statuses whose first-reached time a message keeps (its sent, delivered, read times)."""
 
-HISTORY_SOURCES = (EventSource.OPERATOR, EventSource.CALLBACK, EventSource.OTHER_SEND)
+HISTORY_SOURCES = (
+    EventSource.OPERATOR,
+    EventSource.CALLBACK,
+    EventSource.OTHER_SEND,
+    EventSource.RECONCILE,
+)
 """The past events the rule looks at; storage reads only these."""
+
+_CURRENT_SEND = frozenset({EventSource.CALLBACK, EventSource.RECONCILE})
+"""Sources that report on the current send: each repeats what the other said."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +67,7 @@ class PastEvent:
 @dataclass(frozen=True, slots=True)
 class ReportEffect:
     result: CallbackResult  # APPLIED, RECORDED or DUPLICATE
-    source: EventSource  # CALLBACK, or OTHER_SEND for another Twilio message
+    source: EventSource  # the report's (CALLBACK, RECONCILE), or OTHER_SEND
     adopt_sid: bool = False  # the message had no SID yet: it takes the report's
     new_status: Status | None = None  # set when the report is applied
     sets_error: bool = False  # the applied report carries an error code
@@ -72,8 +84,11 @@ def judge_report(
     """What ``report`` does to ``target``, given its past ``history`` (oldest first, only
     events of HISTORY_SOURCES)."""
     same_send = target.twilio_sid in (None, report.twilio_sid)
-    source = EventSource.CALLBACK if same_send else EventSource.OTHER_SEND
-    if any(e.source is source and e.status is report.status for e in _current_send(history)):
+    source = report.source if same_send else EventSource.OTHER_SEND
+    family = _CURRENT_SEND if same_send else frozenset({source})
+    if any(e.source in family and e.status is report.status for e in _current_send(history)):
+        return ReportEffect(CallbackResult.DUPLICATE, source)
+    if report.source is EventSource.RECONCILE and same_send and report.status is target.status:
         return ReportEffect(CallbackResult.DUPLICATE, source)
     applies = same_send and moves_forward(target.status, report.status)
     stamps = same_send and report.status in STAMPED and report.status not in target.stamped

@@ -3,8 +3,9 @@
 ``POST /2010-04-01/Accounts/{AccountSid}/Messages.json`` checks HTTP Basic auth and the
 form the way Twilio does and answers Twilio's JSON (the message resource, or
 ``{"code", "message", "more_info", "status"}``), so the official SDK cannot tell the
-difference. ``GET …/Messages/{Sid}.json`` fetches a message (for reconciliation after an
-ambiguous send). Admin routes (no auth: a local development tool):
+difference. ``GET …/Messages/{Sid}.json`` fetches a message as it stands (status, error,
+``date_sent`` once it left), which Notifier's reconciler does when callbacks are lost;
+each fetch is recorded (``state.fetches_of``). Admin routes (no auth: a local development tool):
 
 - ``GET /_emulator/faults`` and ``POST /_emulator/faults`` (JSON ``Faults``; replaces all)
 - ``POST /_emulator/reset`` (forget traffic, pending callbacks and faults)
@@ -411,9 +412,14 @@ class _Handlers:
         return twilio_error(code, message, retry_after=self.emulator.faults.retry_after_seconds)
 
     async def fetch_message(self, request: Request) -> Response:
+        """The message as it stands now (status, error, dates), as Twilio's fetch."""
+        sid = request.path_params["MessageSid"]
+        self.emulator.state.record_fetch(sid)  # as it arrives, refused or not
         if not self._authorized(request):
             return twilio_error(20003)
-        message = self.emulator.state.message(request.path_params["MessageSid"])
+        if self.emulator.faults.fetch_error is not None:
+            return twilio_error(self.emulator.faults.fetch_error)
+        message = self.emulator.state.message(sid)
         if message is None or message.account_sid != request.path_params["AccountSid"]:
             return twilio_error(20404, f"The requested resource {request.url.path} was not found")
         return JSONResponse(message.to_resource())

@@ -76,8 +76,9 @@ def plan_callbacks(
     else:
         steps = [("sent", None), terminal]
     statuses = list(reversed(steps)) if faults.reorder_callbacks else steps
+    dropped = bare_number(message.to) in faults.to_drop_callbacks
     return [
-        PlannedCallback(after, status, code, _copies(faults, rng))
+        PlannedCallback(after, status, code, 0 if dropped else _copies(faults, rng))
         for after, (status, code) in zip(times, statuses, strict=False)
     ]
 

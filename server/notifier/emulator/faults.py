@@ -105,6 +105,10 @@ class Faults(BaseModel):
     to_outcomes: dict[str, tuple[TerminalStatus, int]] = Field(default_factory=dict)
     """Recipient (E.164) -> (``failed``/``undelivered``, error code), deterministic."""
     drop_callback_fraction: Fraction = 0.0
+    to_drop_callbacks: list[str] = Field(default_factory=list)
+    """Recipients (E.164) whose callbacks are all dropped: only a fetch tells their fate."""
+    fetch_error: int | None = None
+    """Twilio error code answered to every fetch (``GET …/Messages/{Sid}.json``)."""
     duplicate_callback_fraction: Fraction = 0.0
     reorder_callbacks: bool = False
     """Send each message's callbacks in reverse order (the timing slots stay the same)."""
@@ -117,6 +121,13 @@ class Faults(BaseModel):
     callback_retry_delay_seconds: NonNegativeFloat = 0.05
     callback_timeout_seconds: Annotated[float, Field(gt=0.0)] = 15.0
     """How long a callback target may take to answer (Twilio waits about 15 s)."""
+
+    @field_validator("to_drop_callbacks", mode="before")
+    @classmethod
+    def _bare_list(cls, numbers: Any) -> Any:
+        if isinstance(numbers, list):
+            return [str(n).removeprefix("whatsapp:") for n in numbers]
+        return numbers
 
     @field_validator("to_errors", "to_outcomes", mode="before")
     @classmethod

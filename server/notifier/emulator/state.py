@@ -36,6 +36,8 @@ _RANK = {
     "read": 4,
 }
 
+_LEFT_TWILIO = frozenset({"sent", "delivered", "undelivered", "read"})
+
 
 def rfc2822(moment: datetime) -> str:
     """Twilio's date format: ``Thu, 24 Aug 2023 05:01:45 +0000``."""
@@ -91,11 +93,14 @@ class AcceptedMessage:
     monotonic: float
     params: list[tuple[str, str]]
     date_updated: datetime = field(init=False)
+    date_sent: datetime | None = field(init=False)
+    """When the message left Twilio (it reached sent, or further): None before."""
     error_code: int | None = None
     error_message: str | None = None
 
     def __post_init__(self) -> None:
         self.date_updated = self.date_created
+        self.date_sent = None
 
     @property
     def is_whatsapp(self) -> bool:
@@ -109,6 +114,8 @@ class AcceptedMessage:
         self.error_code = error_code
         self.error_message = error_message
         self.date_updated = datetime.now(UTC)
+        if self.date_sent is None and status in _LEFT_TWILIO:
+            self.date_sent = self.date_updated
 
     def to_resource(self) -> dict[str, Any]:
         """The message as Twilio's API shows it (``api.v2010.account.message``)."""
@@ -118,7 +125,7 @@ class AcceptedMessage:
             "api_version": API_VERSION,
             "body": self.body,
             "date_created": rfc2822(self.date_created),
-            "date_sent": rfc2822(self.date_created),
+            "date_sent": rfc2822(self.date_sent) if self.date_sent is not None else None,
             "date_updated": rfc2822(self.date_updated),
             "direction": "outbound-api",
             "error_code": self.error_code,
@@ -176,6 +183,7 @@ class EmulatorState:
         self._requests: deque[ReceivedRequest] = deque(maxlen=cap)
         self._accepted: dict[str, AcceptedMessage] = {}
         self._callbacks: deque[CallbackRecord] = deque(maxlen=cap)
+        self._fetches: deque[tuple[str, float]] = deque(maxlen=cap)
         self._request_count = 0
         self.callback_failures = 0
         """Callback attempts whose target was down or answered non-2xx."""
@@ -225,6 +233,18 @@ class EmulatorState:
         if not record.dropped and not record.ok:
             self.callback_failures += 1
 
+    def record_fetch(self, sid: str) -> None:
+        """A fetch of message ``sid`` arrived (whatever the answer)."""
+        self._fetches.append((sid, time.monotonic()))
+
+    def fetches_of(self, sid: str) -> list[float]:
+        """When message ``sid`` was fetched (monotonic times), oldest first."""
+        return [at for fetched, at in self._fetches if fetched == sid]
+
+    @property
+    def fetch_count(self) -> int:
+        return len(self._fetches)
+
     def message(self, sid: str) -> AcceptedMessage | None:
         return self._accepted.get(sid)
 
@@ -247,6 +267,7 @@ class EmulatorState:
         self._requests.clear()
         self._accepted.clear()
         self._callbacks.clear()
+        self._fetches.clear()
         self.callback_failures = 0
 
     async def wait_for(

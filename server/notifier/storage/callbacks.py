@@ -90,12 +90,15 @@ class Callbacks(Store):
                 row["status"] = effect.new_status.value
             if effect.sets_error:
                 row["error_code"], row["error_message"] = report.error_code, report.error_message
+            # A fetch from Twilio says when the step happened (date_sent); a callback
+            # happens now.
+            at = report.occurred_at_ms if report.occurred_at_ms is not None else now
             if effect.stamp is not None:
-                row[STAMP_COLUMNS[effect.stamp]] = now
+                row[STAMP_COLUMNS[effect.stamp]] = at
             touched[row["id"]] = row
             history[row["id"]].append(PastEvent(report.status, effect.source))
             applied = effect.result is CallbackResult.APPLIED
-            event = event_row(row["id"], report.status, effect.source, now, report.error_code)
+            event = event_row(row["id"], report.status, effect.source, at, report.error_code)
             events.append(event | {"applied": applied})
         await _write_reported(conn, touched, events)
         return results

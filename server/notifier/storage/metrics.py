@@ -15,11 +15,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from notifier.domain.delivery import ErrorKind
 from notifier.domain.metrics import FAILURES, ErrorCount, Metrics, MetricsQuery
-from notifier.domain.model import MessageQuery, Status
+from notifier.domain.model import EventSource, MessageQuery, Status
+from notifier.domain.reconcile import AWAITING_OUTCOME
 from notifier.storage.queries import conditions
 from notifier.storage.rows import OUTBOX
 from notifier.storage.store import Store
-from notifier.storage.tables import delivery_attempts, messages
+from notifier.storage.tables import delivery_attempts, messages, status_events
 
 # A message's delivery time, sent to delivered. Callbacks can arrive out of order, so
 # delivered_at may precede sent_at; that counts as 0, as GetDeliveryStatus reports it.
@@ -49,6 +50,7 @@ class MetricsReader(Store):
             codes = await _error_codes(conn, window)
             retries, ambiguous = await _attempt_counts(conn, window)
             queue_depth, oldest_due, scheduled = await _outbox(conn, outbox, now_ms)
+            reconciled, unconfirmed = await _reconciliation(conn, window)
         avg_time, p50, p95 = timing
         return Metrics(
             by_status={Status(status): int(n) for status, n in by_status},
@@ -61,6 +63,8 @@ class MetricsReader(Store):
             queue_depth=queue_depth,
             oldest_pending_age_ms=max(0, now_ms - oldest_due) if oldest_due is not None else 0,
             scheduled=scheduled,
+            reconciled=reconciled,
+            unconfirmed=unconfirmed,
         )
 
 
@@ -129,6 +133,31 @@ async def _outbox(
         )
     ).one()
     return int(depth), (int(oldest) if oldest is not None else None), int(scheduled)
+
+
+async def _reconciliation(conn: AsyncConnection, window: list[Any]) -> tuple[int, int]:
+    """(messages a reconcile fetch moved, messages still awaiting an outcome that the
+    reconciler stopped seeking)."""
+    in_window = select(messages.c.id).where(*window)
+    reconciled = (
+        await conn.execute(
+            select(func.count(status_events.c.message_id.distinct())).where(
+                status_events.c.source == EventSource.RECONCILE.value,
+                status_events.c.applied.is_(True),
+                status_events.c.message_id.in_(in_window),
+            )
+        )
+    ).scalar_one()
+    unconfirmed = (
+        await conn.execute(
+            select(func.count()).where(
+                *window,
+                messages.c.status.in_([s.value for s in AWAITING_OUTCOME]),
+                messages.c.reconcile_outcome.is_not(None),
+            )
+        )
+    ).scalar_one()
+    return int(reconciled), int(unconfirmed)
 
 
 async def _nearest_rank(conn: AsyncConnection, where: list[Any], n: int, pct: int) -> float:

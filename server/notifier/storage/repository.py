@@ -1,7 +1,7 @@
 """The repository: one object with every kind of stored data, for the composition root.
 
 Each kind lives in its own module (messages, outbox, callbacks, queries, metrics,
-events), over the shared ``Store``; consumers depend on the narrow protocols in
+events, reconcile), over the shared ``Store``; consumers depend on the narrow protocols in
 ``notifier.domain.ports``, which this class satisfies all at once.
 """
 
@@ -15,9 +15,10 @@ from notifier.storage.messages import Messages
 from notifier.storage.metrics import MetricsReader
 from notifier.storage.outbox import Outbox
 from notifier.storage.queries import Queries
+from notifier.storage.reconcile import Reconciliation
 
 
-class Repository(Messages, Callbacks, Outbox, Queries, MetricsReader, EventFeed):
+class Repository(Messages, Callbacks, Outbox, Queries, MetricsReader, EventFeed, Reconciliation):
     def __init__(
         self, db: Database, clock: Clock = now_ms, *, refuse_outside_window: bool = False
     ) -> None:

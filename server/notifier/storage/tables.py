@@ -76,7 +76,13 @@ messages = Table(
     Column("read_at", BigInteger),
     # Claims since the last recorded outcome (issue 13: the poison-message guard).
     Column("claims", Integer, nullable=False, server_default="0"),
+    # Reconciliation (issue 18): fetches from Twilio since the last news, when the next
+    # one is due, and why fetching stopped for a message still not final.
+    Column("reconcile_fetches", Integer, nullable=False, server_default="0"),
+    Column("reconcile_at", BigInteger),
+    Column("reconcile_outcome", String(16)),
     Index(None, "status", "next_attempt_at"),
+    Index(None, "status", "updated_at"),
     Index(None, "status", "priority", "next_attempt_at"),
     Index(None, "created_at"),
     Index(None, "to_addr", "created_at"),

@@ -480,7 +480,7 @@ class ErrorCodeCount(_message.Message):
     def __init__(self, error_code: _Optional[int] = ..., error_message: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
 
 class GetMetricsResponse(_message.Message):
-    __slots__ = ("total", "by_status", "delivery_rate", "read_rate", "failure_rate", "avg_delivery_time_ms", "p50_delivery_time_ms", "p95_delivery_time_ms", "error_codes", "retries", "ambiguous_outcomes", "queue_depth", "oldest_pending_age", "scheduled")
+    __slots__ = ("total", "by_status", "delivery_rate", "read_rate", "failure_rate", "avg_delivery_time_ms", "p50_delivery_time_ms", "p95_delivery_time_ms", "error_codes", "retries", "ambiguous_outcomes", "queue_depth", "oldest_pending_age", "scheduled", "reconciled", "unconfirmed")
     TOTAL_FIELD_NUMBER: _ClassVar[int]
     BY_STATUS_FIELD_NUMBER: _ClassVar[int]
     DELIVERY_RATE_FIELD_NUMBER: _ClassVar[int]
@@ -495,6 +495,8 @@ class GetMetricsResponse(_message.Message):
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
     OLDEST_PENDING_AGE_FIELD_NUMBER: _ClassVar[int]
     SCHEDULED_FIELD_NUMBER: _ClassVar[int]
+    RECONCILED_FIELD_NUMBER: _ClassVar[int]
+    UNCONFIRMED_FIELD_NUMBER: _ClassVar[int]
     total: int
     by_status: _containers.RepeatedCompositeFieldContainer[StatusCount]
     delivery_rate: float
@@ -509,7 +511,9 @@ class GetMetricsResponse(_message.Message):
     queue_depth: int
     oldest_pending_age: _duration_pb2.Duration
     scheduled: int
-    def __init__(self, total: _Optional[int] = ..., by_status: _Optional[_Iterable[_Union[StatusCount, _Mapping]]] = ..., delivery_rate: _Optional[float] = ..., read_rate: _Optional[float] = ..., failure_rate: _Optional[float] = ..., avg_delivery_time_ms: _Optional[float] = ..., p50_delivery_time_ms: _Optional[float] = ..., p95_delivery_time_ms: _Optional[float] = ..., error_codes: _Optional[_Iterable[_Union[ErrorCodeCount, _Mapping]]] = ..., retries: _Optional[int] = ..., ambiguous_outcomes: _Optional[int] = ..., queue_depth: _Optional[int] = ..., oldest_pending_age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., scheduled: _Optional[int] = ...) -> None: ...
+    reconciled: int
+    unconfirmed: int
+    def __init__(self, total: _Optional[int] = ..., by_status: _Optional[_Iterable[_Union[StatusCount, _Mapping]]] = ..., delivery_rate: _Optional[float] = ..., read_rate: _Optional[float] = ..., failure_rate: _Optional[float] = ..., avg_delivery_time_ms: _Optional[float] = ..., p50_delivery_time_ms: _Optional[float] = ..., p95_delivery_time_ms: _Optional[float] = ..., error_codes: _Optional[_Iterable[_Union[ErrorCodeCount, _Mapping]]] = ..., retries: _Optional[int] = ..., ambiguous_outcomes: _Optional[int] = ..., queue_depth: _Optional[int] = ..., oldest_pending_age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., scheduled: _Optional[int] = ..., reconciled: _Optional[int] = ..., unconfirmed: _Optional[int] = ...) -> None: ...
 
 class MessageFilter(_message.Message):
     __slots__ = ("statuses", "to", "tag", "channel", "created_after", "created_before")
