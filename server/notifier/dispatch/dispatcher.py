@@ -225,7 +225,8 @@ class Dispatcher:
             try:
                 await self._send_slots.acquire()
                 self._holding.add(msg.id)
-                await self._limiters.for_sender(self._provider.sender).acquire()
+                # Each sender profile has its own limit (its own Twilio throughput).
+                await self._limiters.for_profile(msg.sender, self._provider.sender).acquire()
             finally:
                 self._waiting -= 1
             if self._stopping:
@@ -457,4 +458,5 @@ def _outgoing(msg: MessageRecord, now: int) -> OutgoingMessage:
         variables=dict(msg.variables),
         media_urls=msg.media_urls,
         validity_seconds=validity,
+        sender=msg.sender,
     )
