@@ -24,6 +24,7 @@ from notifier_proto.v1 import notifier_pb2 as pb
 from notifier_proto.v1 import notifier_pb2_grpc
 from tests.support.auth import bearer, serve, server_settings
 from tests.support.databases import count_rows
+from tests.support.watching import read_changes, watching
 
 if TYPE_CHECKING:
     from notifier_proto.v1.notifier_pb2_grpc import NotifierAsyncStub as Stub
@@ -203,7 +204,9 @@ async def _send(stub: Stub, who: str, **kw: Any) -> str:
     return reply.message_id
 
 
-async def test_a_caller_sees_and_acts_on_only_its_own_messages(stub: Stub) -> None:
+async def test_a_caller_sees_and_acts_on_only_its_own_messages(
+    scoped: NotifierServer, stub: Stub
+) -> None:
     later = pb.SendMessageRequest().send_at
     later.FromSeconds(int(time.time()) + 3600)
     mine = await _send(stub, "a", send_at=later)
@@ -235,12 +238,10 @@ async def test_a_caller_sees_and_acts_on_only_its_own_messages(stub: Stub) -> No
     assert (await stub.GetMetrics(pb.GetMetricsRequest(), metadata=_as("root"))).total == 2
 
     # B's tag watch sees B's cancel, never A's, though both carry the tag.
-    watch = stub.WatchDeliveryStatus(pb.WatchDeliveryStatusRequest(tag="t"), metadata=_as("b"))
-    first = asyncio.ensure_future(watch.read())
-    await asyncio.sleep(0.3)  # the watch is open before the changes happen
+    watch = await watching(scoped, stub, _as("b"), tag="t")
     await stub.CancelMessage(pb.CancelMessageRequest(message_id=mine), metadata=_as("a"))
     await stub.CancelMessage(pb.CancelMessageRequest(message_id=theirs), metadata=_as("b"))
-    seen = await asyncio.wait_for(first, 10)
+    (seen,) = await read_changes(watch, 1)
     watch.cancel()
     assert seen.message_id == theirs
 
