@@ -107,3 +107,41 @@ async def test_the_client_passes_a_sender(profiled: Engine, emulator: EmulatorSe
     assert _received(emulator, "from the client") == (BRAND, None)
     assert [m.message_id for m in listed.messages] == [reply.message_id]
     assert metrics.total == 1
+
+
+async def test_a_slow_senders_backlog_leaves_the_others_their_slots(
+    database: TestDb, emulator: EmulatorServer
+) -> None:
+    """Four send slots; a sender limited to 1/s with five messages waiting may hold two
+    of them (a second of its rate), so the default sender's messages, stored after
+    them, go out before the slow sender's second send instead of behind its backlog."""
+    settings = engine_settings(
+        database,
+        emulator,
+        NOTIFIER_SENDERS=json.dumps({"slow": {"whatsapp_from": BRAND, "rate_per_second": 1}}),
+        NOTIFIER_DISPATCH_CONCURRENCY=4,
+        NOTIFIER_DISPATCHER_ENABLED=False,
+    )
+    idle, channel = await start_engine(settings)  # store everything first, then send
+    engine = Engine(idle, channel)
+    for i in range(5):
+        await engine.send(body=f"slow {i}", sender="slow")
+    quick = [await engine.send(body=f"quick {i}") for i in range(3)]
+    await channel.close()
+    await idle.stop(grace=1)
+    server, channel = await start_engine(settings.model_copy(update={"dispatcher_enabled": True}))
+    try:
+        engine = Engine(server, channel)
+        for mid in quick:
+            await engine.until_status(mid, pb.MESSAGE_STATUS_QUEUED)
+        await engine.until(quick[0], lambda _: _count(emulator, "slow") >= 2)
+    finally:
+        await channel.close()
+        await server.stop(grace=1)
+    order = [r.param("Body") or "" for r in emulator.state.requests]
+    second_slow = [i for i, body in enumerate(order) if body.startswith("slow")][1]
+    assert all(order.index(f"quick {i}") < second_slow for i in range(3)), order
+
+
+def _count(emulator: EmulatorServer, prefix: str) -> int:
+    return sum(1 for r in emulator.state.requests if (r.param("Body") or "").startswith(prefix))

@@ -12,6 +12,7 @@ that could push N + 1 arrivals into one second at the far end.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -196,6 +197,19 @@ class RateLimiters:
         self._guard = default if guard_seconds is None else guard_seconds
         self._shared = shared
         self._limiters: dict[str, SlidingWindowLimiter | SharedLimiter] = {}
+        self._shares: dict[str, asyncio.Semaphore] = {}
+
+    def share_of(self, profile: str, fallback: str) -> asyncio.Semaphore:
+        """How many of a sender profile's messages may hold send slots at once: about a
+        second of its rate (at least 2), enough to keep it at its rate while a request
+        takes up to a second, and no more, so a slow sender's backlog waiting for its
+        limit leaves the other slots to the other senders."""
+        key, _ = self._profiles.get(profile, (fallback, self._rate))
+        share = self._shares.get(key)
+        if share is None:
+            rate = self._rates.get(key, self._rate)
+            share = self._shares[key] = asyncio.Semaphore(max(2, math.ceil(rate)))
+        return share
 
     def for_profile(self, profile: str, fallback: str) -> SlidingWindowLimiter | SharedLimiter:
         """The limiter of a sender profile's messages; ``fallback`` is the key of a
