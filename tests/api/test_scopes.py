@@ -317,6 +317,10 @@ async def test_sender_selection_filters_and_restrictions(stub: Stub, db_path: Pa
     request.defaults.sender = "brand"
     results = [r async for r in stub.SendBulk(iter([request]), metadata=_as(BRAND_ONLY))]
     assert results[0].results[0].HasField("accepted")
+    # Admin alerts go out from the default sender, which this token may not use.
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await CALLS["NotifyAdmins"](stub, _as(BRAND_ONLY))
+    assert _error_info(info.value).reason == "SENDER_NOT_ALLOWED"
 
 
 def test_the_banner_lists_names_and_scopes_never_digests(db_path: Path) -> None:

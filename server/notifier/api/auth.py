@@ -5,6 +5,12 @@ so its configuration, a dump of its environment or a leaked ``.env`` never hands
 working token. A call carries ``authorization: Bearer <token>``; the interceptor hashes
 the token and compares the digest with every configured one in constant time.
 
+Entries may carry a name, scopes and allowed senders (``name:scopes:digest[:senders]``,
+``domain/access.py``): once the token is known, a call to a Notifier RPC outside its
+scopes is PERMISSION_DENIED (ErrorInfo MISSING_SCOPE) here, before the request is read,
+by the domain's scope table; the servicer then asks ``Callers`` for the call's
+``Caller`` (its owner for visibility, its name for histories, its senders).
+
 The health service stays open: load balancers and orchestrators probe it without
 credentials, and it reveals nothing but SERVING / NOT_SERVING. Server reflection is
 behind the same tokens as the API when authentication is on (it describes the whole

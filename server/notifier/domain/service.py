@@ -17,6 +17,7 @@ from notifier.domain.clock import Clock, now_ms
 from notifier.domain.errors import PreconditionFailed, Unsupported, ValidationFailed, Violation
 from notifier.domain.metrics import Metrics, MetricsRequest, validate_metrics
 from notifier.domain.model import (
+    DEFAULT_SENDER,
     Accepted,
     Delivery,
     MessageQuery,
@@ -233,6 +234,7 @@ class MessageService:
         stored or none is, so a crash never leaves an order half-notified and a retry
         finds all of them. The input is checked before the configuration, so a caller
         learns about a bad request even on a server without admins."""
+        caller.check_sender(DEFAULT_SENDER)  # admin alerts go out from the default sender
         admins = tuple(dict.fromkeys(self.admins))
         if not admins:
             raise PreconditionFailed(
