@@ -112,19 +112,21 @@ async def test_the_client_passes_a_sender(profiled: Engine, emulator: EmulatorSe
 async def test_a_slow_senders_backlog_leaves_the_others_their_slots(
     database: TestDb, emulator: EmulatorServer
 ) -> None:
-    """Four send slots; a sender limited to 1/s with five messages waiting may hold two
-    of them (a second of its rate), so the default sender's messages, stored after
-    them, go out before the slow sender's second send instead of behind its backlog."""
+    """Six send slots; a sender limited to one send in two seconds, with eight messages
+    waiting, may hold two of them (its share), so the default sender's three messages,
+    stored after them, find free slots and go out before the slow sender's second send
+    instead of queueing behind its backlog (which would hold all six slots)."""
+    slow = {"slow": {"whatsapp_from": BRAND, "rate_per_second": 0.5}}
     settings = engine_settings(
         database,
         emulator,
-        NOTIFIER_SENDERS=json.dumps({"slow": {"whatsapp_from": BRAND, "rate_per_second": 1}}),
-        NOTIFIER_DISPATCH_CONCURRENCY=4,
+        NOTIFIER_SENDERS=json.dumps(slow),
+        NOTIFIER_DISPATCH_CONCURRENCY=6,
         NOTIFIER_DISPATCHER_ENABLED=False,
     )
     idle, channel = await start_engine(settings)  # store everything first, then send
     engine = Engine(idle, channel)
-    for i in range(5):
+    for i in range(8):
         await engine.send(body=f"slow {i}", sender="slow")
     quick = [await engine.send(body=f"quick {i}") for i in range(3)]
     await channel.close()
