@@ -15,6 +15,8 @@ from pydantic import AnyHttpUrl, SecretStr, ValidationError
 from sqlalchemy.engine import make_url
 
 from notifier.config import ConfigError, Settings, load_settings
+from notifier.domain.access import describe
+from notifier.domain.model import DEFAULT_SENDER
 from notifier.emulator import DEV_ACCOUNT_SID, DEV_AUTH_TOKEN, DEV_FROM
 from notifier.emulator.faults import Faults
 from notifier.emulator.server import EmulatorServer, run_emulator
@@ -48,8 +50,12 @@ def _security(settings: Settings) -> list[str]:
     """How callers are authenticated and the transport protected; never a secret."""
     lines = []
     if settings.auth_enabled:
-        count = len(settings.api_tokens)
-        lines.append(f"notifier: callers authenticate with bearer tokens ({count} accepted)")
+        entries = settings.token_entries
+        # Names and scopes only: never a digest (nor any part of one).
+        names = ", ".join(describe(e) for e in entries)
+        lines.append(
+            f"notifier: callers authenticate with bearer tokens ({len(entries)} accepted: {names})"
+        )
     else:
         lines.append(
             "notifier: *** CALLER AUTHENTICATION OFF - no NOTIFIER_API_TOKENS (development "
@@ -78,6 +84,9 @@ def _banner(settings: Settings, port: int, emulator: EmulatorServer | None) -> s
         sender = settings.twilio_messaging_service_sid or settings.twilio_whatsapp_from
         base = _safe_base(settings.twilio_api_base_url)
         lines.append(f"notifier: sending through {base} as {sender}")
+    named = [n for n in settings.sender_profiles if n != DEFAULT_SENDER]
+    if named:
+        lines.append(f"notifier: sender profiles: default, {', '.join(named)}")
     lines += _security(settings)
     lines.append(f"notifier: gRPC serving on {host}:{port} ({settings.env})")
     return "\n".join(lines)

@@ -22,7 +22,10 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+from notifier.dispatch.senders import SenderProfile, parse_senders, resolve
+from notifier.domain.access import TokenEntry, parse_token_entries
+from notifier.domain.model import DEFAULT_SENDER
+
 _E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
 
 
@@ -227,16 +230,49 @@ class Settings(BaseSettings):
     @field_validator("api_tokens", mode="before")
     @classmethod
     def _check_tokens(cls, value: object) -> list[str]:
-        digests = [d.lower() for d in _split(value)]
-        # Say which entry is wrong by position, never by value: a raw token pasted here
-        # by mistake must not end up in a log.
-        bad = [str(i) for i, d in enumerate(digests, 1) if not _SHA256_HEX.match(d)]
-        if bad:
-            raise ValueError(
-                f"entry {', '.join(bad)} of {len(digests)} is not a SHA-256 hex digest "
-                "(64 hex characters: list sha256(token), never the token itself)"
-            )
-        return digests
+        entries = _split(value)
+        # parse_token_entries names a wrong entry by position, never by value: a raw
+        # token pasted here by mistake must not end up in a log.
+        parse_token_entries(entries)
+        return [e if ":" in e else e.lower() for e in entries]
+
+    # --- issue 16: scoped tokens and sender profiles -------------------------------
+    # NOTIFIER_API_TOKENS entries may be name:scopes:digest[:senders] (domain/access.py);
+    # NOTIFIER_SENDERS is a JSON object of named sender profiles (dispatch/senders.py).
+    senders_json: str = Field("", alias="NOTIFIER_SENDERS")
+
+    @field_validator("senders_json")
+    @classmethod
+    def _check_senders(cls, value: str) -> str:
+        parse_senders(value)
+        return value
+
+    @property
+    def token_entries(self) -> list[TokenEntry]:
+        return parse_token_entries(self.api_tokens)
+
+    @property
+    def sender_profiles(self) -> dict[str, SenderProfile]:
+        """Every sender profile by name, "default" first, each complete."""
+        default = SenderProfile(
+            name=DEFAULT_SENDER,
+            whatsapp_from=self.twilio_whatsapp_from,
+            messaging_service_sid=self.twilio_messaging_service_sid,
+            rate_per_second=self.rate_limit_per_second,
+        )
+        return resolve(default, parse_senders(self.senders_json))
+
+    def _check_token_senders(self) -> None:
+        known = self.sender_profiles
+        for i, entry in enumerate(self.token_entries, 1):
+            unknown = sorted((entry.senders or frozenset()) - set(known))
+            if unknown:
+                raise ValueError(
+                    f"NOTIFIER_API_TOKENS: entry {i} names unknown sender(s) "
+                    f"{', '.join(unknown)} (configured: {', '.join(known)})"
+                )
+
+    # --- end of issue 16 -------------------------------------------------------------
 
     @field_validator("tls_cert", "tls_key", "tls_client_ca")
     @classmethod
@@ -273,6 +309,7 @@ class Settings(BaseSettings):
             raise ValueError(
                 "NOTIFIER_RETRY_BASE_SECONDS must not exceed NOTIFIER_RETRY_CAP_SECONDS"
             )
+        self._check_token_senders()
         return self
 
     @property

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from pydantic import AnyHttpUrl
 
 from notifier.config import Settings
+from notifier.domain.access import duplicate_names
 
 
 def is_loopback(host: str) -> bool:
@@ -67,6 +68,12 @@ def production_problems(settings: Settings, part: str) -> list[str]:
             problems.append(
                 "NOTIFIER_API_TOKENS: not set (SHA-256 digests of the caller tokens; "
                 "production never serves without caller authentication)"
+            )
+        repeated = duplicate_names(settings.token_entries)
+        if repeated:
+            problems.append(
+                f"NOTIFIER_API_TOKENS: token name(s) {', '.join(repeated)} given to more than "
+                "one entry (a history naming who acted must name one token)"
             )
         host = _host(settings.grpc_addr)
         plaintext = not settings.tls_enabled and not settings.tls_terminated_upstream

@@ -16,7 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 from pydantic import AnyHttpUrl
 
-from notifier.api.auth import auth_interceptors
+from notifier.api.auth import Callers, auth_interceptors
 from notifier.api.errors import ErrorInterceptor
 from notifier.api.metrics import MetricsInterceptor
 from notifier.api.service import NotifierServicer
@@ -94,6 +94,7 @@ def twilio_config(settings: Settings) -> TwilioConfig | None:
             str(settings.status_callback_url) if settings.status_callback_url else None
         ),
         timeout_seconds=settings.twilio_timeout_seconds,
+        profiles=settings.sender_profiles,
     )
 
 
@@ -326,7 +327,14 @@ def build_dispatcher(
     # On PostgreSQL any number of replicas send for one sender: the limit is shared
     # through the database so that it holds for all of them together.
     shared = SendSlots(storage.db) if storage.db.is_postgresql else None
-    limiters = RateLimiters(settings.rate_limit_per_second, shared=shared)
+    limiters = RateLimiters(
+        settings.rate_limit_per_second,
+        shared=shared,
+        profiles={
+            name: (p.limit_key, p.rate_per_second or settings.rate_limit_per_second)
+            for name, p in settings.sender_profiles.items()
+        },
+    )
     dispatcher = Dispatcher(
         storage.repository,
         provider,
@@ -411,7 +419,7 @@ def build_grpc_server(
 ) -> tuple[grpc.aio.Server, int]:
     """The gRPC server with its interceptors, bound to ``address``; the port it got."""
     # Authentication before errors: a refused call reaches neither a handler nor storage.
-    auth = auth_interceptors(settings.api_tokens)
+    auth = auth_interceptors(settings.token_entries)
     server = grpc.aio.server(
         # Tracing first: its span then covers authentication and the error interceptor,
         # so refused calls are traced too and every status is seen.
@@ -496,6 +504,7 @@ def build_servicer(
         on_accepted=on_accepted,
         admins=tuple(settings.admin_whatsapp_numbers),
         capacity=storage.capacity,
+        senders=frozenset(settings.sender_profiles),
     )
     bulk = BulkSender(
         storage.repository,
@@ -503,8 +512,9 @@ def build_servicer(
         idempotency_ttl_ms=ttl_ms,
         on_accepted=on_accepted,
         capacity=storage.capacity,
+        senders=frozenset(settings.sender_profiles),
     )
-    return NotifierServicer(messages, feed, bulk)
+    return NotifierServicer(messages, feed, bulk, Callers(settings.token_entries))
 
 
 def add_services(

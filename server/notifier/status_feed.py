@@ -111,6 +111,8 @@ class StatusFeed:
             # Read after joining, so a change stored meanwhile is in the snapshot or in
             # the queue (or both: ``seen`` then drops the queued copy), never in neither.
             current = await self._store.current_states(spec.message_ids)
+            # Another caller's message is unknown to this one, exactly like a missing id.
+            current = [c for c in current if spec.visible(c.message)]
             found = {c.message.id for c in current}
             unknown = [m for m in spec.message_ids if m not in found]
             if unknown:
@@ -257,4 +259,5 @@ class StatusFeed:
         found: dict[_Subscriber, None] = dict(self._by_id.get(change.message.id, {}))
         for tag in change.message.tags:
             found.update(self._by_tag.get(tag, {}))
-        return list(found)
+        # A tag watch without admin sees only its own caller's messages.
+        return [sub for sub in found if sub.spec.visible(change.message)]

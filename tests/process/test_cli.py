@@ -117,6 +117,33 @@ async def test_send_status_list_metrics(live: str) -> None:
         assert label in metrics.out
 
 
+BRAND = "whatsapp:+14155550111"
+
+
+async def test_sender_option(db_path: Path, emulator: EmulatorServer) -> None:
+    """--sender picks a sender profile (issue 16): its From reaches Twilio; list and
+    metrics filter by it; an unknown one is a usage error naming the field."""
+    senders = json.dumps({"brand": {"whatsapp_from": BRAND}})
+    settings = engine_settings(db_path, emulator, NOTIFIER_SENDERS=senders)
+    server, channel = await start_engine(settings)
+    await channel.close()
+    address = f"127.0.0.1:{server.port}"
+    try:
+        mid = await sent_id(address, TO, "branded", "--sender", "brand")
+        await until_status(address, mid, "MESSAGE_STATUS_QUEUED")
+        (request,) = [r for r in emulator.state.requests if r.param("Body") == "branded"]
+        assert request.param("From") == BRAND
+        listed = await cli(address, "list", "--sender", "brand", "--json")
+        assert [m["message_id"] for m in json.loads(listed.out)] == [mid]
+        metrics = await cli(address, "metrics", "--sender", "brand", "--json")
+        assert json.loads(metrics.out)["total"] == "1"
+        unknown = await cli(address, "send", TO, "x", "--sender", "nope")
+        assert unknown.code != 0
+        assert "sender" in unknown.err + unknown.out
+    finally:
+        await server.stop(grace=1)
+
+
 async def test_cancel_retry_and_watch(live: str, emulator: EmulatorServer) -> None:
     emulator.faults = Faults(to_errors={BAD_TO: 21211})
     failing = await sent_id(live, BAD_TO, "hi")

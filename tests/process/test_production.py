@@ -104,7 +104,8 @@ def test_production_starts_with_tls_and_tokens_and_prints_no_secret(
     server = start_server(env, "grpc")
     try:
         assert "(production)" in server.banner
-        assert "callers authenticate with bearer tokens (1 accepted)" in server.banner
+        # Names and scopes (a bare digest is named by its position), never the digest.
+        assert "bearer tokens (1 accepted: token-1 (admin+manage+read+send))" in server.banner
         assert "TLS on" in server.banner
         body = json.dumps({"to": "+14155550100", "body": "production"})
         common = ("-cacert", str(certs.ca), "-d", body, server.address)
@@ -156,6 +157,6 @@ def test_a_config_error_never_echoes_a_secret(tmp_path: Path) -> None:
     )
     out = run_notifier(env, "serve")
     assert out.returncode == 2
-    assert "NOTIFIER_API_TOKENS: entry 1 of 1 is not a SHA-256 hex digest" in out.stderr
+    assert "NOTIFIER_API_TOKENS: entry 1 is not a SHA-256 hex digest" in out.stderr
     assert "NOTIFIER_RETRY_MAX_ATTEMPTS" in out.stderr
     _no_secrets(out.stdout, out.stderr)

@@ -59,11 +59,14 @@ def feed_of(server: NotifierServer) -> StatusFeed:
     return server.feed
 
 
-async def watching(server: NotifierServer, stub: Stub, **request: Any) -> WatchCall:
+async def watching(
+    server: NotifierServer, stub: Stub, metadata: Any = None, **request: Any
+) -> WatchCall:
     """Open a watch and return once the server has registered it (the stream carries
-    nothing until a change, so there is no reply to wait for)."""
+    nothing until a change, so there is no reply to wait for); ``metadata``: the
+    caller's, e.g. its bearer token."""
     before = feed_of(server).subscriber_count
-    call = stub.WatchDeliveryStatus(pb.WatchDeliveryStatusRequest(**request))
+    call = stub.WatchDeliveryStatus(pb.WatchDeliveryStatusRequest(**request), metadata=metadata)
     await until(lambda: feed_of(server).subscriber_count > before)
     return call
 

@@ -33,6 +33,8 @@ def test_token_digest_errors_say_which_entry_without_echoing_it() -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(NOTIFIER_API_TOKENS=f"{token_digest('x')},{raw}, {'f' * 63}")
     text = str(info.value)
-    assert "NOTIFIER_API_TOKENS: entry 2, 3 of 3 is not a SHA-256 hex digest" in text
+    assert "NOTIFIER_API_TOKENS: entry 2 is not a SHA-256 hex digest" in text
+    assert "entry 3 is not a SHA-256 hex digest" in text
+    assert "(of 3 entries)" in text
     assert raw not in text
     assert "f" * 63 not in text

@@ -3,6 +3,7 @@ choice, and which hosts count as loopback."""
 
 from __future__ import annotations
 
+from notifier.api.auth import token_digest
 from notifier.config import load_settings
 from notifier.production import is_loopback, production_problems
 from tests.support.production import PRODUCTION
@@ -22,3 +23,20 @@ def test_loopback_hosts() -> None:
         assert is_loopback(host), host
     for host in ("0.0.0.0", "::", "10.0.0.1", "notify.example.com"):  # noqa: S104
         assert not is_loopback(host), host
+
+
+def test_production_refuses_two_tokens_with_one_name() -> None:
+    """Issue 16: a history naming who canceled or retried must name one token."""
+    one, two = token_digest("first"), token_digest("second")
+    settings = load_settings(
+        **{**PRODUCTION, "NOTIFIER_API_TOKENS": f"ops:manage:{one},ops:read:{two}"},
+        NOTIFIER_GRPC_ADDR="127.0.0.1:50051",
+    )
+    problems = production_problems(settings, "grpc")
+    assert problems == [
+        "NOTIFIER_API_TOKENS: token name(s) ops given to more than one entry "
+        "(a history naming who acted must name one token)"
+    ]
+    assert not any(one in p or two in p for p in problems)
+    named = settings.model_copy(update={"api_tokens": [f"ops:manage:{one}", f"ro:read:{two}"]})
+    assert production_problems(named, "grpc") == []

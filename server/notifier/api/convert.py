@@ -133,6 +133,7 @@ def send_request(req: pb.SendMessageRequest, deadline_ms: int | None) -> SendReq
         validity_ms=time_ms(req, "validity"),
         deadline_ms=deadline_ms if req.expire_at_deadline else None,
         wait_for_acceptance=req.wait_for_acceptance,
+        sender=req.sender,
     )
 
 
@@ -159,6 +160,7 @@ def message_to_pb(record: MessageRecord, delivery: Delivery | None = None) -> pb
         error_code=record.error_code or 0,
         error_message=record.error_message or "",
         updated_at=timestamp(record.updated_at_ms),
+        sender=record.sender,
     )
     out.timestamps.created.CopyFrom(timestamp(record.created_at_ms))
     if record.send_at_ms is not None:
@@ -182,6 +184,7 @@ def event_to_pb(event: StatusEvent) -> pb.StatusEvent:
         source=event.source,
         error_code=event.error_code or 0,
         applied=event.applied,
+        actor=event.actor or "",
     )
 
 
@@ -216,6 +219,7 @@ def query_request(f: pb.MessageFilter) -> QueryRequest:
         channel=channel_from_pb(f.channel),
         created_after_ms=time_ms(f, "created_after", "filter.created_after"),
         created_before_ms=time_ms(f, "created_before", "filter.created_before"),
+        sender=f.sender,
     )
 
 
@@ -240,6 +244,7 @@ def metrics_request(req: pb.GetMetricsRequest) -> MetricsRequest:
         end_ms=time_ms(req, "end_time"),
         channel=channel_from_pb(req.channel),
         tag=req.tag,
+        sender=req.sender,
     )
 
 
@@ -293,6 +298,7 @@ def _bulk_defaults(d: pb.BulkContent) -> BulkDefaults:
         tags=list(d.tags),
         send_at_ms=time_ms(d, "send_at", "defaults.send_at"),
         validity_ms=time_ms(d, "validity", "defaults.validity"),
+        sender=d.sender,
     )
 
 

@@ -19,6 +19,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from notifier.api.handlers import Handler, HandlerInterceptor, same_kind
+from notifier.domain.access import MissingScope, SenderNotAllowed
 from notifier.domain.capacity import OutboxFull
 from notifier.domain.errors import (
     DomainError,
@@ -107,6 +108,16 @@ def _classify(exc: DomainError) -> tuple[int, list[Any]]:
             metadata={"capacity": str(exc.capacity)},
         )
         return code_pb2.RESOURCE_EXHAUSTED, [error_details_pb2.RetryInfo(retry_delay=delay), info]
+    if isinstance(exc, MissingScope):
+        info = error_details_pb2.ErrorInfo(
+            reason="MISSING_SCOPE", domain="notifier.v1", metadata={"scope": exc.scope.value}
+        )
+        return code_pb2.PERMISSION_DENIED, [info]
+    if isinstance(exc, SenderNotAllowed):
+        info = error_details_pb2.ErrorInfo(
+            reason="SENDER_NOT_ALLOWED", domain="notifier.v1", metadata={"sender": exc.sender}
+        )
+        return code_pb2.PERMISSION_DENIED, [info]
     if isinstance(exc, Unsupported):
         return code_pb2.UNIMPLEMENTED, []
     if isinstance(exc, StorageUnavailable):

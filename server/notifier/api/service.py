@@ -9,7 +9,8 @@ from typing import Any, TypedDict
 import grpc
 
 from notifier.api import convert
-from notifier.api.auth import caller_of
+from notifier.api.auth import Callers
+from notifier.domain.access import Caller
 from notifier.domain.bulk import BulkSender
 from notifier.domain.clock import now_ms
 from notifier.domain.ports import StatusWatch
@@ -30,17 +31,8 @@ def _deadline_ms(context: Context) -> int | None:
 
 
 class _Origin(TypedDict):
-    caller: str
+    caller: Caller
     traceparent: str | None
-
-
-def _origin(context: Context) -> _Origin:
-    """Who stores messages, and the trace they belong to: the same for every write."""
-    # Idempotency keys and order ids are per caller (SPEC §3): with tokens, per token.
-    return {
-        "caller": caller_of(context.invocation_metadata()),
-        "traceparent": current_traceparent(),
-    }
 
 
 class NotifierServicer(pb_grpc.NotifierServicer):
@@ -49,17 +41,28 @@ class NotifierServicer(pb_grpc.NotifierServicer):
         messages: MessageService,
         watch: StatusWatch,
         bulk: BulkSender,
+        callers: Callers | None = None,
     ) -> None:
         self._messages = messages
         self._watch = watch
         self._bulk = bulk
+        self._callers = callers or Callers(())
+
+    def _caller(self, context: Context) -> Caller:
+        """Who is calling: scopes, owner (visibility), allowed senders."""
+        return self._callers.of(context.invocation_metadata())
+
+    def _origin(self, context: Context) -> _Origin:
+        """Who stores messages, and the trace they belong to: the same for every write."""
+        # Idempotency keys and order ids are per caller (SPEC §3): with tokens, per token.
+        return {"caller": self._caller(context), "traceparent": current_traceparent()}
 
     async def SendMessage(
         self, request: pb.SendMessageRequest, context: Context
     ) -> pb.SendMessageResponse:
         accepted = await self._messages.send(
             convert.send_request(request, _deadline_ms(context)),
-            **_origin(context),
+            **self._origin(context),
         )
         return convert.send_response(accepted)
 
@@ -70,6 +73,7 @@ class NotifierServicer(pb_grpc.NotifierServicer):
         delivery = await self._messages.delivery(
             message_id=request.message_id if ref == "message_id" else None,
             twilio_sid=request.twilio_sid if ref == "twilio_sid" else None,
+            caller=self._caller(context),
         )
         return convert.delivery_to_pb(delivery)
 
@@ -77,7 +81,7 @@ class NotifierServicer(pb_grpc.NotifierServicer):
         self, request_iterator: AsyncIterator[pb.SendBulkRequest], context: Context
     ) -> AsyncIterator[pb.SendBulkResponse]:
         requests = convert.bulk_requests(request_iterator)
-        async for results in self._bulk.run(requests, **_origin(context)):
+        async for results in self._bulk.run(requests, **self._origin(context)):
             for response in convert.bulk_responses(results):
                 yield response
 
@@ -85,7 +89,7 @@ class NotifierServicer(pb_grpc.NotifierServicer):
         self, request: pb.NotifyOrderRequest, context: Context
     ) -> pb.NotifyOrderResponse:
         notified = await self._messages.notify_order(
-            convert.order_request(request), **_origin(context)
+            convert.order_request(request), **self._origin(context)
         )
         return convert.notify_order_response(notified)
 
@@ -93,21 +97,26 @@ class NotifierServicer(pb_grpc.NotifierServicer):
         self, request: pb.NotifyAdminsRequest, context: Context
     ) -> pb.NotifyAdminsResponse:
         notified = await self._messages.notify_admins(
-            convert.admin_request(request), **_origin(context)
+            convert.admin_request(request), **self._origin(context)
         )
         return convert.notify_admins_response(notified)
 
     async def GetMetrics(
         self, request: pb.GetMetricsRequest, context: Context
     ) -> pb.GetMetricsResponse:
-        metrics = await self._messages.metrics(convert.metrics_request(request))
+        metrics = await self._messages.metrics(
+            convert.metrics_request(request), self._caller(context)
+        )
         return convert.metrics_response(metrics)
 
     async def ListMessages(
         self, request: pb.ListMessagesRequest, context: Context
     ) -> pb.ListMessagesResponse:
         page = await self._messages.list_messages(
-            convert.query_request(request.filter), request.page_size, request.page_token
+            convert.query_request(request.filter),
+            request.page_size,
+            request.page_token,
+            self._caller(context),
         )
         return convert.list_response(page)
 
@@ -119,13 +128,14 @@ class NotifierServicer(pb_grpc.NotifierServicer):
             convert.query_request(request.filter) if request.HasField("filter") else None,
             request.limit,
             convert.time_ms(request, "validity"),
+            self._caller(context),
         )
         return convert.retry_response(outcome)
 
     async def CancelMessage(
         self, request: pb.CancelMessageRequest, context: Context
     ) -> pb.CancelMessageResponse:
-        record = await self._messages.cancel(request.message_id)
+        record = await self._messages.cancel(request.message_id, self._caller(context))
         return pb.CancelMessageResponse(message=convert.message_to_pb(record))
 
     async def WatchDeliveryStatus(
@@ -138,7 +148,12 @@ class NotifierServicer(pb_grpc.NotifierServicer):
         RESOURCE_EXHAUSTED, a server shutting down ends every watch with UNAVAILABLE;
         either way the caller reopens it, with include_current to catch up.
         """
-        spec = validate_watch(list(request.message_ids), request.tag, request.include_current)
+        spec = validate_watch(
+            list(request.message_ids),
+            request.tag,
+            request.include_current,
+            self._caller(context).visible_owner,
+        )
         try:
             async with contextlib.aclosing(self._watch.watch(spec)) as changes:
                 async for change in changes:

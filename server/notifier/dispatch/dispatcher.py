@@ -239,27 +239,11 @@ class Dispatcher:
                 )
                 await self._record(msg, None, refused)
                 return
-            lease_ends = self._clock() + int(self._config.lease_seconds * 1000)
-            self._waiting += 1
-            try:
-                await self._send_slots.acquire()
-                self._holding.add(msg.id)
-                waiting_since = time.monotonic()
-                await self._limiters.for_sender(self._provider.sender).acquire()
-                self._observer.waited(time.monotonic() - waiting_since)
-            finally:
-                self._waiting -= 1
-            if self._stopping:
-                # Never sent: stop() releases the lease. The task ends before the grace
-                # period does, so stop() cannot tell it from a finished send by itself,
-                # and the message stayed leased (a lease-length delay) after a restart.
-                self._left_unsent.add(msg.id)
-                return
-            if self._clock() > lease_ends - self._lease_margin_ms():
-                log.warning("lease of %s ran low while waiting to send; leaving it", msg.id)
-                return  # another claim takes it: never two sends under one lease
-            self._started.add(msg.id)
-            await self._attempt(msg)
+            # A sender's messages hold at most its share of the send slots (about a
+            # second of its rate), so a slow sender's backlog, waiting for its own
+            # limit, never keeps another sender's messages from their slots.
+            async with self._limiters.share_of(msg.sender, self._provider.sender):
+                await self._send_in_turn(msg)
         except StorageUnavailable as exc:
             # The lease runs out and the message is claimed again: at-least-once.
             log.warning("could not record the attempt for %s: %s", msg.id, exc)
@@ -267,6 +251,31 @@ class Dispatcher:
             log.exception("unexpected error delivering %s", msg.id)
         finally:
             self._free_slot(msg.id)
+
+    async def _send_in_turn(self, msg: MessageRecord) -> None:
+        """Take a send slot, wait for the sender's rate limit, then make the attempt."""
+        lease_ends = self._clock() + int(self._config.lease_seconds * 1000)
+        self._waiting += 1
+        try:
+            await self._send_slots.acquire()
+            self._holding.add(msg.id)
+            waiting_since = time.monotonic()
+            # Each sender profile has its own limit (its own Twilio throughput).
+            await self._limiters.for_profile(msg.sender, self._provider.sender).acquire()
+            self._observer.waited(time.monotonic() - waiting_since)
+        finally:
+            self._waiting -= 1
+        if self._stopping:
+            # Never sent: stop() releases the lease. The task ends before the grace
+            # period does, so stop() cannot tell it from a finished send by itself,
+            # and the message stayed leased (a lease-length delay) after a restart.
+            self._left_unsent.add(msg.id)
+            return
+        if self._clock() > lease_ends - self._lease_margin_ms():
+            log.warning("lease of %s ran low while waiting to send; leaving it", msg.id)
+            return  # another claim takes it: never two sends under one lease
+        self._started.add(msg.id)
+        await self._attempt(msg)
 
     def _free_slot(self, message_id: str) -> None:
         """The message is done (its result committed) or never sent: another may start."""
@@ -486,4 +495,5 @@ def _outgoing(msg: MessageRecord, now: int) -> OutgoingMessage:
         variables=dict(msg.variables),
         media_urls=msg.media_urls,
         validity_seconds=validity,
+        sender=msg.sender,
     )

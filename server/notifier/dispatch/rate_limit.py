@@ -12,9 +12,10 @@ that could push N + 1 arrivals into one second at the far end.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from notifier.domain.ports import SlotStore
 
@@ -185,19 +186,44 @@ class RateLimiters:
         guard_seconds: float | None = None,
         *,
         shared: SlotStore | None = None,
+        profiles: Mapping[str, tuple[str, float]] | None = None,
     ):
+        """``profiles``: sender profile name -> (limit key, rate), issue 16; a profile
+        not listed is limited under the provider's own sender at ``rate_per_second``."""
         self._rate = rate_per_second
+        self._profiles = dict(profiles or {})
+        self._rates = {key: rate for key, rate in self._profiles.values()}
         default = DEFAULT_GUARD_SECONDS if shared is None else SHARED_GUARD_SECONDS
         self._guard = default if guard_seconds is None else guard_seconds
         self._shared = shared
         self._limiters: dict[str, SlidingWindowLimiter | SharedLimiter] = {}
+        self._shares: dict[str, asyncio.Semaphore] = {}
+
+    def share_of(self, profile: str, fallback: str) -> asyncio.Semaphore:
+        """How many of a sender profile's messages may hold send slots at once: about a
+        second of its rate (at least 2), enough to keep it at its rate while a request
+        takes up to a second, and no more, so a slow sender's backlog waiting for its
+        limit leaves the other slots to the other senders."""
+        key, _ = self._profiles.get(profile, (fallback, self._rate))
+        share = self._shares.get(key)
+        if share is None:
+            rate = self._rates.get(key, self._rate)
+            share = self._shares[key] = asyncio.Semaphore(max(2, math.ceil(rate)))
+        return share
+
+    def for_profile(self, profile: str, fallback: str) -> SlidingWindowLimiter | SharedLimiter:
+        """The limiter of a sender profile's messages; ``fallback`` is the key of a
+        profile without an entry (the provider's sender)."""
+        key, _ = self._profiles.get(profile, (fallback, self._rate))
+        return self.for_sender(key)
 
     def for_sender(self, sender: str) -> SlidingWindowLimiter | SharedLimiter:
         limiter = self._limiters.get(sender)
         if limiter is None:
+            rate = self._rates.get(sender, self._rate)
             if self._shared is not None:
-                limiter = SharedLimiter(self._shared, sender, self._rate, guard_seconds=self._guard)
+                limiter = SharedLimiter(self._shared, sender, rate, guard_seconds=self._guard)
             else:
-                limiter = SlidingWindowLimiter(self._rate, guard_seconds=self._guard)
+                limiter = SlidingWindowLimiter(rate, guard_seconds=self._guard)
             self._limiters[sender] = limiter
         return limiter

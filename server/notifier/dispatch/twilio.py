@@ -13,8 +13,8 @@ import contextlib
 import contextvars
 import json
 import logging
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -25,6 +25,7 @@ from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
 
+from notifier.dispatch.senders import SenderProfile
 from notifier.domain.delivery import (
     TWILIO_CODES,
     ErrorKind,
@@ -34,6 +35,7 @@ from notifier.domain.delivery import (
     classify,
     meaning,
 )
+from notifier.domain.model import DEFAULT_SENDER
 from notifier.domain.reconcile import FetchedMessage
 from notifier.telemetry import TRACEPARENT, current_traceparent
 
@@ -84,6 +86,19 @@ class TwilioConfig:
     messaging_service_sid: str | None
     status_callback_url: str | None
     timeout_seconds: float
+    # Named sender profiles (issue 16), each complete (see senders.resolve); a message
+    # of a profile not listed here goes out from the From fields above.
+    profiles: Mapping[str, SenderProfile] = field(default_factory=dict)
+
+    def profile(self, name: str) -> SenderProfile:
+        found = self.profiles.get(name)
+        if found is not None:
+            return found
+        return SenderProfile(
+            name=DEFAULT_SENDER,
+            whatsapp_from=self.whatsapp_from,
+            messaging_service_sid=self.messaging_service_sid,
+        )
 
     @property
     def sender(self) -> str:
@@ -117,15 +132,16 @@ class TwilioProvider:
 
     def _params(self, msg: OutgoingMessage) -> dict[str, Any]:
         cfg = self._config
+        profile = cfg.profile(msg.sender)
         whatsapp = msg.channel == "whatsapp"
         params: dict[str, Any] = {"to": f"{WHATSAPP}{msg.to}" if whatsapp else msg.to}
-        if cfg.messaging_service_sid:
-            params["messaging_service_sid"] = cfg.messaging_service_sid
+        if profile.messaging_service_sid:
+            params["messaging_service_sid"] = profile.messaging_service_sid
             if msg.validity_seconds is not None:
                 params["validity_period"] = max(1, min(MAX_VALIDITY_SECONDS, msg.validity_seconds))
-        if cfg.whatsapp_from:
-            number = cfg.whatsapp_from.removeprefix(WHATSAPP)
-            params["from_"] = f"{WHATSAPP}{number}" if whatsapp else number
+        sender = profile.from_for(msg.channel)
+        if sender is not None:
+            params["from_"] = sender
         if msg.body is not None:
             params["body"] = msg.body
         if msg.media_urls:

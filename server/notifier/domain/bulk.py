@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from notifier.domain.access import OPEN, Caller, SenderNotAllowed
 from notifier.domain.capacity import OutboxCapacity, OutboxFull
 from notifier.domain.clock import Clock, now_ms
 from notifier.domain.errors import (
@@ -37,6 +38,7 @@ class BulkDefaults:
     tags: Sequence[str] = ()
     send_at_ms: int | None = None
     validity_ms: int | None = None
+    sender: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +92,7 @@ def merge(defaults: BulkDefaults, item: BulkItem) -> SendRequest:
         tags=[*defaults.tags, *item.tags],
         send_at_ms=defaults.send_at_ms,
         validity_ms=defaults.validity_ms,
+        sender=defaults.sender,
     )
 
 
@@ -102,6 +105,8 @@ def failure(error: DomainError) -> ItemFailure:
         return ItemFailure("FAILED_PRECONDITION", str(error))
     if isinstance(error, OutboxFull):
         return ItemFailure("RESOURCE_EXHAUSTED", str(error))
+    if isinstance(error, SenderNotAllowed):
+        return ItemFailure("PERMISSION_DENIED", str(error))
     return ItemFailure("FAILED_PRECONDITION", str(error))
 
 
@@ -125,11 +130,12 @@ class BulkSender:
     # stream goes on: the caller knows exactly which items to send again later, where
     # ending the stream would leave the fate of the items in flight unknown.
     capacity: OutboxCapacity | None = None
+    senders: frozenset[str] | None = None  # configured sender profiles; None: any name
 
     async def run(
         self,
         requests: AsyncIterator[BulkRequest],
-        caller: str = "",
+        caller: Caller = OPEN,
         traceparent: str | None = None,
     ) -> AsyncIterator[list[BulkResult]]:
         """Yield the results of each committed batch, items in the order they came.
@@ -202,7 +208,7 @@ class BulkSender:
     async def _commit(
         self,
         batch: list[tuple[int, BulkItem, BulkDefaults]],
-        caller: str,
+        caller: Caller,
         traceparent: str | None,
     ) -> list[BulkResult]:
         now = self.clock()
@@ -211,8 +217,9 @@ class BulkSender:
         positions = []  # where each valid item's outcome goes
         for _, item, defaults in batch:
             try:
-                message = validate_send(merge(defaults, item), now)
-            except ValidationFailed as exc:
+                message = validate_send(merge(defaults, item), now, self.senders)
+                caller.check_sender(message.sender)
+            except (ValidationFailed, SenderNotAllowed) as exc:
                 outcomes.append(failure(exc))
                 continue
             digest = self.payload_hash(message.payload()) if message.idempotency_key else None
@@ -232,7 +239,7 @@ class BulkSender:
             stored = iter(
                 await self.store.add_messages(
                     valid,
-                    caller=caller,
+                    caller=caller.owner,
                     key_ttl_ms=self.idempotency_ttl_ms,
                     traceparent=traceparent,
                     priority=BULK_PRIORITY,

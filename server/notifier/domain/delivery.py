@@ -10,6 +10,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from notifier.domain.model import DEFAULT_SENDER
+
 
 class ErrorKind(enum.StrEnum):
     TRANSIENT = "transient"
@@ -90,6 +92,7 @@ class OutgoingMessage:
     variables: dict[str, str]
     media_urls: tuple[str, ...]
     validity_seconds: int | None = None
+    sender: str = DEFAULT_SENDER  # the sender profile: which From
 
 
 @dataclass(frozen=True, slots=True)

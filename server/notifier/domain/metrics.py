@@ -7,6 +7,7 @@ ones the proto's comments give) live in one place, next to the statuses they nam
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from notifier.domain.delivery import meaning
@@ -32,6 +33,7 @@ class MetricsRequest:
     end_ms: int | None = None
     channel: Channel | None = None
     tag: str = ""
+    sender: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,13 +46,19 @@ class MetricsQuery:
     end_ms: int
     channel: Channel | None = None
     tag: str | None = None
+    sender: str | None = None
+    owner: str | None = None  # only this caller's messages; None: every caller's
 
 
-def validate_metrics(req: MetricsRequest, now_ms: int) -> MetricsQuery:
+def validate_metrics(
+    req: MetricsRequest, now_ms: int, senders: Collection[str] | None = None
+) -> MetricsQuery:
     """Fill in the default window (the 24 hours before now) and check everything at once."""
     bad: list[Violation] = []
     # validate_query owns the tag rule (the same as SendMessage's tags); field "tag".
-    filters = validate_query(QueryRequest(tag=req.tag, channel=req.channel), "", bad)
+    filters = validate_query(
+        QueryRequest(tag=req.tag, channel=req.channel, sender=req.sender), "", bad, senders
+    )
     end = req.end_ms if req.end_ms is not None else now_ms
     start = req.start_ms if req.start_ms is not None else end - DEFAULT_WINDOW_MS
     if end <= start:
@@ -60,7 +68,9 @@ def validate_metrics(req: MetricsRequest, now_ms: int) -> MetricsQuery:
         bad.append(Violation("start_time", "the window may span at most 366 days"))
     if bad:
         raise ValidationFailed(bad)
-    return MetricsQuery(start_ms=start, end_ms=end, channel=filters.channel, tag=filters.tag)
+    return MetricsQuery(
+        start_ms=start, end_ms=end, channel=filters.channel, tag=filters.tag, sender=filters.sender
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+DEFAULT_SENDER = "default"  # the sender profile of TWILIO_WHATSAPP_FROM / _MESSAGING_SERVICE_SID
+
 
 class Channel(enum.StrEnum):
     WHATSAPP = "whatsapp"
@@ -88,6 +90,7 @@ class NewMessage:
     expires_at_ms: int | None = None
     idempotency_key: str | None = None
     wait_for_acceptance: bool = False
+    sender: str = DEFAULT_SENDER  # the sender profile: its From and its rate limit
 
     def payload(self) -> dict[str, object]:
         """What the caller asked for, for comparing idempotent replays.
@@ -105,6 +108,7 @@ class NewMessage:
             "tags": sorted(self.tags),
             "send_at_ms": self.send_at_ms,
             "validity_ms": self.validity_ms,
+            **({"sender": self.sender} if self.sender != DEFAULT_SENDER else {}),
         }
 
 
@@ -126,6 +130,7 @@ class StatusEvent:
     source: EventSource
     error_code: int | None = None
     applied: bool = True
+    actor: str | None = None  # the caller token's name, for an operator's action
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +168,8 @@ class MessageRecord:
     next_attempt_at_ms: int | None = None
     traceparent: str | None = None  # W3C trace context of the request that enqueued it
     claims: int = 0  # claims since its last recorded outcome, this one included
+    owner: str = ""  # the caller that stored it (per-caller visibility)
+    sender: str = DEFAULT_SENDER  # the sender profile it goes out from
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +273,8 @@ class MessageQuery:
     created_after_ms: int | None = None
     created_before_ms: int | None = None
     message_ids: tuple[str, ...] = ()
+    sender: str | None = None
+    owner: str | None = None  # only this caller's messages; None: every caller's
 
 
 @dataclass(frozen=True, slots=True)

@@ -79,22 +79,36 @@ class MessageStore(StorageProbe, Protocol):
         """Store many messages in one transaction; one result (or error) per item."""
 
     async def get_delivery(
-        self, *, message_id: str | None = None, twilio_sid: str | None = None
+        self,
+        *,
+        message_id: str | None = None,
+        twilio_sid: str | None = None,
+        owner: str | None = None,
     ) -> Delivery:
-        """The message with its history; raises NotFound."""
+        """The message with its history; raises NotFound (also for a message of another
+        owner than ``owner``, when given)."""
 
     async def list_messages(
         self, query: MessageQuery, *, limit: int, before_id: str | None
     ) -> list[MessageRecord]:
         """Matching messages, newest first, older than ``before_id`` when given."""
 
-    async def cancel(self, message_id: str) -> MessageRecord:
-        """Cancel a message Twilio does not have yet; raises NotFound, PreconditionFailed."""
+    async def cancel(
+        self, message_id: str, *, owner: str | None = None, actor: str | None = None
+    ) -> MessageRecord:
+        """Cancel a message Twilio does not have yet; raises NotFound, PreconditionFailed.
+        ``owner``: only that caller's message; ``actor``: who canceled it, for the history."""
 
     async def requeue(
-        self, query: MessageQuery, *, limit: int, validity_ms: int | None
+        self,
+        query: MessageQuery,
+        *,
+        limit: int,
+        validity_ms: int | None,
+        actor: str | None = None,
     ) -> RetryOutcome:
-        """Put failed, undelivered and expired messages back in the outbox."""
+        """Put failed, undelivered and expired messages back in the outbox (only
+        ``query.owner``'s when set); ``actor`` goes into the history."""
 
     async def metrics(self, query: MetricsQuery, *, now_ms: int) -> Metrics:
         """The figures of ``query``'s window, aggregated by the database.

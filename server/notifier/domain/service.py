@@ -8,14 +8,16 @@ import contextlib
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from notifier.domain.access import OPEN, Caller
 from notifier.domain.capacity import OutboxCapacity
 from notifier.domain.clock import Clock, now_ms
 from notifier.domain.errors import PreconditionFailed, Unsupported, ValidationFailed, Violation
 from notifier.domain.metrics import Metrics, MetricsRequest, validate_metrics
 from notifier.domain.model import (
+    DEFAULT_SENDER,
     Accepted,
     Delivery,
     MessageQuery,
@@ -89,6 +91,7 @@ class MessageService:
     on_accepted: Callable[[], None] = field(default=lambda: None)
     admins: tuple[str, ...] = ()  # E.164 recipients of NotifyOrder and NotifyAdmins
     capacity: OutboxCapacity | None = None  # None: no limit on unsent messages
+    senders: frozenset[str] | None = None  # configured sender profiles; None: any name
 
     def _room(self, wanted: int) -> contextlib.AbstractAsyncContextManager[int]:
         """Outbox room for ``wanted`` messages (OutboxFull when there is none)."""
@@ -97,19 +100,20 @@ class MessageService:
         return self.capacity.reserve(wanted)
 
     async def send(
-        self, request: SendRequest, *, caller: str = "", traceparent: str | None = None
+        self, request: SendRequest, *, caller: Caller = OPEN, traceparent: str | None = None
     ) -> Accepted:
         """``traceparent``: the caller's W3C trace context, stored with the message so
         its send continues the caller's trace (the API layer reads it; the domain only
         carries the string)."""
-        message = validate_send(request, self.clock())
+        message = validate_send(request, self.clock(), self.senders)
+        caller.check_sender(message.sender)
         if message.wait_for_acceptance and self.acceptance is None:
             raise Unsupported("wait_for_acceptance", "this server has no dispatcher to wait for")
         digest = payload_hash(message.payload()) if message.idempotency_key else None
         async with self._room(1):
             accepted = await self.store.add_message(
                 message,
-                caller=caller,
+                caller=caller.owner,
                 request_hash=digest,
                 key_ttl_ms=self.idempotency_ttl_ms,
                 traceparent=traceparent,
@@ -123,17 +127,28 @@ class MessageService:
         return accepted
 
     async def delivery(
-        self, *, message_id: str | None = None, twilio_sid: str | None = None
+        self,
+        *,
+        message_id: str | None = None,
+        twilio_sid: str | None = None,
+        caller: Caller = OPEN,
     ) -> Delivery:
+        """Another caller's message is NotFound to a caller without admin, exactly as a
+        message that does not exist: an id reveals nothing."""
         if not message_id and not twilio_sid:
             raise ValidationFailed([Violation("ref", "set message_id or twilio_sid")])
         return await self.store.get_delivery(
-            message_id=message_id or None, twilio_sid=twilio_sid or None
+            message_id=message_id or None,
+            twilio_sid=twilio_sid or None,
+            owner=caller.visible_owner,
         )
 
-    async def list_messages(self, request: QueryRequest, page_size: int, page_token: str) -> Page:
+    async def list_messages(
+        self, request: QueryRequest, page_size: int, page_token: str, caller: Caller = OPEN
+    ) -> Page:
         bad: list[Violation] = []
-        query = validate_query(request, "filter.", bad)
+        query = validate_query(request, "filter.", bad, self.senders)
+        query = replace(query, owner=caller.visible_owner)
         size = validate_page_size(page_size, bad)
         before = _decode_token(page_token, query, bad)
         if bad:
@@ -143,19 +158,21 @@ class MessageService:
         token = _encode_token(page[-1].id, query) if more else None
         return Page(tuple(page), token)
 
-    async def metrics(self, request: MetricsRequest) -> Metrics:
+    async def metrics(self, request: MetricsRequest, caller: Caller = OPEN) -> Metrics:
         """One clock reading places the default window and dates the "now" figures, so
         an answer never mixes two different nows."""
         now = self.clock()
-        query = validate_metrics(request, now)
+        query = replace(validate_metrics(request, now, self.senders), owner=caller.visible_owner)
         return await self.store.metrics(query, now_ms=now)
 
-    async def cancel(self, message_id: str) -> MessageRecord:
+    async def cancel(self, message_id: str, caller: Caller = OPEN) -> MessageRecord:
         bad: list[Violation] = []
         validate_message_id(message_id, "message_id", bad)
         if bad:
             raise ValidationFailed(bad)
-        return await self.store.cancel(message_id)
+        return await self.store.cancel(
+            message_id, owner=caller.visible_owner, actor=caller.name or None
+        )
 
     async def retry(
         self,
@@ -163,6 +180,7 @@ class MessageService:
         request: QueryRequest | None,
         limit: int,
         validity_ms: int | None,
+        caller: Caller = OPEN,
     ) -> RetryOutcome:
         bad: list[Violation] = []
         if bool(message_ids) == (request is not None):
@@ -171,7 +189,9 @@ class MessageService:
             validate_message_id(mid, f"message_ids[{i}]", bad)
         if len(message_ids) > MAX_RETRY_LIMIT:
             bad.append(Violation("message_ids", f"at most {MAX_RETRY_LIMIT:,} ids"))
-        query = validate_query(request, "filter.", bad) if request is not None else None
+        query = (
+            validate_query(request, "filter.", bad, self.senders) if request is not None else None
+        )
         if not 0 <= limit <= MAX_RETRY_LIMIT:
             bad.append(Violation("limit", f"must be between 1 and {MAX_RETRY_LIMIT:,}"))
         if validity_ms is not None and not MIN_VALIDITY_MS <= validity_ms <= MAX_VALIDITY_MS:
@@ -181,14 +201,17 @@ class MessageService:
         if query is None:
             query = MessageQuery(message_ids=tuple(dict.fromkeys(message_ids)))
         outcome = await self.store.requeue(
-            query, limit=limit or DEFAULT_RETRY_LIMIT, validity_ms=validity_ms
+            replace(query, owner=caller.visible_owner),
+            limit=limit or DEFAULT_RETRY_LIMIT,
+            validity_ms=validity_ms,
+            actor=caller.name or None,
         )
         if outcome.requeued:
             self.on_accepted()
         return outcome
 
     async def notify_order(
-        self, request: OrderRequest, *, caller: str = "", traceparent: str | None = None
+        self, request: OrderRequest, *, caller: Caller = OPEN, traceparent: str | None = None
     ) -> AdminNotified:
         """Send the new-order alert to every admin; idempotent per order id.
 
@@ -200,17 +223,18 @@ class MessageService:
         return await self._notify(validate_order(request), caller, traceparent)
 
     async def notify_admins(
-        self, request: AdminRequest, *, caller: str = "", traceparent: str | None = None
+        self, request: AdminRequest, *, caller: Caller = OPEN, traceparent: str | None = None
     ) -> AdminNotified:
         """Booking, low stock, event capacity or custom alert to every admin, keyed
         ``admin:{kind}:{key}:{admin}`` (key: idempotency_key or the natural id)."""
         return await self._notify(validate_admin_request(request), caller, traceparent)
 
-    async def _notify(self, alert: Alert, caller: str, traceparent: str | None) -> AdminNotified:
+    async def _notify(self, alert: Alert, caller: Caller, traceparent: str | None) -> AdminNotified:
         """All admins' messages go into one transaction: either every admin's copy is
         stored or none is, so a crash never leaves an order half-notified and a retry
         finds all of them. The input is checked before the configuration, so a caller
         learns about a bad request even on a server without admins."""
+        caller.check_sender(DEFAULT_SENDER)  # admin alerts go out from the default sender
         admins = tuple(dict.fromkeys(self.admins))
         if not admins:
             raise PreconditionFailed(
@@ -222,7 +246,7 @@ class MessageService:
         async with self._room(len(admins)):  # every admin's copy or none
             results = await self.store.add_messages(
                 [(alert.message_to(admin), digest) for admin in admins],
-                caller=caller,
+                caller=caller.owner,
                 key_ttl_ms=self.idempotency_ttl_ms,
                 traceparent=traceparent,
             )

@@ -7,14 +7,14 @@ the checks below never stop at the first problem.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import phonenumbers
 
 from notifier.domain.errors import ValidationFailed, Violation
-from notifier.domain.model import Channel, MessageQuery, NewMessage, Status
+from notifier.domain.model import DEFAULT_SENDER, Channel, MessageQuery, NewMessage, Status
 
 MAX_BODY = 1600
 MAX_VARIABLE = 1600
@@ -49,6 +49,7 @@ class SendRequest:
     validity_ms: int | None = None
     deadline_ms: int | None = None  # set only when the caller asked to expire at its deadline
     wait_for_acceptance: bool = False
+    sender: str = ""  # the sender profile; "" is "default"
 
 
 def parse_recipient(raw: str, channel: Channel | None) -> tuple[str, Channel, str | None]:
@@ -87,9 +88,15 @@ def _media_problem(url: str) -> str | None:
     return None
 
 
-def validate_send(req: SendRequest, now_ms: int) -> NewMessage:
-    """Check every field of ``req``; return the message to store or raise with all problems."""
+def validate_send(
+    req: SendRequest, now_ms: int, senders: Collection[str] | None = None
+) -> NewMessage:
+    """Check every field of ``req``; return the message to store or raise with all problems.
+
+    ``senders``: the configured sender profiles (None: any name is taken)."""
     bad: list[Violation] = []
+    sender = req.sender or DEFAULT_SENDER
+    check_sender(sender, senders, "sender", bad)
     to, channel, problem = parse_recipient(req.to, req.channel)
     if problem:
         bad.append(Violation("to", problem))
@@ -118,6 +125,7 @@ def validate_send(req: SendRequest, now_ms: int) -> NewMessage:
         expires_at_ms=expires,
         idempotency_key=key or None,
         wait_for_acceptance=req.wait_for_acceptance,
+        sender=sender,
     )
 
 
@@ -218,9 +226,24 @@ class QueryRequest:
     channel: Channel | None = None
     created_after_ms: int | None = None
     created_before_ms: int | None = None
+    sender: str = ""
 
 
-def validate_query(req: QueryRequest, prefix: str, bad: list[Violation]) -> MessageQuery:
+def check_sender(
+    name: str, senders: Collection[str] | None, field_name: str, bad: list[Violation]
+) -> None:
+    """An unknown sender profile is a bad field (``senders`` None: any name goes)."""
+    if senders is not None and name not in senders:
+        known = ", ".join(sorted(senders))
+        bad.append(Violation(field_name, f"is not a configured sender (one of: {known})"))
+
+
+def validate_query(
+    req: QueryRequest,
+    prefix: str,
+    bad: list[Violation],
+    senders: Collection[str] | None = None,
+) -> MessageQuery:
     to = None
     if req.to:
         number, _, problem = parse_recipient(req.to, None)
@@ -229,6 +252,8 @@ def validate_query(req: QueryRequest, prefix: str, bad: list[Violation]) -> Mess
         to = number
     if req.tag and not _TAG.match(req.tag):
         bad.append(Violation(f"{prefix}tag", "1-64 characters: letters, digits and _-.:/"))
+    if req.sender:
+        check_sender(req.sender, senders, f"{prefix}sender", bad)
     after, before = req.created_after_ms, req.created_before_ms
     if after is not None and before is not None and after >= before:
         bad.append(Violation(f"{prefix}created_before", "must be later than created_after"))
@@ -239,6 +264,7 @@ def validate_query(req: QueryRequest, prefix: str, bad: list[Violation]) -> Mess
         channel=req.channel,
         created_after_ms=after,
         created_before_ms=before,
+        sender=req.sender or None,
     )
 
 

@@ -40,15 +40,23 @@ class WatchSpec:
     message_ids: tuple[str, ...] = ()  # in the caller's order, without repeats
     tag: str | None = None
     include_current: bool = False
+    owner: str | None = None  # only this caller's messages; None: every caller's
+
+    def visible(self, message: MessageRecord) -> bool:
+        return self.owner is None or message.owner == self.owner
 
     def matches(self, change: StatusChange) -> bool:
         message = change.message
+        if not self.visible(message):
+            return False
         if message.id in self.message_ids:
             return True
         return self.tag is not None and self.tag in message.tags
 
 
-def validate_watch(message_ids: Sequence[str], tag: str, include_current: bool) -> WatchSpec:
+def validate_watch(
+    message_ids: Sequence[str], tag: str, include_current: bool, owner: str | None = None
+) -> WatchSpec:
     """Check every field; raise ValidationFailed with all problems at once."""
     bad: list[Violation] = []
     if not message_ids and not tag:
@@ -63,7 +71,9 @@ def validate_watch(message_ids: Sequence[str], tag: str, include_current: bool) 
     validate_query(QueryRequest(tag=tag), "", bad)
     if bad:
         raise ValidationFailed(bad)
-    return WatchSpec(message_ids=unique, tag=tag or None, include_current=include_current)
+    return WatchSpec(
+        message_ids=unique, tag=tag or None, include_current=include_current, owner=owner
+    )
 
 
 class FellBehind(DomainError):

@@ -90,6 +90,7 @@ def _change_select() -> Select[Any]:
         status_events.c.occurred_at.label("event_occurred_at"),
         status_events.c.error_code.label("event_error_code"),
         status_events.c.applied.label("event_applied"),
+        status_events.c.actor.label("event_actor"),
         messages,
     ).join(messages, messages.c.id == status_events.c.message_id)
 
@@ -106,6 +107,7 @@ async def _read_changes(conn: AsyncConnection, stmt: Select[Any]) -> list[Status
                 source=EventSource(r.event_source),
                 error_code=r.event_error_code,
                 applied=bool(r.event_applied),
+                actor=r.event_actor,
             ),
             message=record(r._mapping, tags.get(r.id, ())),
         )

@@ -36,6 +36,8 @@ class MetricsReader(Store):
             MessageQuery(
                 channel=query.channel,
                 tag=query.tag,
+                sender=query.sender,
+                owner=query.owner,
                 created_after_ms=query.start_ms,
                 created_before_ms=query.end_ms,
             )
@@ -43,7 +45,11 @@ class MetricsReader(Store):
         # The outbox figures are "now, all windows": the creation window does not apply
         # to them, but the channel and tag filters do, so a caller looking at one
         # channel or one tag sees that part of the backlog.
-        outbox = conditions(MessageQuery(channel=query.channel, tag=query.tag))
+        outbox = conditions(
+            MessageQuery(
+                channel=query.channel, tag=query.tag, sender=query.sender, owner=query.owner
+            )
+        )
         async with self._reading() as conn:
             by_status = await _by_status(conn, window)
             timing = await _delivery_times(conn, window)

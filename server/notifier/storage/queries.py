@@ -53,6 +53,10 @@ def conditions(query: MessageQuery) -> list[Any]:
         conds.append(messages.c.created_at >= query.created_after_ms)
     if query.created_before_ms is not None:
         conds.append(messages.c.created_at < query.created_before_ms)
+    if query.sender is not None:
+        conds.append(messages.c.sender == query.sender)
+    if query.owner is not None:
+        conds.append(messages.c.caller == query.owner)
     if query.tag is not None:
         tagged = select(message_tags.c.message_id).where(message_tags.c.tag == query.tag)
         conds.append(messages.c.id.in_(tagged))
@@ -73,16 +77,22 @@ class Queries(Store):
         return [record(r._mapping, tags.get(r.id, ())) for r in rows]
 
     async def get_delivery(
-        self, *, message_id: str | None = None, twilio_sid: str | None = None
+        self,
+        *,
+        message_id: str | None = None,
+        twilio_sid: str | None = None,
+        owner: str | None = None,
     ) -> Delivery:
         async with self._reading() as conn:
             if message_id is None:
                 by_sid = select(messages.c.id).where(messages.c.twilio_sid == twilio_sid)
+                if owner is not None:
+                    by_sid = by_sid.where(messages.c.caller == owner)
                 found = (await conn.execute(by_sid)).first()
                 if found is None:
                     raise NotFound("message with Twilio SID", twilio_sid or "")
                 message_id = found.id
-            message = await load(conn, message_id)
+            message = await load(conn, message_id, owner)
             events = await conn.execute(
                 select(status_events)
                 .where(status_events.c.message_id == message_id)
@@ -99,14 +109,18 @@ class Queries(Store):
                 attempts=tuple(attempt(a) for a in attempts),
             )
 
-    async def cancel(self, message_id: str) -> MessageRecord:
+    async def cancel(
+        self, message_id: str, *, owner: str | None = None, actor: str | None = None
+    ) -> MessageRecord:
+        """``owner``: only that caller's message (another's is NotFound); ``actor``: the
+        token name recorded in the history."""
         now = self._clock()
         async with self._transaction() as conn:
             # Lock the row before reading it (PostgreSQL): a claim or a send being
             # recorded cannot slip in between the check and the update.
             by_id = select(messages.c.lease_expires_at).where(messages.c.id == message_id)
             locked = (await conn.execute(self._locked(by_id))).first()
-            current = await load(conn, message_id)  # NotFound when there is no such row
+            current = await load(conn, message_id, owner)  # NotFound: no such row (of owner)
             assert locked is not None
             if judge_cancel(message_id, current.status, locked.lease_expires_at, now) is (
                 Cancel.ALREADY
@@ -117,12 +131,17 @@ class Queries(Store):
                 .where(messages.c.id == message_id)
                 .values(status=Status.CANCELED.value, updated_at=now)
             )
-            await add_event(conn, message_id, Status.CANCELED, EventSource.API, now)
+            await add_event(conn, message_id, Status.CANCELED, EventSource.API, now, actor)
             await notify(conn, EVENTS_CHANNEL)
             return await load(conn, message_id)
 
     async def requeue(
-        self, query: MessageQuery, *, limit: int, validity_ms: int | None
+        self,
+        query: MessageQuery,
+        *,
+        limit: int,
+        validity_ms: int | None,
+        actor: str | None = None,
     ) -> RetryOutcome:
         """Put failed, undelivered and expired messages back in the outbox."""
         now = self._clock()
@@ -131,6 +150,8 @@ class Queries(Store):
         stmt = select(messages.c.id, messages.c.status, messages.c.expires_at)
         if query.message_ids:
             stmt = stmt.where(messages.c.id.in_(query.message_ids))
+            if query.owner is not None:  # another caller's ids are "not found"
+                stmt = stmt.where(messages.c.caller == query.owner)
         else:
             retryable = [s.value for s in RETRYABLE]
             stmt = stmt.where(*conditions(query), messages.c.status.in_(retryable))
@@ -146,7 +167,7 @@ class Queries(Store):
                 if isinstance(verdict, Skip):
                     skipped.append((row.id, verdict.reason))
                     continue
-                await _requeue(conn, row.id, verdict.expires_at_ms, now)
+                await _requeue(conn, row.id, verdict.expires_at_ms, now, actor)
                 requeued.append(row.id)
             if requeued:
                 await notify(conn, DUE_CHANNEL, EVENTS_CHANNEL)
@@ -154,8 +175,8 @@ class Queries(Store):
 
 
 async def _requeue(
-    conn: AsyncConnection, message_id: str, expires_at: int | None, now: int
+    conn: AsyncConnection, message_id: str, expires_at: int | None, now: int, actor: str | None
 ) -> None:
     values = _NEW_SEND | {"next_attempt_at": now, "expires_at": expires_at, "updated_at": now}
     await conn.execute(update(messages).where(messages.c.id == message_id).values(**values))
-    await add_event(conn, message_id, Status.PENDING, EventSource.OPERATOR, now)
+    await add_event(conn, message_id, Status.PENDING, EventSource.OPERATOR, now, actor)

@@ -67,6 +67,7 @@ def message_row(
         "updated_at": now,
         "attempts": 0,
         "priority": priority,
+        "sender": message.sender,
     }
 
 
@@ -78,9 +79,11 @@ def event_row(
     error_code: int | None = None,
     *,
     applied: bool = True,
+    actor: str | None = None,
 ) -> dict[str, Any]:
     """A status_events row: one entry of a message's history."""
     return {
+        "actor": actor,
         "message_id": message_id,
         "status": Status(status).value,
         "source": source.value,
@@ -113,6 +116,8 @@ def record(row: Any, tags: Sequence[str]) -> MessageRecord:
         next_attempt_at_ms=row["next_attempt_at"],
         traceparent=row.get("traceparent"),
         claims=row.get("claims") or 0,
+        owner=row.get("caller") or "",
+        sender=row.get("sender") or "default",
     )
 
 
@@ -123,6 +128,7 @@ def status_event(row: Row[Any]) -> StatusEvent:
         source=EventSource(row.source),
         error_code=row.error_code,
         applied=bool(row.applied),
+        actor=row.actor,
     )
 
 
@@ -139,9 +145,15 @@ def attempt(row: Row[Any]) -> Attempt:
 
 
 async def add_event(
-    conn: AsyncConnection, message_id: str, status: Status, source: EventSource, now: int
+    conn: AsyncConnection,
+    message_id: str,
+    status: Status,
+    source: EventSource,
+    now: int,
+    actor: str | None = None,
 ) -> None:
-    await conn.execute(insert(status_events), [event_row(message_id, status, source, now)])
+    row = event_row(message_id, status, source, now, actor=actor)
+    await conn.execute(insert(status_events), [row])
 
 
 async def tags_of(conn: AsyncConnection, ids: list[str]) -> dict[str, tuple[str, ...]]:
@@ -158,9 +170,13 @@ async def tags_of(conn: AsyncConnection, ids: list[str]) -> dict[str, tuple[str,
     return {k: tuple(v) for k, v in out.items()}
 
 
-async def load(conn: AsyncConnection, message_id: str) -> MessageRecord:
-    """The message with its tags; raises NotFound."""
-    row = (await conn.execute(select(messages).where(messages.c.id == message_id))).first()
+async def load(conn: AsyncConnection, message_id: str, owner: str | None = None) -> MessageRecord:
+    """The message with its tags; raises NotFound, also when ``owner`` is given and the
+    message is another caller's (an id of someone else's message reveals nothing)."""
+    stmt = select(messages).where(messages.c.id == message_id)
+    if owner is not None:
+        stmt = stmt.where(messages.c.caller == owner)
+    row = (await conn.execute(stmt)).first()
     if row is None:
         raise NotFound("message", message_id)
     tags = await tags_of(conn, [message_id])

@@ -81,11 +81,14 @@ messages = Table(
     Column("reconcile_fetches", Integer, nullable=False, server_default="0"),
     Column("reconcile_at", BigInteger),
     Column("reconcile_outcome", String(16)),
+    # The sender profile (NOTIFIER_SENDERS) it goes out from: its From and rate limit.
+    Column("sender", String(64), nullable=False, server_default="default"),
     Index(None, "status", "next_attempt_at"),
     Index(None, "status", "updated_at"),
     Index(None, "status", "priority", "next_attempt_at"),
     Index(None, "created_at"),
     Index(None, "to_addr", "created_at"),
+    Index(None, "sender", "created_at"),
 )
 
 message_tags = Table(
@@ -106,6 +109,7 @@ status_events = Table(
     Column("occurred_at", BigInteger, nullable=False),
     Column("error_code", Integer),
     Column("applied", Boolean, nullable=False, server_default="1"),
+    Column("actor", String(64)),  # the caller token's name, for operator actions
 )
 
 idempotency_keys = Table(

@@ -167,6 +167,7 @@ def _content_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--var", type=_variable, action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--media", action="append", default=[], metavar="URL", help="media URL")
     p.add_argument("--tag", action="append", default=[], help="tag (repeatable)")
+    p.add_argument("--sender", help="sender profile to send from (default: 'default')")
 
 
 def _filter_options(p: argparse.ArgumentParser) -> None:
@@ -176,6 +177,7 @@ def _filter_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channel", type=_channel, help="whatsapp or sms")
     p.add_argument("--since", type=parse_time, help="created at or after (ISO time or 2h)")
     p.add_argument("--until", type=parse_time, help="created before (ISO time or 30m)")
+    p.add_argument("--sender", help="sent from this sender profile")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -223,6 +225,7 @@ def _parser() -> argparse.ArgumentParser:
     metrics.add_argument("--until", type=parse_time, help="window end (default now)")
     metrics.add_argument("--channel", type=_channel)
     metrics.add_argument("--tag")
+    metrics.add_argument("--sender", help="only this sender profile's messages")
 
     listing = command("list", "messages matching a filter, newest first")
     _filter_options(listing)
@@ -265,6 +268,7 @@ async def cmd_send(ctx: Ctx) -> Exit:
         send_at=a.send_at,
         validity=a.validity,
         wait_for_acceptance=a.wait,
+        sender=a.sender,
         timeout=ctx.timeout,
     )
     if ctx.json:
@@ -320,7 +324,12 @@ async def cmd_watch(ctx: Ctx) -> Exit:
 async def cmd_metrics(ctx: Ctx) -> Exit:
     a = ctx.args
     reply = await ctx.client.metrics(
-        start=a.since, end=a.until, channel=a.channel, tag=a.tag, timeout=ctx.timeout
+        start=a.since,
+        end=a.until,
+        channel=a.channel,
+        tag=a.tag,
+        sender=a.sender,
+        timeout=ctx.timeout,
     )
     if ctx.json:
         render.dump(render.as_dict(reply))
@@ -330,7 +339,7 @@ async def cmd_metrics(ctx: Ctx) -> Exit:
 
 
 def _filter(a: argparse.Namespace) -> pb.MessageFilter | None:
-    given = (a.status, a.to, a.tag, a.channel, a.since, a.until)
+    given = (a.status, a.to, a.tag, a.channel, a.since, a.until, a.sender)
     if not any(given):
         return None
     return message_filter(
@@ -340,6 +349,7 @@ def _filter(a: argparse.Namespace) -> pb.MessageFilter | None:
         channel=a.channel,
         created_after=a.since,
         created_before=a.until,
+        sender=a.sender,
     )
 
 
@@ -408,6 +418,7 @@ def _defaults(a: argparse.Namespace) -> pb.BulkContent:
         variables=dict(a.var),
         media_urls=a.media,
         tags=a.tag,
+        sender=a.sender or "",
     )
     if a.body is not None:
         content.body = a.body

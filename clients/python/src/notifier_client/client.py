@@ -146,11 +146,16 @@ class NotifierClient:
         validity: timedelta | None = None,
         expire_at_deadline: bool = False,
         wait_for_acceptance: bool = False,
+        sender: str | None = None,
         timeout: Timeout = DEFAULT,
     ) -> pb.SendMessageResponse:
-        """SendMessage: store one message durably; returns its id and status."""
+        """SendMessage: store one message durably; returns its id and status.
+
+        ``sender``: the sender profile to send from (the server's NOTIFIER_SENDERS);
+        None: "default"."""
         request = pb.SendMessageRequest(
             to=to,
+            sender=sender or "",
             channel=parse_channel(channel),
             variables=dict(variables or {}),
             media_urls=list(media_urls),
@@ -266,10 +271,14 @@ class NotifierClient:
         end: datetime | None = None,
         channel: str | int | None = None,
         tag: str | None = None,
+        sender: str | None = None,
         timeout: Timeout = DEFAULT,
     ) -> pb.GetMetricsResponse:
-        """GetMetrics over [start, end) (default: the last 24 hours)."""
-        request = pb.GetMetricsRequest(channel=parse_channel(channel), tag=tag or "")
+        """GetMetrics over [start, end) (default: the last 24 hours); ``sender``: only
+        that sender profile's messages."""
+        request = pb.GetMetricsRequest(
+            channel=parse_channel(channel), tag=tag or "", sender=sender or ""
+        )
         if start is not None:
             request.start_time.CopyFrom(timestamp(start))
         if end is not None:

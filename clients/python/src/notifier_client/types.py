@@ -98,9 +98,11 @@ def message_filter(
     channel: str | int | None = None,
     created_after: datetime | None = None,
     created_before: datetime | None = None,
+    sender: str | None = None,
 ) -> pb.MessageFilter:
     """A MessageFilter from plain values, for ``list`` and ``retry``."""
     f = pb.MessageFilter(
+        sender=sender or "",
         statuses=[parse_status(s) for s in statuses],
         to=to or "",
         tag=tag or "",

@@ -59,7 +59,7 @@ class FieldViolation(_message.Message):
     def __init__(self, field: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
 
 class SendMessageRequest(_message.Message):
-    __slots__ = ("to", "channel", "body", "content_sid", "variables", "media_urls", "idempotency_key", "tags", "send_at", "validity", "expire_at_deadline", "wait_for_acceptance")
+    __slots__ = ("to", "channel", "body", "content_sid", "variables", "media_urls", "idempotency_key", "tags", "send_at", "validity", "expire_at_deadline", "wait_for_acceptance", "sender")
     class VariablesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +79,7 @@ class SendMessageRequest(_message.Message):
     VALIDITY_FIELD_NUMBER: _ClassVar[int]
     EXPIRE_AT_DEADLINE_FIELD_NUMBER: _ClassVar[int]
     WAIT_FOR_ACCEPTANCE_FIELD_NUMBER: _ClassVar[int]
+    SENDER_FIELD_NUMBER: _ClassVar[int]
     to: str
     channel: Channel
     body: str
@@ -91,7 +92,8 @@ class SendMessageRequest(_message.Message):
     validity: _duration_pb2.Duration
     expire_at_deadline: bool
     wait_for_acceptance: bool
-    def __init__(self, to: _Optional[str] = ..., channel: _Optional[_Union[Channel, str]] = ..., body: _Optional[str] = ..., content_sid: _Optional[str] = ..., variables: _Optional[_Mapping[str, str]] = ..., media_urls: _Optional[_Iterable[str]] = ..., idempotency_key: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., send_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., validity: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., expire_at_deadline: _Optional[bool] = ..., wait_for_acceptance: _Optional[bool] = ...) -> None: ...
+    sender: str
+    def __init__(self, to: _Optional[str] = ..., channel: _Optional[_Union[Channel, str]] = ..., body: _Optional[str] = ..., content_sid: _Optional[str] = ..., variables: _Optional[_Mapping[str, str]] = ..., media_urls: _Optional[_Iterable[str]] = ..., idempotency_key: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., send_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., validity: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., expire_at_deadline: _Optional[bool] = ..., wait_for_acceptance: _Optional[bool] = ..., sender: _Optional[str] = ...) -> None: ...
 
 class SendMessageResponse(_message.Message):
     __slots__ = ("message_id", "status", "replayed", "twilio_sid", "created_at")
@@ -108,7 +110,7 @@ class SendMessageResponse(_message.Message):
     def __init__(self, message_id: _Optional[str] = ..., status: _Optional[_Union[MessageStatus, str]] = ..., replayed: _Optional[bool] = ..., twilio_sid: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class BulkContent(_message.Message):
-    __slots__ = ("channel", "body", "content_sid", "variables", "media_urls", "tags", "send_at", "validity")
+    __slots__ = ("channel", "body", "content_sid", "variables", "media_urls", "tags", "send_at", "validity", "sender")
     class VariablesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -124,6 +126,7 @@ class BulkContent(_message.Message):
     TAGS_FIELD_NUMBER: _ClassVar[int]
     SEND_AT_FIELD_NUMBER: _ClassVar[int]
     VALIDITY_FIELD_NUMBER: _ClassVar[int]
+    SENDER_FIELD_NUMBER: _ClassVar[int]
     channel: Channel
     body: str
     content_sid: str
@@ -132,7 +135,8 @@ class BulkContent(_message.Message):
     tags: _containers.RepeatedScalarFieldContainer[str]
     send_at: _timestamp_pb2.Timestamp
     validity: _duration_pb2.Duration
-    def __init__(self, channel: _Optional[_Union[Channel, str]] = ..., body: _Optional[str] = ..., content_sid: _Optional[str] = ..., variables: _Optional[_Mapping[str, str]] = ..., media_urls: _Optional[_Iterable[str]] = ..., tags: _Optional[_Iterable[str]] = ..., send_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., validity: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    sender: str
+    def __init__(self, channel: _Optional[_Union[Channel, str]] = ..., body: _Optional[str] = ..., content_sid: _Optional[str] = ..., variables: _Optional[_Mapping[str, str]] = ..., media_urls: _Optional[_Iterable[str]] = ..., tags: _Optional[_Iterable[str]] = ..., send_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., validity: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., sender: _Optional[str] = ...) -> None: ...
 
 class BulkItem(_message.Message):
     __slots__ = ("correlation_id", "to", "variables", "body", "content_sid", "media_urls", "idempotency_key", "tags")
@@ -374,7 +378,7 @@ class StatusTimestamps(_message.Message):
     def __init__(self, created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., queued: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., accepted: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sending: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sent: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delivered: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., read: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., failed: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., undelivered: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., canceled: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expired: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Message(_message.Message):
-    __slots__ = ("message_id", "twilio_sid", "status", "channel", "to", "tags", "attempts", "error_code", "error_message", "timestamps", "delivery_time_ms", "send_at", "expires_at", "next_attempt_at", "updated_at")
+    __slots__ = ("message_id", "twilio_sid", "status", "channel", "to", "tags", "attempts", "error_code", "error_message", "timestamps", "delivery_time_ms", "send_at", "expires_at", "next_attempt_at", "updated_at", "sender")
     MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     TWILIO_SID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -390,6 +394,7 @@ class Message(_message.Message):
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     NEXT_ATTEMPT_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    SENDER_FIELD_NUMBER: _ClassVar[int]
     message_id: str
     twilio_sid: str
     status: MessageStatus
@@ -405,21 +410,24 @@ class Message(_message.Message):
     expires_at: _timestamp_pb2.Timestamp
     next_attempt_at: _timestamp_pb2.Timestamp
     updated_at: _timestamp_pb2.Timestamp
-    def __init__(self, message_id: _Optional[str] = ..., twilio_sid: _Optional[str] = ..., status: _Optional[_Union[MessageStatus, str]] = ..., channel: _Optional[_Union[Channel, str]] = ..., to: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., attempts: _Optional[int] = ..., error_code: _Optional[int] = ..., error_message: _Optional[str] = ..., timestamps: _Optional[_Union[StatusTimestamps, _Mapping]] = ..., delivery_time_ms: _Optional[int] = ..., send_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_attempt_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    sender: str
+    def __init__(self, message_id: _Optional[str] = ..., twilio_sid: _Optional[str] = ..., status: _Optional[_Union[MessageStatus, str]] = ..., channel: _Optional[_Union[Channel, str]] = ..., to: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., attempts: _Optional[int] = ..., error_code: _Optional[int] = ..., error_message: _Optional[str] = ..., timestamps: _Optional[_Union[StatusTimestamps, _Mapping]] = ..., delivery_time_ms: _Optional[int] = ..., send_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_attempt_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sender: _Optional[str] = ...) -> None: ...
 
 class StatusEvent(_message.Message):
-    __slots__ = ("status", "occurred_at", "source", "error_code", "applied")
+    __slots__ = ("status", "occurred_at", "source", "error_code", "applied", "actor")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
     APPLIED_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
     status: MessageStatus
     occurred_at: _timestamp_pb2.Timestamp
     source: str
     error_code: int
     applied: bool
-    def __init__(self, status: _Optional[_Union[MessageStatus, str]] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[str] = ..., error_code: _Optional[int] = ..., applied: _Optional[bool] = ...) -> None: ...
+    actor: str
+    def __init__(self, status: _Optional[_Union[MessageStatus, str]] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[str] = ..., error_code: _Optional[int] = ..., applied: _Optional[bool] = ..., actor: _Optional[str] = ...) -> None: ...
 
 class Attempt(_message.Message):
     __slots__ = ("number", "started_at", "finished_at", "outcome", "http_status", "error_code", "error_message")
@@ -450,16 +458,18 @@ class GetDeliveryStatusResponse(_message.Message):
     def __init__(self, message: _Optional[_Union[Message, _Mapping]] = ..., history: _Optional[_Iterable[_Union[StatusEvent, _Mapping]]] = ..., attempts: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ...) -> None: ...
 
 class GetMetricsRequest(_message.Message):
-    __slots__ = ("start_time", "end_time", "channel", "tag")
+    __slots__ = ("start_time", "end_time", "channel", "tag", "sender")
     START_TIME_FIELD_NUMBER: _ClassVar[int]
     END_TIME_FIELD_NUMBER: _ClassVar[int]
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     TAG_FIELD_NUMBER: _ClassVar[int]
+    SENDER_FIELD_NUMBER: _ClassVar[int]
     start_time: _timestamp_pb2.Timestamp
     end_time: _timestamp_pb2.Timestamp
     channel: Channel
     tag: str
-    def __init__(self, start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., channel: _Optional[_Union[Channel, str]] = ..., tag: _Optional[str] = ...) -> None: ...
+    sender: str
+    def __init__(self, start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., channel: _Optional[_Union[Channel, str]] = ..., tag: _Optional[str] = ..., sender: _Optional[str] = ...) -> None: ...
 
 class StatusCount(_message.Message):
     __slots__ = ("status", "count")
@@ -516,20 +526,22 @@ class GetMetricsResponse(_message.Message):
     def __init__(self, total: _Optional[int] = ..., by_status: _Optional[_Iterable[_Union[StatusCount, _Mapping]]] = ..., delivery_rate: _Optional[float] = ..., read_rate: _Optional[float] = ..., failure_rate: _Optional[float] = ..., avg_delivery_time_ms: _Optional[float] = ..., p50_delivery_time_ms: _Optional[float] = ..., p95_delivery_time_ms: _Optional[float] = ..., error_codes: _Optional[_Iterable[_Union[ErrorCodeCount, _Mapping]]] = ..., retries: _Optional[int] = ..., ambiguous_outcomes: _Optional[int] = ..., queue_depth: _Optional[int] = ..., oldest_pending_age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., scheduled: _Optional[int] = ..., reconciled: _Optional[int] = ..., unconfirmed: _Optional[int] = ...) -> None: ...
 
 class MessageFilter(_message.Message):
-    __slots__ = ("statuses", "to", "tag", "channel", "created_after", "created_before")
+    __slots__ = ("statuses", "to", "tag", "channel", "created_after", "created_before", "sender")
     STATUSES_FIELD_NUMBER: _ClassVar[int]
     TO_FIELD_NUMBER: _ClassVar[int]
     TAG_FIELD_NUMBER: _ClassVar[int]
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
     CREATED_AFTER_FIELD_NUMBER: _ClassVar[int]
     CREATED_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    SENDER_FIELD_NUMBER: _ClassVar[int]
     statuses: _containers.RepeatedScalarFieldContainer[MessageStatus]
     to: str
     tag: str
     channel: Channel
     created_after: _timestamp_pb2.Timestamp
     created_before: _timestamp_pb2.Timestamp
-    def __init__(self, statuses: _Optional[_Iterable[_Union[MessageStatus, str]]] = ..., to: _Optional[str] = ..., tag: _Optional[str] = ..., channel: _Optional[_Union[Channel, str]] = ..., created_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    sender: str
+    def __init__(self, statuses: _Optional[_Iterable[_Union[MessageStatus, str]]] = ..., to: _Optional[str] = ..., tag: _Optional[str] = ..., channel: _Optional[_Union[Channel, str]] = ..., created_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sender: _Optional[str] = ...) -> None: ...
 
 class ListMessagesRequest(_message.Message):
     __slots__ = ("filter", "page_size", "page_token")

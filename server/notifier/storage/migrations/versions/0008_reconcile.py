@@ -1,7 +1,7 @@
 """reconciliation: per-message fetch state for messages whose callbacks did not come
 
 Revision ID: 0008
-Revises: 0006
+Revises: 0007
 Create Date: 2026-11-28
 
 The reconciler fetches from Twilio the messages Twilio holds that have had no news for
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0008"
-down_revision = "0006"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
