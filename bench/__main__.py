@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from bench import alternatives, bulk, callbacks, dispatch, memory, ratelimit, send
+from bench import alternatives, bulk, callbacks, dispatch, memory, ratelimit, replicas, send
 from bench.common import HERE, Figure, header, load_average, report, save, shared_emulator
 
 PARTS: dict[str, Callable[[], Awaitable[Figure | list[Figure]]]] = {
@@ -21,6 +21,7 @@ PARTS: dict[str, Callable[[], Awaitable[Figure | list[Figure]]]] = {
     "bulk": bulk.run,
     "dispatch": dispatch.run,
     "callbacks": callbacks.run,
+    "replicas": replicas.run,
     "ratelimit": ratelimit.run,
     "memory": memory.run,
     "alternatives": alternatives.run,

@@ -64,7 +64,7 @@ def cpu_figure(name: str, runs: dict[str, dict[str, Any]], what: str) -> Figure:
         ceiling_name="SQLite, same run",
         target="-",
         met=None,
-        note=f"CPU-seconds of the server process per {what} message: "
+        note=f"CPU-seconds of the server process per {what}: "
         f"SQLite {sqlite:.2f} ms, PostgreSQL {pg:.2f} ms (PostgreSQL's own processes not counted)",
     )
 

@@ -69,7 +69,7 @@ async def run() -> list[Figure]:
     return [
         *_figures("SQLite", sqlite, echo, "bare grpc.aio echo unary", rate=0.5, p99=3.0),
         *_figures("PostgreSQL", pg, sqlite, "SQLite, same run", rate=0.8, p99=2.0),
-        cpu_figure("SendMessage: server CPU per accepted message", runs, "accepted"),
+        cpu_figure("SendMessage: server CPU per accepted message", runs, "accepted message"),
     ]
 
 
