@@ -53,6 +53,20 @@ class Figure:
         return f"{self.value / self.ceiling:.0%}"
 
 
+def failed(part: str, exc: Exception) -> Figure:
+    """The row of a part that could not run (say, the shared PostgreSQL server was full)."""
+    return Figure(
+        name=f"{part}: did not run",
+        value=0.0,
+        unit="",
+        ceiling=None,
+        ceiling_name="",
+        target="-",
+        met=False,
+        note=repr(exc)[:200],
+    )
+
+
 def cpu_figure(name: str, runs: dict[str, dict[str, Any]], what: str) -> Figure:
     """The server's CPU per message on each backend: PostgreSQL's beside SQLite's."""
     sqlite, pg = (runs[b]["cpu_ms_per_message"] for b in ("sqlite", "postgresql"))

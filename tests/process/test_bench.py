@@ -51,7 +51,7 @@ def test_quick_bench_prints_every_row(tmp_path: Path) -> None:
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,  # both backends and four server processes, on a loaded machine
         check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
