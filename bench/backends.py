@@ -45,7 +45,7 @@ class Backend:
                 fill_outbox, self.path, count, status=status, with_sids=with_sids
             )
             return
-        conn = await asyncpg.connect(self.dsn)
+        conn = await connect(self.dsn)
         try:
             await _pg_fill(conn, count, status, with_sids)
         finally:
@@ -55,11 +55,22 @@ class Backend:
         """``SELECT count(*) FROM messages WHERE ...``"""
         if self.path is not None:
             return await asyncio.to_thread(count_rows, self.path, where)
-        conn = await asyncpg.connect(self.dsn)
+        conn = await connect(self.dsn)
         try:
             return int(await conn.fetchval(f"SELECT count(*) FROM messages WHERE {where}"))  # noqa: S608
         finally:
             await conn.close()
+
+
+async def connect(dsn: str | None, tries: int = 50) -> asyncpg.Connection:
+    """A connection, waiting for a free slot: the server may be shared with test runs
+    that fill its ``max_connections`` for a moment."""
+    for _ in range(tries - 1):
+        try:
+            return await asyncpg.connect(dsn)
+        except asyncpg.TooManyConnectionsError:
+            await asyncio.sleep(0.2)
+    return await asyncpg.connect(dsn)
 
 
 async def _pg_fill(conn: asyncpg.Connection, count: int, status: str, with_sids: bool) -> None:
@@ -96,7 +107,7 @@ async def backend(name: str, folder: Path, label: str) -> AsyncIterator[Backend]
         yield Backend(name, f"sqlite+aiosqlite:///{path}", path=path)
         return
     db_name = f"bench_{label}_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(f"{PG_SERVER}/{PG_ADMIN_DB}", timeout=10)
+    admin = await connect(f"{PG_SERVER}/{PG_ADMIN_DB}")
     try:
         await admin.execute(f'CREATE DATABASE "{db_name}"')
         try:

@@ -14,9 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import asyncpg
-
-from bench.backends import Backend, backend
+from bench.backends import Backend, backend, connect
 from bench.common import Child, Figure, emulator_env, emulator_process, scale, spawn
 from bench.dispatch import CONCURRENCY
 from notifier.storage.engine import DUE_CHANNEL
@@ -45,7 +43,7 @@ async def _rate(db: Backend, url: str, replicas: int, total: int) -> float:
     try:
         children = list(await asyncio.gather(*(_start(db, url) for _ in range(replicas))))
         await db.fill(total)
-        conn = await asyncpg.connect(db.dsn)
+        conn = await connect(db.dsn)
         try:
             began = time.perf_counter()
             await conn.execute("SELECT pg_notify($1, '')", DUE_CHANNEL)
