@@ -7,11 +7,6 @@ the request reaching Twilio, so the limit also holds where Twilio counts. Slots 
 also spaced evenly (window / N apart) instead of granted in bursts of N: a burst
 opens N connections at once, and the uneven delays that causes are exactly the jitter
 that could push N + 1 arrivals into one second at the far end.
-
-The even slots lie on a fixed grid (start + k x spacing), and a slot is never granted
-before its place on the grid: a timer that wakes a little late delays that one send,
-not every later one (spacing each slot from the previous grant let the lateness add
-up, and 80/s came out at 76/s). The sliding log still bounds every window.
 """
 
 from __future__ import annotations
@@ -39,11 +34,6 @@ def limit_and_window(rate_per_second: float) -> tuple[int, float]:
     return 1, 1.0 / rate_per_second
 
 
-# How far behind its grid the limiter may fall and still catch up (in slots): enough for
-# timer lateness on a loaded machine, too little to make a burst.
-_CATCH_UP_SLOTS = 4
-
-
 class SlidingWindowLimiter:
     def __init__(
         self,
@@ -56,7 +46,7 @@ class SlidingWindowLimiter:
         self.limit, window = limit_and_window(rate_per_second)
         self.window = window + guard_seconds
         self.spacing = self.window / self.limit
-        self._next: float | None = None  # the grid's next slot
+        self._last: float | None = None
         self._clock = clock
         self._stamps: deque[float] = deque()
         self._lock = asyncio.Lock()
@@ -75,8 +65,8 @@ class SlidingWindowLimiter:
         wait = 0.0
         if len(self._stamps) >= self.limit:
             wait = self._stamps[0] + self.window - now
-        if self._next is not None:
-            wait = max(wait, self._next - now)
+        if self._last is not None:
+            wait = max(wait, self._last + self.spacing - now)
         return wait
 
     async def acquire(self) -> None:
@@ -86,16 +76,7 @@ class SlidingWindowLimiter:
                 await asyncio.sleep(wait)
             now = self._clock()
             self._stamps.append(now)
-            self._next = self._next_slot(now)
-
-    def _next_slot(self, now: float) -> float:
-        """One spacing after this grant's place on the grid. A grid left far behind
-        (the limiter sat idle, or the process stalled) starts again from now, so a
-        stall is never made up with a burst of back-to-back sends."""
-        slot = self._next
-        if slot is None or now - slot > _CATCH_UP_SLOTS * self.spacing:
-            slot = now
-        return slot + self.spacing
+            self._last = now
 
 
 # How far ahead of its time a slot may be taken: enough to hide the round trip to the
