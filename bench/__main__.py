@@ -13,14 +13,24 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from bench import alternatives, bulk, callbacks, dispatch, memory, ratelimit, send
-from bench.common import HERE, Figure, header, load_average, report, save, shared_emulator
+from bench import alternatives, bulk, callbacks, dispatch, memory, ratelimit, replicas, send
+from bench.common import (
+    HERE,
+    Figure,
+    failed,
+    header,
+    load_average,
+    report,
+    save,
+    shared_emulator,
+)
 
 PARTS: dict[str, Callable[[], Awaitable[Figure | list[Figure]]]] = {
     "send": send.run,
     "bulk": bulk.run,
     "dispatch": dispatch.run,
     "callbacks": callbacks.run,
+    "replicas": replicas.run,
     "ratelimit": ratelimit.run,
     "memory": memory.run,
     "alternatives": alternatives.run,
@@ -37,7 +47,12 @@ async def main() -> None:
                 continue
             print(f"bench: {name} ...", end=" ", flush=True)
             began = time.perf_counter()
-            result = await part()
+            try:
+                result = await part()
+            except Exception as exc:  # one broken part must not lose the others' figures
+                print(f"failed: {exc!r}", flush=True)
+                figures.append(failed(name, exc))
+                continue
             print(f"{time.perf_counter() - began:.0f} s", flush=True)
             figures += result if isinstance(result, list) else [result]
     head = header(load_before, load_average())

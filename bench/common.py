@@ -53,9 +53,41 @@ class Figure:
         return f"{self.value / self.ceiling:.0%}"
 
 
-def bench_settings(db_path: Path, **env: Any) -> Settings:
+def failed(part: str, exc: Exception) -> Figure:
+    """The row of a part that could not run (say, the shared PostgreSQL server was full)."""
+    return Figure(
+        name=f"{part}: did not run",
+        value=0.0,
+        unit="",
+        ceiling=None,
+        ceiling_name="",
+        target="-",
+        met=False,
+        note=repr(exc)[:200],
+    )
+
+
+def cpu_figure(name: str, runs: dict[str, dict[str, Any]], what: str) -> Figure:
+    """The server's CPU per message on each backend: PostgreSQL's beside SQLite's."""
+    sqlite, pg = (runs[b]["cpu_ms_per_message"] for b in ("sqlite", "postgresql"))
+    return Figure(
+        name=f"{name} (PostgreSQL)",
+        value=pg,
+        unit="ms",
+        ceiling=sqlite,
+        ceiling_name="SQLite, same run",
+        target="-",
+        met=None,
+        note=f"CPU-seconds of the server process per {what}: "
+        f"SQLite {sqlite:.2f} ms, PostgreSQL {pg:.2f} ms (PostgreSQL's own processes not counted)",
+    )
+
+
+def bench_settings(db: Path | str, **env: Any) -> Settings:
+    """Settings for a server on ``db``: a SQLite file, or a database URL."""
+    url = db if isinstance(db, str) else f"sqlite+aiosqlite:///{db}"
     values: dict[str, Any] = {
-        "NOTIFIER_DATABASE_URL": f"sqlite+aiosqlite:///{db_path}",
+        "NOTIFIER_DATABASE_URL": url,
         "NOTIFIER_GRPC_ADDR": "127.0.0.1:0",
         "NOTIFIER_HTTP_ADDR": "127.0.0.1:0",
         "NOTIFIER_LOG_LEVEL": "WARNING",
@@ -73,6 +105,18 @@ def emulator_env(url: str) -> dict[str, Any]:
         "TWILIO_WHATSAPP_FROM": DEV_FROM,
         "TWILIO_API_BASE_URL": url,
     }
+
+
+class CpuMeter:
+    """CPU-seconds this process spends (every thread: gRPC's C core included) inside
+    the block: the server's cost when the load comes from another process."""
+
+    def __enter__(self) -> CpuMeter:
+        self.start = time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.process_time() - self.start
 
 
 class Stopwatch:
@@ -224,6 +268,8 @@ def machine() -> str:
 
 
 def _fmt(value: float, unit: str) -> str:
+    if unit == "ms" and value < 10:
+        return f"{value:,.2f} {unit}"
     if unit in ("ms",):
         return f"{value:,.1f} {unit}"
     if unit == "/s" and value < 100:

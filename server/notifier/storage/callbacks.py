@@ -43,14 +43,11 @@ class _ReportBatch(Coalescer[StatusReport, Applied]):
 class Callbacks(Store):
     def __init__(self, db: Database, clock: Clock = now_ms) -> None:
         super().__init__(db, clock)
-        self._reports = _ReportBatch(self._apply) if db.is_sqlite else None
+        self._reports = _ReportBatch(self._apply)
 
     async def apply_report(self, report: StatusReport) -> Applied:
         """Record a status Twilio reported; move the message only forward."""
-        if self._reports is not None:
-            return await self._reports.submit(report)
-        (result,) = await self._apply([report])
-        return result
+        return await self._reports.submit(report)
 
     async def _apply(self, reports: list[StatusReport]) -> list[Applied]:
         return await self._write(partial(self._apply_reports, reports=reports, now=self._clock()))
@@ -107,14 +104,27 @@ class Callbacks(Store):
         self, conn: AsyncConnection, reports: list[StatusReport]
     ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
         """The messages the reports name (by our id, else by Twilio's SID), locked, as
-        (id -> row, Twilio SID -> id)."""
+        (id -> row, Twilio SID -> id).
+
+        Every row is locked in one pass in id order, whichever way the report named it:
+        two batches (or a batch and the attempt recorder, which also locks in id order)
+        then wait for each other in one order and never deadlock. The SIDs are resolved
+        to ids first without locks; a SID a message adopts meanwhile is looked up again.
+        """
+        ids = {r.message_id for r in reports if r.message_id}
+        sids = {r.twilio_sid for r in reports if not r.message_id}
+        for chunk in chunks(sorted(sids)):
+            where = messages.c.twilio_sid.in_(chunk)
+            ids |= set((await conn.execute(select(messages.c.id).where(where))).scalars())
         found: dict[str, dict[str, Any]] = {}
-        for chunk in chunks(sorted({r.message_id for r in reports if r.message_id})):
+        for chunk in chunks(sorted(ids)):
             stmt = select(messages).where(messages.c.id.in_(chunk)).order_by(messages.c.id)
             found |= {r.id: dict(r._mapping) for r in await conn.execute(self._locked(stmt))}
-        sids = {r.twilio_sid for r in reports if not r.message_id or r.message_id not in found}
         by_sid = {m["twilio_sid"]: i for i, m in found.items() if m["twilio_sid"]}
-        for chunk in chunks(sorted(sids)):
+        # Rare: an id we do not know (the SID may still name a message), or a SID
+        # adopted since it was resolved; these few are locked after the others.
+        missing = {r.twilio_sid for r in reports if r.message_id not in found} - by_sid.keys()
+        for chunk in chunks(sorted(missing)):
             stmt = select(messages).where(messages.c.twilio_sid.in_(chunk)).order_by(messages.c.id)
             for r in await conn.execute(self._locked(stmt)):
                 found.setdefault(r.id, dict(r._mapping))
