@@ -5,22 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
-from pydantic import AnyHttpUrl
 
 from notifier.api.auth import Callers, auth_interceptors
 from notifier.api.errors import ErrorInterceptor
 from notifier.api.metrics import MetricsInterceptor
 from notifier.api.service import NotifierServicer
-from notifier.asgi_server import InProcessServer, bind
+from notifier.asgi_server import InProcessServer
 from notifier.config import Settings
 from notifier.dispatch.dispatcher import DispatchConfig, Dispatcher
 from notifier.dispatch.observer import NO_OBSERVER, DispatchObserver
@@ -30,22 +26,38 @@ from notifier.dispatch.reconciler import ReconcileConfig, Reconciler
 from notifier.dispatch.twilio import TwilioConfig, TwilioProvider
 from notifier.domain.bulk import BulkSender
 from notifier.domain.capacity import OutboxCapacity
-from notifier.domain.inbound import Keywords
 from notifier.domain.retry import RetryPolicy
 from notifier.domain.service import MessageService, payload_hash
 from notifier.health import StorageHealth
 from notifier.metrics import OutboxSampler, ServerMetrics, metrics_http
+from notifier.sidecar import Sidecar, create_sidecar, sidecar_urls
+from notifier.startup import (
+    StartupError,
+    closed_on_failure,
+    listen,
+    prepare_storage,
+    split_addr,
+)
 from notifier.status_feed import StatusFeed
-from notifier.storage.engine import DUE_CHANNEL, EVENTS_CHANNEL, Database, create_database
+from notifier.storage.engine import DUE_CHANNEL, EVENTS_CHANNEL, Database
 from notifier.storage.listener import Listener
-from notifier.storage.migrate import pending_revisions, upgrade
 from notifier.storage.repository import Repository
 from notifier.storage.send_slots import SendSlots
 from notifier.telemetry import DISABLED, Telemetry
-from notifier.webhooks.app import WebhookConfig, create_webhook_app
 from notifier_proto.v1 import notifier_pb2, notifier_pb2_grpc
 
 log = logging.getLogger(__name__)
+
+# Re-exported: what callers of the composition root start and catch.
+__all__ = [
+    "NotifierServer",
+    "Sidecar",
+    "StartupError",
+    "create_server",
+    "create_sidecar",
+    "prepare_storage",
+    "sidecar_urls",
+]
 
 # With LISTEN/NOTIFY (PostgreSQL) wake-ups come as notifications; polls only bound the
 # delay when one is lost, so they can be slow.
@@ -54,25 +66,6 @@ FALLBACK_POLL_SECONDS = 2.0
 # holding a lower id may commit after a higher one).
 EVENT_GAP_GRACE_SECONDS = 10.0
 _SQLITE_DISPATCH_POLL_SECONDS = 0.5
-
-
-class StartupError(Exception):
-    """The server cannot start; the message says what to do."""
-
-
-def _split_addr(addr: str) -> tuple[str, int]:
-    host, _, port = addr.rpartition(":")
-    return host, int(port)
-
-
-def sidecar_urls(settings: Settings, base: str) -> Settings:
-    """Development default: Twilio calls the sidecar itself at ``base``."""
-    update: dict[str, Any] = {}
-    if settings.status_callback_url is None:
-        update["status_callback_url"] = AnyHttpUrl(base + settings.status_path)
-    if settings.webhook_url is None:
-        update["webhook_url"] = AnyHttpUrl(base + settings.inbound_path)
-    return settings.model_copy(update=update) if update else settings
 
 
 def twilio_config(settings: Settings) -> TwilioConfig | None:
@@ -110,115 +103,6 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
         root_certificates=ca,
         require_client_auth=ca is not None,
     )
-
-
-async def prepare_storage(settings: Settings, telemetry: Telemetry = DISABLED) -> Database:
-    db = create_database(settings.database_url)
-    if settings.should_migrate_on_start:
-        await upgrade(db.writer)
-    else:
-        pending = await pending_revisions(db.writer)
-        if pending:
-            await db.dispose()
-            raise StartupError(
-                f"the database schema is behind ({len(pending)} migration(s) pending): "
-                "run `notifier db upgrade`"
-            )
-    # Only after migrating: schema work at startup belongs to no request's trace.
-    telemetry.instrument_engines([db.writer, db.reader])
-    return db
-
-
-@contextlib.asynccontextmanager
-async def _closed_on_failure() -> AsyncIterator[contextlib.AsyncExitStack]:
-    """The exit stack a builder registers each cleanup on as it builds. If building
-    fails, what was built so far is undone; if not, the stack is the caller's to keep
-    (and close on stop)."""
-    cleanup = contextlib.AsyncExitStack()
-    try:
-        yield cleanup
-    except BaseException:
-        await cleanup.aclose()
-        raise
-
-
-# -- the webhook sidecar ------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class Sidecar:
-    """The webhook sidecar on its port, with the storage it uses.
-
-    ``cleanup`` holds what stop() undoes, last built first: the HTTP server, then the
-    database when the sidecar opened it itself, then its listening socket.
-    """
-
-    http: InProcessServer
-    db: Database
-    cleanup: contextlib.AsyncExitStack
-
-    @property
-    def url(self) -> str:
-        return self.http.url
-
-    async def start(self) -> None:
-        await self.http.start()
-
-    async def stop(self) -> None:
-        await self.cleanup.aclose()
-
-
-def webhook_config(settings: Settings) -> WebhookConfig:
-    """What the sidecar checks and serves; the public URLs must be known by now."""
-    return WebhookConfig(
-        status_url=str(settings.status_callback_url),
-        inbound_url=str(settings.webhook_url),
-        status_path=settings.status_path,
-        inbound_path=settings.inbound_path,
-        tokens=settings.webhook_tokens,
-        max_bytes=settings.webhook_max_bytes,
-        keywords=Keywords(
-            frozenset(settings.opt_out_keywords), frozenset(settings.opt_in_keywords)
-        ),
-    )
-
-
-def _listen(addr: str) -> socket.socket:
-    host, port = _split_addr(addr)
-    try:
-        return bind(host, port)
-    except OSError as exc:
-        raise StartupError(f"cannot listen on {addr}: {exc.strerror}") from exc
-
-
-def _public_urls(settings: Settings, base: str) -> Settings:
-    """The settings with the URLs Twilio calls (in development, the sidecar's own)."""
-    if settings.is_development:
-        settings = sidecar_urls(settings, base)
-    if settings.status_callback_url is None or settings.webhook_url is None:
-        raise StartupError("set STATUS_CALLBACK_URL and WEBHOOK_URL: the public URLs Twilio calls")
-    return settings
-
-
-async def create_sidecar(
-    settings: Settings, db: Database | None = None, telemetry: Telemetry = DISABLED
-) -> tuple[Sidecar, Settings]:
-    """The sidecar bound to NOTIFIER_HTTP_ADDR; returns it with the settings it implies
-    (in development, Twilio's URLs default to the sidecar's own). Without ``db`` it
-    opens (and on stop disposes of) its own."""
-    host = _split_addr(settings.http_addr)[0]
-    sock = _listen(settings.http_addr)
-    async with _closed_on_failure() as cleanup:
-        cleanup.callback(sock.close)
-        settings = _public_urls(settings, f"http://{host}:{sock.getsockname()[1]}")
-        if db is None:
-            db = await prepare_storage(settings, telemetry)
-            cleanup.push_async_callback(db.dispose)
-        app = create_webhook_app(Repository(db), webhook_config(settings))
-        telemetry.instrument_app(app)
-        http = InProcessServer(app, host, sock=sock)
-        cleanup.push_async_callback(http.stop)
-        return Sidecar(http, db, cleanup), settings
 
 
 # -- the gRPC server ------------------------------------------------------------------
@@ -379,9 +263,9 @@ def build_metrics(
     cleanup.push_async_callback(sampler.stop)
     http = None
     if settings.metrics_addr:
-        sock = _listen(settings.metrics_addr)
+        sock = listen(settings.metrics_addr)
         cleanup.callback(sock.close)
-        http = metrics_http(counted, _split_addr(settings.metrics_addr)[0], sock)
+        http = metrics_http(counted, split_addr(settings.metrics_addr)[0], sock)
         cleanup.push_async_callback(http.stop)
     return Metrics(counted, sampler, http)
 
@@ -542,7 +426,7 @@ async def create_server(
     fails, what was built so far is undone the same way.
     """
     grace = Grace()
-    async with _closed_on_failure() as cleanup:
+    async with closed_on_failure() as cleanup:
         storage = await build_storage(settings, telemetry, cleanup)
         counted = ServerMetrics()
         sending = build_dispatcher(settings, storage, telemetry, cleanup, counted)
