@@ -18,7 +18,7 @@ from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from notifier.api.handlers import Handler, HandlerInterceptor, same_kind
+from notifier.api.handlers import Deserializer, Handler, WrappingInterceptor
 from notifier.domain.access import MissingScope, SenderNotAllowed
 from notifier.domain.capacity import OutboxFull
 from notifier.domain.errors import (
@@ -166,23 +166,16 @@ async def _checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         yield request
 
 
-class ErrorInterceptor(HandlerInterceptor):
+class ErrorInterceptor(WrappingInterceptor):
     """Aborts with the mapped status; calls ``on_storage_down`` so health follows."""
 
     def __init__(self, on_storage_down: Callable[[], Awaitable[None]] | None = None) -> None:
         self._on_storage_down = on_storage_down
 
-    def handler_for(self, handler: Any, call: grpc.HandlerCallDetails) -> Any:
-        method = call.method
-        return same_kind(
-            handler,
-            lambda behavior: self._unary(behavior, method),
-            lambda behavior: self._stream(behavior, method),
-            request_deserializer=_tolerant(handler.request_deserializer),
-            response_serializer=handler.response_serializer,
-        )
+    def deserializer(self, original: Deserializer) -> Deserializer:
+        return _tolerant(original)
 
-    def _unary(self, behavior: Handler, method: str) -> Handler:
+    def wrap_unary(self, behavior: Handler, method: str) -> Handler:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             try:
                 return await behavior(_checked(request), context)
@@ -191,7 +184,7 @@ class ErrorInterceptor(HandlerInterceptor):
 
         return wrapper
 
-    def _stream(self, behavior: Handler, method: str) -> Handler:
+    def wrap_stream(self, behavior: Handler, method: str) -> Handler:
         async def wrapper(
             request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:

@@ -15,6 +15,7 @@ import grpc
 
 Handler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Any]
 Wrap = Callable[[Handler], Handler]
+Deserializer = Callable[[bytes], Any] | None
 
 
 def same_kind(
@@ -48,3 +49,30 @@ class HandlerInterceptor(grpc.aio.ServerInterceptor):
     @abc.abstractmethod
     def handler_for(self, handler: Any, call: grpc.HandlerCallDetails) -> Any:
         """The handler to serve the call with: ``handler`` itself, or one built on it."""
+
+
+class WrappingInterceptor(HandlerInterceptor):
+    """An interceptor that wraps what every method does, knowing the method's name: a
+    unary-response behaviour through ``wrap_unary``, a streamed one through
+    ``wrap_stream``; ``deserializer`` may replace how requests are read."""
+
+    def handler_for(self, handler: Any, call: grpc.HandlerCallDetails) -> Any:
+        method = call.method
+        return same_kind(
+            handler,
+            lambda behavior: self.wrap_unary(behavior, method),
+            lambda behavior: self.wrap_stream(behavior, method),
+            request_deserializer=self.deserializer(handler.request_deserializer),
+            response_serializer=handler.response_serializer,
+        )
+
+    def deserializer(self, original: Deserializer) -> Deserializer:
+        return original
+
+    @abc.abstractmethod
+    def wrap_unary(self, behavior: Handler, method: str) -> Handler:
+        """``behavior`` (one response) wrapped."""
+
+    @abc.abstractmethod
+    def wrap_stream(self, behavior: Handler, method: str) -> Handler:
+        """``behavior`` (a stream of responses) wrapped."""

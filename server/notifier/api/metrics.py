@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 
-from notifier.api.handlers import HandlerInterceptor, same_kind
+from notifier.api.handlers import WrappingInterceptor
 from notifier.metrics import ServerMetrics
 
 Handler = Any
@@ -33,19 +33,9 @@ def _code(context: grpc.aio.ServicerContext[Any, Any], failed: bool | str) -> st
     return "UNKNOWN" if failed else "OK"
 
 
-class MetricsInterceptor(HandlerInterceptor):
+class MetricsInterceptor(WrappingInterceptor):
     def __init__(self, metrics: ServerMetrics) -> None:
         self._metrics = metrics
-
-    def handler_for(self, handler: Any, call: grpc.HandlerCallDetails) -> Any:
-        method = call.method
-        return same_kind(
-            handler,
-            lambda behavior: self._unary(behavior, method),
-            lambda behavior: self._stream(behavior, method),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
 
     def _done(
         self,
@@ -57,7 +47,7 @@ class MetricsInterceptor(HandlerInterceptor):
         self._metrics.rpcs.labels(method=method, code=_code(context, failed)).inc()
         self._metrics.rpc_seconds.labels(method=method).observe(time.monotonic() - began)
 
-    def _unary(self, behavior: Handler, method: str) -> Handler:
+    def wrap_unary(self, behavior: Handler, method: str) -> Handler:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             began = time.monotonic()
             failed: bool | str = True
@@ -73,7 +63,7 @@ class MetricsInterceptor(HandlerInterceptor):
 
         return wrapper
 
-    def _stream(self, behavior: Handler, method: str) -> Handler:
+    def wrap_stream(self, behavior: Handler, method: str) -> Handler:
         async def wrapper(
             request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
