@@ -193,7 +193,9 @@ async def test_graceful_stop_finishes_in_flight_sends(
     database: TestDb, emulator: EmulatorServer
 ) -> None:
     emulator.faults = Faults(latency_seconds=0.4)
-    server, chan = await start_engine(engine_settings(database, emulator))
+    server, chan = await start_engine(
+        engine_settings(database, emulator, NOTIFIER_TWILIO_TIMEOUT_SECONDS=2)
+    )
     eng = Engine(server, chan)
     ids = [await eng.send(body=f"g{i}") for i in range(5)]
     await asyncio.sleep(0.2)  # all five are at the emulator now
