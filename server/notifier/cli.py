@@ -112,6 +112,7 @@ def _use_emulator(settings: Settings, emulator: EmulatorServer) -> Settings:
             "twilio_auth_token": SecretStr(emulator.auth_token),
             "twilio_whatsapp_from": DEV_FROM,
             "twilio_api_base_url": AnyHttpUrl(emulator.url),
+            "content_api_base_url": AnyHttpUrl(emulator.url),
         }
     )
 

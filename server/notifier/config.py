@@ -174,7 +174,20 @@ class Settings(BaseSettings):
         5, alias="NOTIFIER_RECONCILE_RATE_PER_SECOND", gt=0, le=100
     )
 
-    @field_validator("reconcile_after_seconds", "reconcile_give_up_seconds", mode="before")
+    # Issue 17: template pre-flight. "local": Meta's parameter rules only; "twilio": also
+    # the variables against the template's placeholders from Twilio's Content API.
+    template_check: Literal["local", "twilio"] = Field("local", alias="NOTIFIER_TEMPLATE_CHECK")
+    content_api_base_url: AnyHttpUrl = Field(
+        AnyHttpUrl("https://content.twilio.com"), alias="NOTIFIER_CONTENT_API_BASE_URL"
+    )
+    template_cache_ttl_seconds: float = Field(600, alias="NOTIFIER_TEMPLATE_CACHE_TTL")
+
+    @field_validator(
+        "reconcile_after_seconds",
+        "reconcile_give_up_seconds",
+        "template_cache_ttl_seconds",
+        mode="before",
+    )
     @classmethod
     def _check_duration(cls, value: object) -> float:
         return _duration_seconds(value)

@@ -18,6 +18,7 @@ from notifier.api.metrics import MetricsInterceptor
 from notifier.api.service import NotifierServicer
 from notifier.asgi_server import InProcessServer
 from notifier.config import Settings
+from notifier.dispatch.content import ContentApiConfig, ContentApiTemplates
 from notifier.dispatch.dispatcher import DispatchConfig, Dispatcher
 from notifier.dispatch.observer import NO_OBSERVER, DispatchObserver
 from notifier.dispatch.rate_limit import RateLimiters
@@ -26,6 +27,7 @@ from notifier.dispatch.reconciler import ReconcileConfig, Reconciler
 from notifier.dispatch.twilio import TwilioConfig, TwilioProvider
 from notifier.domain.bulk import BulkSender
 from notifier.domain.capacity import OutboxCapacity
+from notifier.domain.preflight import TemplatePreflight
 from notifier.domain.retry import RetryPolicy
 from notifier.domain.service import MessageService, payload_hash
 from notifier.health import StorageHealth
@@ -375,8 +377,35 @@ def _nothing_to_wake() -> None:
     """Accepted messages wake no dispatcher in a process without one."""
 
 
+def build_preflight(
+    settings: Settings, cleanup: contextlib.AsyncExitStack, registry: CollectorRegistry
+) -> TemplatePreflight:
+    """Local rules only, or with NOTIFIER_TEMPLATE_CHECK=twilio also the Content API,
+    with the same credentials as the Messages API."""
+    if settings.template_check == "local":
+        return TemplatePreflight()
+    twilio = twilio_config(settings)
+    if twilio is None:
+        raise StartupError("NOTIFIER_TEMPLATE_CHECK=twilio needs Twilio credentials (TWILIO_*)")
+    config = ContentApiConfig(
+        base_url=str(settings.content_api_base_url),
+        account_sid=twilio.account_sid,
+        username=twilio.username,
+        password=twilio.password,
+        timeout_seconds=settings.twilio_timeout_seconds,
+        ttl_seconds=settings.template_cache_ttl_seconds,
+    )
+    source = ContentApiTemplates(config, registry)
+    cleanup.push_async_callback(source.close)
+    return TemplatePreflight(source)
+
+
 def build_servicer(
-    settings: Settings, storage: Storage, dispatcher: Dispatcher | None, feed: StatusFeed
+    settings: Settings,
+    storage: Storage,
+    dispatcher: Dispatcher | None,
+    feed: StatusFeed,
+    templates: TemplatePreflight | None = None,
 ) -> NotifierServicer:
     """The use cases (single sends, bulk sends, watches) behind the Notifier service."""
     on_accepted = dispatcher.wake if dispatcher is not None else _nothing_to_wake
@@ -389,6 +418,7 @@ def build_servicer(
         admins=tuple(settings.admin_whatsapp_numbers),
         capacity=storage.capacity,
         senders=frozenset(settings.sender_profiles),
+        templates=templates or TemplatePreflight(),
     )
     bulk = BulkSender(
         storage.repository,
@@ -397,6 +427,7 @@ def build_servicer(
         on_accepted=on_accepted,
         capacity=storage.capacity,
         senders=frozenset(settings.sender_profiles),
+        templates=templates or TemplatePreflight(),
     )
     return NotifierServicer(messages, feed, bulk, Callers(settings.token_entries))
 
@@ -441,7 +472,8 @@ async def create_server(
         feed, listener = build_status_feed(
             settings, storage.db, storage.repository, dispatcher, cleanup
         )
-        add_services(server, build_servicer(settings, storage, dispatcher, feed), health)
+        templates = build_preflight(settings, cleanup, counted.registry)
+        add_services(server, build_servicer(settings, storage, dispatcher, feed, templates), health)
         # Last, so it runs first: NOT_SERVING before anything else stops.
         cleanup.push_async_callback(health.stop)
         return NotifierServer(

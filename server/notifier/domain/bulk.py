@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -25,6 +26,7 @@ from notifier.domain.errors import (
 )
 from notifier.domain.model import Accepted, Channel
 from notifier.domain.ports import MessageStore
+from notifier.domain.preflight import TemplatePreflight
 from notifier.domain.validation import SendRequest, validate_send
 
 
@@ -131,6 +133,7 @@ class BulkSender:
     # ending the stream would leave the fate of the items in flight unknown.
     capacity: OutboxCapacity | None = None
     senders: frozenset[str] | None = None  # configured sender profiles; None: any name
+    templates: TemplatePreflight = field(default_factory=TemplatePreflight)
 
     async def run(
         self,
@@ -216,8 +219,13 @@ class BulkSender:
         valid = []
         positions = []  # where each valid item's outcome goes
         for _, item, defaults in batch:
+            request = merge(defaults, item)
             try:
-                message = validate_send(merge(defaults, item), now, self.senders)
+                message = await self.templates.checked(
+                    functools.partial(validate_send, request, now, self.senders),
+                    request.content_sid,
+                    request.variables,
+                )
                 caller.check_sender(message.sender)
             except (ValidationFailed, SenderNotAllowed) as exc:
                 outcomes.append(failure(exc))

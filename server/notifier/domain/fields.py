@@ -9,12 +9,8 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from notifier.domain.errors import Violation
-from notifier.domain.validation import (
-    CONTENT_SID,
-    MAX_VARIABLE,
-    MAX_VARIABLES,
-    VARIABLE_KEY,
-)
+from notifier.domain.templates import check_variables
+from notifier.domain.validation import CONTENT_SID
 
 # A display field longer than this is cut with "…": a 5,000-character product name
 # must not push the order's id and total out of a 1,600-character WhatsApp message.
@@ -112,16 +108,7 @@ def check_template(
         bad.append(Violation("content_sid", "must be a Content SID: HX followed by 32 hex digits"))
     if variables and not content_sid:
         bad.append(Violation("variables", "only with content_sid"))
-    if len(variables) > MAX_VARIABLES:
-        bad.append(Violation("variables", f"at most {MAX_VARIABLES} entries"))
-    else:
-        for name, value in variables.items():
-            if not VARIABLE_KEY.match(name):
-                bad.append(Violation(f"variables[{name}]", "names are 1-64 letters, digits or _"))
-            if len(value) > MAX_VARIABLE:
-                bad.append(
-                    Violation(f"variables[{name}]", f"longer than {MAX_VARIABLE:,} characters")
-                )
+    check_variables(variables, bad)
     return content_sid or None
 
 

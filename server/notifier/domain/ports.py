@@ -13,6 +13,7 @@ only those methods:
 - ``SlotStore``: the rate limit shared by replicas (``dispatch.rate_limit``)
 - ``CallbackStore``: the webhook sidecar (``webhooks.app``)
 - ``ReconcileStore``: the reconciler (``dispatch.reconciler``)
+- ``TemplateSource``: the template pre-flight (``domain.preflight``), Twilio's Content API
 
 Nothing here knows of gRPC, SQL or HTTP.
 """
@@ -40,6 +41,7 @@ from notifier.domain.model import (
     Transition,
 )
 from notifier.domain.reconcile import Candidate, FetchState
+from notifier.domain.templates import Template
 from notifier.domain.watch import StatusChange, WatchSpec
 
 # One finished send: the message, its attempt (None: never sent, e.g. expired) and what
@@ -228,3 +230,9 @@ class ReconcileStore(Protocol):
 
     async def apply_report(self, report: StatusReport) -> tuple[CallbackResult, str | None]:
         """Apply what a fetch found exactly as a status callback (``CallbackStore``)."""
+
+
+class TemplateSource(Protocol):
+    async def template(self, content_sid: str) -> Template | None:
+        """The template, or None when there is no such template (a 404). Raises
+        TemplateUnavailable when the source cannot tell (unreachable, 5xx, 401)."""

@@ -35,6 +35,7 @@ from notifier.domain.notifications import (
     validate_order,
 )
 from notifier.domain.ports import MessageStore
+from notifier.domain.preflight import TemplatePreflight
 from notifier.domain.validation import (
     DEFAULT_RETRY_LIMIT,
     MAX_RETRY_LIMIT,
@@ -92,6 +93,7 @@ class MessageService:
     admins: tuple[str, ...] = ()  # E.164 recipients of NotifyOrder and NotifyAdmins
     capacity: OutboxCapacity | None = None  # None: no limit on unsent messages
     senders: frozenset[str] | None = None  # configured sender profiles; None: any name
+    templates: TemplatePreflight = field(default_factory=TemplatePreflight)
 
     def _room(self, wanted: int) -> contextlib.AbstractAsyncContextManager[int]:
         """Outbox room for ``wanted`` messages (OutboxFull when there is none)."""
@@ -105,7 +107,11 @@ class MessageService:
         """``traceparent``: the caller's W3C trace context, stored with the message so
         its send continues the caller's trace (the API layer reads it; the domain only
         carries the string)."""
-        message = validate_send(request, self.clock(), self.senders)
+        message = await self.templates.checked(
+            lambda: validate_send(request, self.clock(), self.senders),
+            request.content_sid,
+            request.variables,
+        )
         caller.check_sender(message.sender)
         if message.wait_for_acceptance and self.acceptance is None:
             raise Unsupported("wait_for_acceptance", "this server has no dispatcher to wait for")
@@ -220,14 +226,20 @@ class MessageService:
         (``replayed``) and sends nothing, and the same order id with other contents
         is ALREADY_EXISTS. Partial refusals are handled by ``settle``.
         """
-        return await self._notify(validate_order(request), caller, traceparent)
+        alert = await self.templates.checked(
+            lambda: validate_order(request), request.content_sid, request.variables
+        )
+        return await self._notify(alert, caller, traceparent)
 
     async def notify_admins(
         self, request: AdminRequest, *, caller: Caller = OPEN, traceparent: str | None = None
     ) -> AdminNotified:
         """Booking, low stock, event capacity or custom alert to every admin, keyed
         ``admin:{kind}:{key}:{admin}`` (key: idempotency_key or the natural id)."""
-        return await self._notify(validate_admin_request(request), caller, traceparent)
+        alert = await self.templates.checked(
+            lambda: validate_admin_request(request), request.content_sid, request.variables
+        )
+        return await self._notify(alert, caller, traceparent)
 
     async def _notify(self, alert: Alert, caller: Caller, traceparent: str | None) -> AdminNotified:
         """All admins' messages go into one transaction: either every admin's copy is

@@ -15,10 +15,9 @@ import phonenumbers
 
 from notifier.domain.errors import ValidationFailed, Violation
 from notifier.domain.model import DEFAULT_SENDER, Channel, MessageQuery, NewMessage, Status
+from notifier.domain.templates import check_variables
 
 MAX_BODY = 1600
-MAX_VARIABLE = 1600
-MAX_VARIABLES = 100
 MAX_TAGS = 16
 MAX_IDEMPOTENCY_KEY = 255
 MAX_MEDIA = {Channel.WHATSAPP: 1, Channel.SMS: 10}
@@ -30,7 +29,6 @@ WHATSAPP_PREFIX = "whatsapp:"
 
 CONTENT_SID = re.compile(r"^HX[0-9a-fA-F]{32}$")
 _TAG = re.compile(r"^[A-Za-z0-9_\-.:/]{1,64}$")
-VARIABLE_KEY = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +148,7 @@ def _check_content(req: SendRequest, channel: Channel, bad: list[Violation]) -> 
             )
     elif req.variables:
         bad.append(Violation("variables", "only with content_sid"))
-    _check_variables(req.variables, bad)
+    check_variables(req.variables, bad)
     limit = MAX_MEDIA[channel]
     if len(req.media_urls) > limit:
         bad.append(
@@ -162,17 +160,6 @@ def _check_content(req: SendRequest, channel: Channel, bad: list[Violation]) -> 
         problem = _media_problem(url)
         if problem:
             bad.append(Violation(f"media_urls[{i}]", problem))
-
-
-def _check_variables(variables: Mapping[str, str], bad: list[Violation]) -> None:
-    if len(variables) > MAX_VARIABLES:
-        bad.append(Violation("variables", f"at most {MAX_VARIABLES} entries"))
-        return
-    for name, value in variables.items():
-        if not VARIABLE_KEY.match(name):
-            bad.append(Violation(f"variables[{name}]", "names are 1-64 letters, digits or _"))
-        if len(value) > MAX_VARIABLE:
-            bad.append(Violation(f"variables[{name}]", f"longer than {MAX_VARIABLE:,} characters"))
 
 
 def _check_tags(tags: Sequence[str], bad: list[Violation]) -> tuple[str, ...]:

@@ -10,6 +10,8 @@ each fetch is recorded (``state.fetches_of``). Admin routes (no auth: a local de
 - ``GET /_emulator/faults`` and ``POST /_emulator/faults`` (JSON ``Faults``; replaces all)
 - ``POST /_emulator/reset`` (forget traffic, pending callbacks and faults)
 - ``GET /_emulator/messages`` (accepted messages, oldest first)
+
+The Content API (``GET /v1/Content/{Sid}``, a few templates) is in ``content.py``.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from starlette.routing import Route
 
 from notifier.emulator import DEV_FROM
 from notifier.emulator.callbacks import CallbackSender, plan_callbacks
+from notifier.emulator.content import ContentApi, content_routes
 from notifier.emulator.faults import (
     RATE_LIMITED,
     FaultInjector,
@@ -300,6 +303,7 @@ class Emulator:
         self.state = EmulatorState()
         self.injector = FaultInjector(faults)
         self.callbacks = CallbackSender(credentials.auth_token, self.state)
+        self.content = ContentApi(credentials.account_sid)
         self._stopping = asyncio.Event()
 
     @property
@@ -322,6 +326,7 @@ class Emulator:
         """Forget traffic and pending callbacks; back to no faults."""
         await self.callbacks.cancel_pending()
         self.state.clear()
+        self.content.clear()
         self.injector.set(Faults())
 
     def begin_shutdown(self) -> None:
@@ -370,6 +375,11 @@ class _Handlers:
     def _authorized(self, request: Request) -> bool:
         account = request.path_params["AccountSid"]
         return self.emulator.credentials.allows(request.headers.get("Authorization"), account)
+
+    def content_authorized(self, request: Request) -> bool:
+        """The Content API's paths name no account: the credentials' own."""
+        credentials = self.emulator.credentials
+        return credentials.allows(request.headers.get("Authorization"), credentials.account_sid)
 
     async def create_message(self, request: Request) -> Response:
         arrived = (time.monotonic(), datetime.now(UTC))  # before the body: rate tests read it
@@ -467,6 +477,7 @@ def create_app(emulator: Emulator) -> Starlette:
         Route("/_emulator/faults", handlers.set_faults, methods=["POST"]),
         Route("/_emulator/reset", handlers.reset, methods=["POST"]),
         Route("/_emulator/messages", handlers.messages, methods=["GET"]),
+        *content_routes(emulator.content, handlers.content_authorized),
     ]
     return Starlette(
         routes=routes,
