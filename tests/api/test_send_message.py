@@ -90,7 +90,7 @@ async def test_invalid_request_gets_every_violation_and_stores_nothing(
     assert set(found) == {
         "to",
         "content_sid",
-        "variables[bad key]",
+        'variables["bad key"]',
         "media_urls",
         "media_urls[0]",
         "tags[1]",

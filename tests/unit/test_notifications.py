@@ -221,7 +221,7 @@ def test_every_order_violation_is_reported_at_once() -> None:
         "items[3].unit_price": "is required: an exact decimal string, e.g. 12.50",
         "total": "must be a decimal number like 12.50 (digits and one point only)",
         "content_sid": "must be a Content SID: HX followed by 32 hex digits",
-        "variables[bad key]": "names are 1-64 letters, digits or _",
+        'variables["bad key"]': 'keys are placeholder numbers "1", "2"… without gaps',
     }
     with pytest.raises(ValidationFailed) as exc:
         validate_order(order(items=[], currency="XYZ", variables={"1": "x"}))

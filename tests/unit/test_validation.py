@@ -91,7 +91,7 @@ def test_template_with_variables() -> None:
     assert (
         "1,600"
         in violations(SendRequest(to="+14155550100", content_sid=SID, variables={"1": "v" * 1601}))[
-            "variables[1]"
+            'variables["1"]'
         ]
     )
 
