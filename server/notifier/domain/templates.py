@@ -47,12 +47,13 @@ def value_problems(value: str) -> list[str]:
 
 
 def check_variables(variables: Mapping[str, str], bad: list[Violation]) -> None:
-    """Keys "1"…"N" without gaps, every value within Meta's rules; all problems in ``bad``."""
+    """Keys "1"…"N" without gaps, every value within Meta's rules; all problems in
+    ``bad``, in key order (a protobuf map has none of its own)."""
     if len(variables) > MAX_VARIABLES:
         bad.append(Violation("variables", f"at most {MAX_VARIABLES} entries"))
         return
     numbers: set[int] = set()
-    for key, value in variables.items():
+    for key, value in sorted(variables.items(), key=lambda item: _natural(item[0])):
         where = variable_field(key)
         if not _NUMBER.match(key):
             bad.append(Violation(where, 'keys are placeholder numbers "1", "2"… without gaps'))
