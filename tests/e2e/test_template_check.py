@@ -190,3 +190,26 @@ async def test_an_unreachable_content_api_falls_back_to_the_local_rules(engine: 
     samples = await scrape(metrics_url(engine.server))
     assert value(samples, "notifier_content_api_requests_total", outcome="unavailable") == 1
     assert value(samples, "notifier_template_check_fallbacks_total") == 1
+
+
+@pytest.mark.parametrize("engine_env", [{"ADMIN_WHATSAPP_NUMBERS": "+14155550101"}], indirect=True)
+async def test_admin_notifications_are_checked_against_the_template(
+    engine: Engine, database: TestDb
+) -> None:
+    order = pb.NotifyOrderRequest(
+        order_id="A-1",
+        customer_name="Ana",
+        customer_email="ana@example.com",
+        items=[pb.OrderItem(title="Mug", quantity=1, unit_price="12.50")],
+        total="12.50",
+        currency="USD",
+        content_sid=ORDER_CONFIRMED,
+        variables={"1": "Ana"},
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await engine.stub.NotifyOrder(order)
+    assert violations(info.value) == [('variables["2"]', "is missing: the template uses {{2}}")]
+    assert count_rows(database, "messages") == 0
+    order.variables["2"] = "A-1"
+    reply = await engine.stub.NotifyOrder(order)
+    await engine.until_status(reply.deliveries[0].message_id, pb.MESSAGE_STATUS_QUEUED)
