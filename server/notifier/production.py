@@ -64,6 +64,14 @@ def production_problems(settings: Settings, part: str) -> list[str]:
                 "TWILIO_API_BASE_URL: must be Twilio's https API, not a loopback address "
                 "(the emulator is never used in production)"
             )
+        content = settings.content_api_base_url
+        if settings.template_check == "twilio" and (
+            content.scheme != "https" or content.host is None or is_loopback(content.host)
+        ):
+            problems.append(
+                "NOTIFIER_CONTENT_API_BASE_URL: must be Twilio's https Content API, not a "
+                "loopback address (NOTIFIER_TEMPLATE_CHECK=twilio)"
+            )
         if not settings.api_tokens:
             problems.append(
                 "NOTIFIER_API_TOKENS: not set (SHA-256 digests of the caller tokens; "

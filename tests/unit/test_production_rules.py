@@ -40,3 +40,23 @@ def test_production_refuses_two_tokens_with_one_name() -> None:
     assert not any(one in p or two in p for p in problems)
     named = settings.model_copy(update={"api_tokens": [f"ops:manage:{one}", f"ro:read:{two}"]})
     assert production_problems(named, "grpc") == []
+
+
+def test_production_checks_templates_against_twilio_itself() -> None:
+    """Issue 17: the template pre-flight's Content API is Twilio's, never the emulator."""
+    settings = load_settings(
+        **PRODUCTION,
+        NOTIFIER_GRPC_ADDR="127.0.0.1:50051",
+        NOTIFIER_TEMPLATE_CHECK="twilio",
+        NOTIFIER_CONTENT_API_BASE_URL="http://127.0.0.1:8090",
+    )
+    assert production_problems(settings, "grpc") == [
+        "NOTIFIER_CONTENT_API_BASE_URL: must be Twilio's https Content API, not a "
+        "loopback address (NOTIFIER_TEMPLATE_CHECK=twilio)"
+    ]
+    local = settings.model_copy(update={"template_check": "local"})
+    assert production_problems(local, "grpc") == []
+    twilio = load_settings(
+        **PRODUCTION, NOTIFIER_GRPC_ADDR="127.0.0.1:50051", NOTIFIER_TEMPLATE_CHECK="twilio"
+    )
+    assert production_problems(twilio, "grpc") == []

@@ -12,6 +12,7 @@ made, so an outage does not add a timeout to every send.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -87,12 +88,19 @@ class ContentApiTemplates:
         if pending is None:
             pending = asyncio.ensure_future(self._fetch(content_sid))
             self._pending[content_sid] = pending
-            pending.add_done_callback(lambda _: self._pending.pop(content_sid, None))
+            pending.add_done_callback(functools.partial(self._settled, content_sid))
         try:
             return await asyncio.shield(pending)
         except TemplateUnavailable:
             self._fallbacks.inc()
             raise
+
+    def _settled(self, content_sid: str, done: asyncio.Future[Template | None]) -> None:
+        """Forget a finished request; its outcome was given to whoever still waited
+        (retrieved here too, so a fetch whose callers all gave up logs no warning)."""
+        self._pending.pop(content_sid, None)
+        if not done.cancelled():
+            done.exception()
 
     async def _fetch(self, content_sid: str) -> Template | None:
         try:
