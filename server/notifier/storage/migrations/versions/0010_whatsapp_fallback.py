@@ -31,9 +31,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("fallback_body", sa.Text(), nullable=True))
         batch.add_column(sa.Column("fallback_of", sa.String(length=26), nullable=True))
         batch.add_column(sa.Column("fallback_reason", sa.String(length=32), nullable=True))
-    op.create_index(
-        op.f("ix_messages_fallback_of"), "messages", ["fallback_of"], unique=True
-    )
+    op.create_index(op.f("ix_messages_fallback_of"), "messages", ["fallback_of"], unique=True)
     with op.batch_alter_table("recipients") as batch:
         batch.add_column(sa.Column("not_on_whatsapp_until", sa.BigInteger(), nullable=True))
 
