@@ -73,6 +73,9 @@ def message_row(
         "fallback_body": message.fallback_body,
         "fallback_of": None,
         "fallback_reason": None,
+        # Every row of one INSERT has the same keys (a message skipping WhatsApp fails here).
+        "error_code": None,
+        "error_message": None,
     }
 
 
