@@ -152,6 +152,9 @@ def _after(kind: str, attempt: int, expires: int | None) -> tuple[int | None, st
         ("deferred", 9, 10_000_000, (1_800_000, None)),  # with validity: until it ends
         ("deferred", 1, 100_000, (None, "expired")),  # the wait outlasts the validity
         ("permanent", 1, None, (None, "failed")),  # 63032: no retry
+        ("rate_limited", 9, 10_000_000, (0, None)),  # 63018: until the validity ends
+        ("rate_limited", 3, None, (None, "failed")),  # no validity: as many as others
+        ("transient", 9, 10_000_000, (None, "failed")),  # others stop at max_attempts
     ],
 )
 def test_deferred_retries_wait_minutes_up_to_the_validity(

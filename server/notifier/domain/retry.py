@@ -36,6 +36,7 @@ class RetryPolicy:
         return u * self.ceiling(attempt)
 
 
+_UNTIL_VALIDITY = frozenset({"deferred", "rate_limited"})
 DEFERRED_BASE_SECONDS = 300.0
 DEFERRED_CAP_SECONDS = 3600.0
 
@@ -75,10 +76,17 @@ def after_failure(
         return AfterFailure(None, "failed", "permanent error")
     if kind == "ambiguous" and ambiguous_policy == "fail":
         return AfterFailure(None, "failed", "ambiguous outcome, policy is at-most-once")
-    if kind == "deferred":
-        # Up to the message's validity; with none, as many attempts as any other error.
+    if kind in _UNTIL_VALIDITY:
+        # Twilio or Meta said "later", not "no": retried up to the message's validity;
+        # with none, as many attempts as any other error.
         spent = expires_at_ms is None and attempt >= policy.max_attempts
-        delay = None if spent else deferred_delay(attempt, jitter)
+        capped = min(attempt, policy.max_attempts - 1)  # the capped backoff
+        if spent:
+            delay = None
+        elif kind == "deferred":
+            delay = deferred_delay(attempt, jitter)
+        else:
+            delay = policy.next_delay(capped, jitter)
     else:
         delay = policy.next_delay(attempt, jitter)
     if delay is None:
