@@ -71,7 +71,9 @@ async def test_failed_whatsapp_sends_one_linked_sms_per_message_however_learned(
             assert (sms.channel, sms.to, sms.fallback_of) == (pb.CHANNEL_SMS, got.message.to, mid)
             assert sms.fallback_reason == f"error {code}"
             assert sms.status == pb.MESSAGE_STATUS_DELIVERED
-        assert [e.source for e in (await eng.status(fetched)).history][-1] == "reconcile"
+            assert "fallback" in [e.source for e in got.history]  # its watchers heard of it
+        fetched_history = [e.source for e in (await eng.status(fetched)).history]
+        assert fetched_history[-2:] == ["reconcile", "fallback"]  # learned by the fetch
         await asyncio.sleep(1.0)  # duplicated and late reports land: still one SMS each
         assert _sms_to(emulator, NOT_ON_WA) == ["Your code is 1234"]
         assert _sms_to(emulator, EXPERIMENT) == ["Table ready"]  # free text reused

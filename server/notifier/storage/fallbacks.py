@@ -81,6 +81,13 @@ class _Fallbacks:
         self.messages.append(fallback_row(original, reason, self.now))
         row = self.messages[-1]
         self.events.append(event_row(row["id"], Status.PENDING, EventSource.FALLBACK, self.now))
+        # The original's watchers hear of it too: an entry in its history (its status
+        # unchanged) whose message state names the SMS.
+        self.events.append(
+            event_row(
+                original["id"], original["status"], EventSource.FALLBACK, self.now, applied=False
+            )
+        )
 
     async def insert(self, conn: AsyncConnection) -> None:
         if not self.messages:

@@ -231,6 +231,8 @@ class _Rows:
         sms = fallback_row(row, NOT_ON_WHATSAPP_REASON, now)
         self.messages.append(sms)
         self.events.append(event_row(sms["id"], Status.PENDING, EventSource.FALLBACK, now))
+        linked = event_row(row["id"], Status.FAILED, EventSource.FALLBACK, now, applied=False)
+        self.events.append(linked)
         own = [t["tag"] for t in self.tags if t["message_id"] == row["id"]]
         self.tags += [{"message_id": sms["id"], "tag": t} for t in own]
         return row
