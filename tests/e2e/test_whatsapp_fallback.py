@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 
 import grpc
 import httpx
@@ -19,7 +20,7 @@ from notifier.emulator.faults import Faults
 from notifier.emulator.server import EmulatorServer
 from notifier_proto.v1 import notifier_pb2 as pb
 from tests.support.databases import TestDb
-from tests.support.rpc import details
+from tests.support.rpc import details, field_violations
 from tests.support.sidecar_engine import Running, engine_with_sidecar
 
 pytestmark = pytest.mark.backends("sqlite", "postgresql")
@@ -176,3 +177,45 @@ async def test_63049_waits_minutes_and_63018_is_retried_not_failed(
         assert (t.message.status, t.message.error_code) == (pb.MESSAGE_STATUS_PENDING, 63018)
         emulator.faults = Faults()
         await eng.until_status(throttled, pb.MESSAGE_STATUS_READ)
+
+
+async def _bulk(items: list[pb.BulkItem]) -> AsyncIterator[pb.SendBulkRequest]:
+    defaults = pb.BulkContent(content_sid=TEMPLATE, fallback=FALLBACK, tags=["bulk-fb"])
+    yield pb.SendBulkRequest(defaults=defaults, items=items)
+
+
+async def test_bulk_items_fall_back_and_bad_fallbacks_are_refused_whole(
+    database: TestDb, emulator: EmulatorServer
+) -> None:
+    emulator.faults = Faults(whatsapp_outcomes={NOT_ON_WA: 63024})
+    async with engine_with_sidecar(database, emulator) as running:
+        eng = running.engine
+        items = [pb.BulkItem(correlation_id=n, to=n) for n in (NOT_ON_WA, SILENT)]
+        results = [r async for reply in eng.stub.SendBulk(_bulk(items)) for r in reply.results]
+        failed_id, delivered_id = (r.accepted.message_id for r in results)
+        got = await _fell_back(running, failed_id)
+        assert got.message.error_code == 63024
+        await eng.until_status(delivered_id, pb.MESSAGE_STATUS_READ)
+        assert (await eng.status(delivered_id)).message.fallback_message_id == ""
+        assert _sms_to(emulator, NOT_ON_WA) == ["Your code is 1234"]
+        assert _sms_to(emulator, SILENT) == []
+
+        before = len(database.rows("SELECT id FROM messages"))
+        with pytest.raises(grpc.aio.AioRpcError) as bad:
+            await eng.send(
+                to=EXPERIMENT,
+                body=None,
+                content_sid=TEMPLATE,
+                channel=pb.CHANNEL_SMS,
+                fallback=pb.Fallback(sms=True),
+            )
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert set(field_violations(bad.value)) == {"fallback.sms", "fallback.sms_body"}
+        assert len(database.rows("SELECT id FROM messages")) == before  # nothing stored
+
+        key = {"idempotency_key": "fb-1", "to": SILENT}
+        first = await eng.send(**key, fallback=FALLBACK)
+        assert await eng.send(**key, fallback=FALLBACK) == first  # a replay
+        with pytest.raises(grpc.aio.AioRpcError) as other:
+            await eng.send(**key)  # the same key without the fallback: another payload
+        assert other.value.code() == grpc.StatusCode.ALREADY_EXISTS
