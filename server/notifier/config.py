@@ -24,6 +24,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from notifier.dispatch.senders import SenderProfile, parse_senders, resolve
 from notifier.domain.access import TokenEntry, parse_token_entries
+from notifier.domain.fallback import FallbackPolicy
 from notifier.domain.model import DEFAULT_SENDER
 
 _E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
@@ -181,16 +182,35 @@ class Settings(BaseSettings):
         AnyHttpUrl("https://content.twilio.com"), alias="NOTIFIER_CONTENT_API_BASE_URL"
     )
     template_cache_ttl_seconds: float = Field(600, alias="NOTIFIER_TEMPLATE_CACHE_TTL")
+    # Issue 17: SMS fallback of failed WhatsApp messages, and who is not on WhatsApp.
+    sms_fallback_codes: Annotated[list[int], NoDecode] = Field(
+        default_factory=lambda: [63003, 63024, 63032], alias="NOTIFIER_SMS_FALLBACK_CODES"
+    )
+    not_on_whatsapp_ttl_seconds: float = Field(30 * 86400, alias="NOTIFIER_NOT_ON_WHATSAPP_TTL")
 
     @field_validator(
         "reconcile_after_seconds",
         "reconcile_give_up_seconds",
         "template_cache_ttl_seconds",
+        "not_on_whatsapp_ttl_seconds",
         mode="before",
     )
     @classmethod
     def _check_duration(cls, value: object) -> float:
         return _duration_seconds(value)
+
+    @field_validator("sms_fallback_codes", mode="before")
+    @classmethod
+    def _check_codes(cls, value: object) -> list[int]:
+        parts = _split(value)
+        if any(not p.isdigit() for p in parts):
+            raise ValueError("must be comma-separated Twilio error codes, e.g. 63003,63024,63032")
+        return [int(p) for p in parts]
+
+    def fallback_policy(self) -> FallbackPolicy:
+        return FallbackPolicy(
+            frozenset(self.sms_fallback_codes), int(self.not_on_whatsapp_ttl_seconds * 1000)
+        )
 
     @field_validator("grpc_addr", "http_addr", "emulator_addr")
     @classmethod

@@ -173,7 +173,11 @@ async def build_storage(
     """The migrated database, its repository and the outbox capacity that guards it."""
     db = await prepare_storage(settings, telemetry)
     cleanup.push_async_callback(db.dispose)
-    repository = Repository(db, refuse_outside_window=settings.refuse_outside_window)
+    repository = Repository(
+        db,
+        refuse_outside_window=settings.refuse_outside_window,
+        fallback=settings.fallback_policy(),
+    )
     capacity = OutboxCapacity(repository.count_unsent, settings.outbox_capacity)
     cleanup.push_async_callback(capacity.close)
     return Storage(db, repository, capacity)

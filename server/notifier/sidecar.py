@@ -89,7 +89,8 @@ async def create_sidecar(
         if db is None:
             db = await prepare_storage(settings, telemetry)
             cleanup.push_async_callback(db.dispose)
-        app = create_webhook_app(Repository(db), webhook_config(settings))
+        repository = Repository(db, fallback=settings.fallback_policy())
+        app = create_webhook_app(repository, webhook_config(settings))
         telemetry.instrument_app(app)
         http = InProcessServer(app, host, sock=sock)
         cleanup.push_async_callback(http.stop)

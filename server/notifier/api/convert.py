@@ -16,6 +16,7 @@ from notifier.domain.bulk import (
     BulkResult,
     ItemFailure,
 )
+from notifier.domain.delivery import meaning
 from notifier.domain.errors import ValidationFailed, Violation
 from notifier.domain.metrics import Metrics, MetricsRequest
 from notifier.domain.model import (
@@ -134,6 +135,8 @@ def send_request(req: pb.SendMessageRequest, deadline_ms: int | None) -> SendReq
         deadline_ms=deadline_ms if req.expire_at_deadline else None,
         wait_for_acceptance=req.wait_for_acceptance,
         sender=req.sender,
+        fallback_sms=req.fallback.sms,
+        fallback_body=req.fallback.sms_body,
     )
 
 
@@ -161,7 +164,13 @@ def message_to_pb(record: MessageRecord, delivery: Delivery | None = None) -> pb
         error_message=record.error_message or "",
         updated_at=timestamp(record.updated_at_ms),
         sender=record.sender,
+        fallback_message_id=record.fallback_id or "",
+        fallback_of=record.fallback_of or "",
+        fallback_reason=record.fallback_reason or "",
+        error_meaning=meaning(record.error_code),
     )
+    if record.fallback_status is not None:
+        out.fallback_status = status_to_pb(record.fallback_status)
     out.timestamps.created.CopyFrom(timestamp(record.created_at_ms))
     if record.send_at_ms is not None:
         out.send_at.CopyFrom(timestamp(record.send_at_ms))
@@ -276,6 +285,8 @@ def metrics_response(metrics: Metrics) -> pb.GetMetricsResponse:
         scheduled=metrics.scheduled,
         reconciled=metrics.reconciled,
         unconfirmed=metrics.unconfirmed,
+        fallbacks=metrics.fallbacks,
+        fallbacks_delivered=metrics.fallbacks_delivered,
     )
 
 
@@ -299,6 +310,8 @@ def _bulk_defaults(d: pb.BulkContent) -> BulkDefaults:
         send_at_ms=time_ms(d, "send_at", "defaults.send_at"),
         validity_ms=time_ms(d, "validity", "defaults.validity"),
         sender=d.sender,
+        fallback_sms=d.fallback.sms,
+        fallback_body=d.fallback.sms_body,
     )
 
 

@@ -41,6 +41,8 @@ class BulkDefaults:
     send_at_ms: int | None = None
     validity_ms: int | None = None
     sender: str = ""
+    fallback_sms: bool = False  # every item's SMS fallback (SendMessageRequest.fallback)
+    fallback_body: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +97,8 @@ def merge(defaults: BulkDefaults, item: BulkItem) -> SendRequest:
         send_at_ms=defaults.send_at_ms,
         validity_ms=defaults.validity_ms,
         sender=defaults.sender,
+        fallback_sms=defaults.fallback_sms,
+        fallback_body=defaults.fallback_body,
     )
 
 

@@ -18,6 +18,7 @@ class ErrorKind(enum.StrEnum):
     RATE_LIMITED = "rate_limited"  # transient, and the answer says when to come back
     AMBIGUOUS = "ambiguous"
     PERMANENT = "permanent"
+    DEFERRED = "deferred"  # transient, but worth trying again only after minutes
 
 
 # Twilio error code -> (kind, meaning). Sources: Twilio's error dictionary and
@@ -51,14 +52,34 @@ TWILIO_CODES: dict[int, tuple[ErrorKind, str]] = {
     30007: (ErrorKind.PERMANENT, "Message filtered by the carrier"),
     30008: (ErrorKind.PERMANENT, "Unknown delivery error"),
     30500: (ErrorKind.TRANSIENT, "Twilio internal error; safe to retry"),
-    63003: (ErrorKind.PERMANENT, "The WhatsApp channel could not find the recipient"),
+    63003: (
+        ErrorKind.PERMANENT,
+        "The WhatsApp channel could not find the recipient (SMS fallback eligible)",
+    ),
     63016: (
         ErrorKind.PERMANENT,
         "Outside the 24-hour WhatsApp window: only approved templates can be sent",
     ),
-    63018: (ErrorKind.RATE_LIMITED, "WhatsApp channel rate limit exceeded: slow down"),
+    63018: (
+        ErrorKind.RATE_LIMITED,
+        "WhatsApp rate limit for this sender exceeded: retried later under the sender's limit",
+    ),
     63021: (ErrorKind.PERMANENT, "The template content is invalid"),
-    63024: (ErrorKind.PERMANENT, "Invalid WhatsApp recipient"),
+    63024: (
+        ErrorKind.PERMANENT,
+        "Invalid WhatsApp recipient: the number is not on WhatsApp (SMS fallback eligible; "
+        "the number is marked not on WhatsApp)",
+    ),
+    63032: (
+        ErrorKind.PERMANENT,
+        "Meta does not deliver to this user now (WhatsApp's marketing experiment): every "
+        "retry fails the same way, so none is made (SMS fallback eligible)",
+    ),
+    63049: (
+        ErrorKind.DEFERRED,
+        "Meta chose not to deliver this marketing template now (engagement limit): retried "
+        "after minutes, up to the message's validity",
+    ),
 }
 
 

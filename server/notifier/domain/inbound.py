@@ -11,6 +11,7 @@ import enum
 from dataclasses import dataclass, field
 
 from notifier.domain.errors import PreconditionFailed
+from notifier.domain.fallback import marked
 from notifier.domain.model import Channel, NewMessage
 
 WINDOW_MS = 24 * 3600 * 1000
@@ -55,6 +56,7 @@ class RecipientState:
 
     opted_out: bool = False
     last_inbound_at_ms: int | None = None  # when they last wrote to us
+    not_on_whatsapp_until_ms: int | None = None  # a 63024 marked them (WhatsApp row only)
 
 
 def refusal(
@@ -70,6 +72,17 @@ def refusal(
             "OPTED_OUT",
             f"{message.to} opted out (sent an opt-out keyword); "
             "nothing is sent until they opt in again",
+        )
+    if (
+        message.channel is Channel.WHATSAPP
+        and not message.fallback_sms
+        and marked(state.not_on_whatsapp_until_ms, now_ms)
+    ):
+        return PreconditionFailed(
+            message.to,
+            "NOT_ON_WHATSAPP",
+            f"{message.to} is not on WhatsApp (a send failed with Twilio error 63024); "
+            "send by SMS, or ask for fallback.sms to go straight to SMS",
         )
     last = state.last_inbound_at_ms
     outside = last is None or now_ms - last >= WINDOW_MS

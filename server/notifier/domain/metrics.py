@@ -111,6 +111,8 @@ class Metrics:
     scheduled: int = 0
     reconciled: int = 0  # moved by a fetch from Twilio (callbacks lost)
     unconfirmed: int = 0  # outcome unknown, no longer sought (never delivered or failed)
+    fallbacks: int = 0  # SMS fallbacks created for failed WhatsApp messages
+    fallbacks_delivered: int = 0  # ... of them delivered or read
 
     def _count(self, statuses: tuple[Status, ...]) -> int:
         return sum(self.by_status.get(s, 0) for s in statuses)

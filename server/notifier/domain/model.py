@@ -91,6 +91,8 @@ class NewMessage:
     idempotency_key: str | None = None
     wait_for_acceptance: bool = False
     sender: str = DEFAULT_SENDER  # the sender profile: its From and its rate limit
+    fallback_sms: bool = False  # send one SMS if WhatsApp fails with a fallback code
+    fallback_body: str | None = None  # the SMS text; None reuses ``body``
 
     def payload(self) -> dict[str, object]:
         """What the caller asked for, for comparing idempotent replays.
@@ -109,6 +111,11 @@ class NewMessage:
             "send_at_ms": self.send_at_ms,
             "validity_ms": self.validity_ms,
             **({"sender": self.sender} if self.sender != DEFAULT_SENDER else {}),
+            **(
+                {"fallback": {"sms": True, "sms_body": self.fallback_body}}
+                if self.fallback_sms
+                else {}
+            ),
         }
 
 
@@ -121,6 +128,7 @@ class EventSource(enum.StrEnum):
     OTHER_SEND = "callback-other"  # a callback about another Twilio message: history only
     OPERATOR = "operator"  # RetryMessages re-queued it: a new send begins
     RECONCILE = "reconcile"  # fetched from Twilio because its callbacks did not come
+    FALLBACK = "fallback"  # an SMS fallback was created for a failed WhatsApp message
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +178,12 @@ class MessageRecord:
     claims: int = 0  # claims since its last recorded outcome, this one included
     owner: str = ""  # the caller that stored it (per-caller visibility)
     sender: str = DEFAULT_SENDER  # the sender profile it goes out from
+    fallback_sms: bool = False  # the caller asked for an SMS fallback
+    fallback_body: str | None = None
+    fallback_of: str | None = None  # on a fallback SMS: the WhatsApp message's id
+    fallback_reason: str | None = None  # on a fallback SMS: why it was sent
+    fallback_id: str | None = None  # on the original: its fallback SMS, once created
+    fallback_status: Status | None = None  # ... and that SMS's status
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,21 @@ class RetryPolicy:
         return u * self.ceiling(attempt)
 
 
+_UNTIL_VALIDITY = frozenset({"deferred", "rate_limited"})
+DEFERRED_BASE_SECONDS = 300.0
+DEFERRED_CAP_SECONDS = 3600.0
+
+
+def deferred_delay(attempt: int, jitter: float | None = None) -> float:
+    """The wait after Meta held a marketing template back (63049): minutes, doubling to
+    an hour. Meta decides per user and day, so seconds-long backoff only burns attempts;
+    half the ceiling at least, so the wait is never short."""
+    exponent = min(max(attempt - 1, 0), 16)
+    ceiling = min(DEFERRED_CAP_SECONDS, DEFERRED_BASE_SECONDS * 2.0**exponent)
+    u = random.random() if jitter is None else jitter
+    return ceiling * (0.5 + 0.5 * u)
+
+
 @dataclass(frozen=True, slots=True)
 class AfterFailure:
     """What to do with a message whose send attempt failed."""
@@ -61,7 +76,19 @@ def after_failure(
         return AfterFailure(None, "failed", "permanent error")
     if kind == "ambiguous" and ambiguous_policy == "fail":
         return AfterFailure(None, "failed", "ambiguous outcome, policy is at-most-once")
-    delay = policy.next_delay(attempt, jitter)
+    if kind in _UNTIL_VALIDITY:
+        # Twilio or Meta said "later", not "no": retried up to the message's validity;
+        # with none, as many attempts as any other error.
+        spent = expires_at_ms is None and attempt >= policy.max_attempts
+        capped = min(attempt, policy.max_attempts - 1)  # the capped backoff
+        if spent:
+            delay = None
+        elif kind == "deferred":
+            delay = deferred_delay(attempt, jitter)
+        else:
+            delay = policy.next_delay(capped, jitter)
+    else:
+        delay = policy.next_delay(attempt, jitter)
     if delay is None:
         return AfterFailure(None, "failed", f"gave up after {attempt} attempts")
     if retry_after is not None:

@@ -48,6 +48,8 @@ class SendRequest:
     deadline_ms: int | None = None  # set only when the caller asked to expire at its deadline
     wait_for_acceptance: bool = False
     sender: str = ""  # the sender profile; "" is "default"
+    fallback_sms: bool = False  # fallback.sms
+    fallback_body: str = ""  # fallback.sms_body; "" reuses body
 
 
 def parse_recipient(raw: str, channel: Channel | None) -> tuple[str, Channel, str | None]:
@@ -99,6 +101,7 @@ def validate_send(
     if problem:
         bad.append(Violation("to", problem))
     _check_content(req, channel, bad)
+    _check_fallback(req, channel, bad)
     tags = _check_tags(req.tags, bad)
     key = req.idempotency_key
     if len(key) > MAX_IDEMPOTENCY_KEY:
@@ -124,7 +127,28 @@ def validate_send(
         idempotency_key=key or None,
         wait_for_acceptance=req.wait_for_acceptance,
         sender=sender,
+        fallback_sms=req.fallback_sms,
+        fallback_body=(req.fallback_body or None) if req.fallback_sms else None,
     )
+
+
+def _check_fallback(req: SendRequest, channel: Channel, bad: list[Violation]) -> None:
+    """The SMS fallback needs a WhatsApp message and a text the SMS can carry."""
+    text = req.fallback_body
+    if not req.fallback_sms:
+        if text:
+            bad.append(Violation("fallback.sms_body", "only with fallback.sms"))
+        return
+    if channel is not Channel.WHATSAPP:
+        bad.append(Violation("fallback.sms", "only with channel WHATSAPP"))
+    if len(text) > MAX_BODY:
+        bad.append(Violation("fallback.sms_body", f"has {len(text):,} characters; at most 1,600"))
+    elif text and not text.strip():
+        bad.append(Violation("fallback.sms_body", "must not be blank"))
+    elif not text and not (req.body or "").strip():
+        bad.append(
+            Violation("fallback.sms_body", "is required unless the message is free text (body)")
+        )
 
 
 def _check_content(req: SendRequest, channel: Channel, bad: list[Violation]) -> None:

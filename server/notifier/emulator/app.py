@@ -39,7 +39,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from notifier.emulator import DEV_FROM
+from notifier.emulator import DEV_FROM, whatsapp
 from notifier.emulator.callbacks import CallbackSender, plan_callbacks
 from notifier.emulator.content import ContentApi, content_routes
 from notifier.emulator.faults import (
@@ -401,6 +401,9 @@ class _Handlers:
             if fate.rate_limited:
                 raise TwilioError(RATE_LIMITED)
             validate(form)
+            refused = whatsapp.refusal(form.get("To") or "", emulator.faults.whatsapp_outcomes)
+            if refused is not None:
+                raise TwilioError(refused)
         except TwilioError as error:
             return self._fail(record, error.code, error.message)
         message = None

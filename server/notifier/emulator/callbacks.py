@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import aiohttp
 from twilio.request_validator import RequestValidator
 
+from notifier.emulator import whatsapp
 from notifier.emulator.faults import Faults, error_message
 from notifier.emulator.state import (
     API_VERSION,
@@ -50,7 +51,9 @@ def _terminal(
 ) -> tuple[str, int] | None:
     """The failure this message ends in, if any: per recipient first, then the draw."""
     draw = rng.random()
-    chosen = faults.to_outcomes.get(bare_number(message.to))
+    chosen = faults.to_outcomes.get(bare_number(message.to)) or whatsapp.failure(
+        message, faults.whatsapp_outcomes
+    )
     if chosen is not None:
         return chosen
     edge = 0.0

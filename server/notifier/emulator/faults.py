@@ -23,13 +23,23 @@ from pydantic import (
     model_validator,
 )
 
+from notifier.emulator import whatsapp
+
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 TerminalStatus = Literal["failed", "undelivered"]
 
 RATE_LIMITED = 20429
 AMBIGUOUS = 20500  # Twilio failed the answer: the message may or may not have been taken
 
-_HTTP_STATUS = {20003: 401, 20404: 404, 20429: 429, 20500: 500, 20503: 503, 30500: 500}
+_HTTP_STATUS = {
+    20003: 401,
+    20404: 404,
+    20429: 429,
+    20500: 500,
+    20503: 503,
+    30500: 500,
+    63018: 429,
+}
 
 
 ERROR_MESSAGES = {
@@ -63,7 +73,7 @@ ERROR_MESSAGES = {
 
 def error_message(code: int) -> str:
     """Twilio's wording for ``code`` (a generic one for codes the table lacks)."""
-    return ERROR_MESSAGES.get(code, f"Emulated Twilio error {code}")
+    return ERROR_MESSAGES.get(code) or whatsapp.MESSAGES.get(code, f"Emulated Twilio error {code}")
 
 
 def http_status_for(code: int) -> int:
@@ -104,6 +114,9 @@ class Faults(BaseModel):
     """``failed``/``undelivered`` -> (fraction of accepted messages, error code)."""
     to_outcomes: dict[str, tuple[TerminalStatus, int]] = Field(default_factory=dict)
     """Recipient (E.164) -> (``failed``/``undelivered``, error code), deterministic."""
+    whatsapp_outcomes: dict[str, int] = Field(default_factory=dict)
+    """Recipient (E.164) -> WhatsApp code for WhatsApp sends only (emulator/whatsapp.py):
+    63003/63024/63032 fail after acceptance, 63018/63049 refuse the request."""
     drop_callback_fraction: Fraction = 0.0
     to_drop_callbacks: list[str] = Field(default_factory=list)
     """Recipients (E.164) whose callbacks are all dropped: only a fetch tells their fate."""
@@ -129,7 +142,15 @@ class Faults(BaseModel):
             return [str(n).removeprefix("whatsapp:") for n in numbers]
         return numbers
 
-    @field_validator("to_errors", "to_outcomes", mode="before")
+    @field_validator("whatsapp_outcomes")
+    @classmethod
+    def _whatsapp_codes(cls, table: dict[str, int]) -> dict[str, int]:
+        unknown = sorted(set(table.values()) - whatsapp.CODES)
+        if unknown:
+            raise ValueError(f"whatsapp_outcomes codes must be in {sorted(whatsapp.CODES)}")
+        return table
+
+    @field_validator("to_errors", "to_outcomes", "whatsapp_outcomes", mode="before")
     @classmethod
     def _bare_numbers(cls, table: Any) -> Any:
         """Recipients may be written with ``whatsapp:``; they are matched without it."""

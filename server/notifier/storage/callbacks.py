@@ -15,9 +15,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from notifier.batching import Coalescer
 from notifier.domain.clock import Clock, now_ms
 from notifier.domain.inbound import Consent, InboundMessage
-from notifier.domain.model import CallbackResult, EventSource, Status, StatusReport
+from notifier.domain.model import CallbackResult, Channel, EventSource, Status, StatusReport
 from notifier.domain.reports import HISTORY_SOURCES, PastEvent, ReportTarget, judge_report
 from notifier.storage.engine import EVENTS_CHANNEL, Database, notify
+from notifier.storage.fallbacks import FAILURES, follow_failures
 from notifier.storage.rows import STAMP_COLUMNS, chunks, event_row, new_message_id
 from notifier.storage.store import Store
 from notifier.storage.tables import inbound_messages, messages, recipients, status_events
@@ -66,6 +67,7 @@ class Callbacks(Store):
         found, by_sid = await self._targets(conn, reports)
         history = await _histories(conn, sorted(found))
         results: list[Applied] = []
+        failed: set[str] = set()  # moved to FAILED or UNDELIVERED: their fallback may follow
         events: list[dict[str, Any]] = []
         touched: dict[str, dict[str, Any]] = {}
         for report in reports:
@@ -85,6 +87,8 @@ class Callbacks(Store):
                 by_sid[report.twilio_sid] = row["id"]
             if effect.new_status is not None:
                 row["status"] = effect.new_status.value
+                if effect.new_status in FAILURES:
+                    failed.add(row["id"])
             if effect.sets_error:
                 row["error_code"], row["error_message"] = report.error_code, report.error_message
             # A fetch from Twilio says when the step happened (date_sent); a callback
@@ -98,6 +102,7 @@ class Callbacks(Store):
             event = event_row(row["id"], report.status, effect.source, at, report.error_code)
             events.append(event | {"applied": applied})
         await _write_reported(conn, touched, events)
+        await follow_failures(conn, failed, now, self._fallback)
         return results
 
     async def _targets(
@@ -219,6 +224,8 @@ async def _touch_recipient(
 ) -> None:
     """The sender wrote: their 24-hour window opens, and a keyword changes consent."""
     values: dict[str, Any] = {"last_inbound_at": now, "updated_at": now}
+    if inbound.channel == Channel.WHATSAPP.value:
+        values["not_on_whatsapp_until"] = None  # they wrote on WhatsApp: they are on it
     if consent is Consent.OPT_OUT:
         values |= {"opted_out": True, "opted_out_at": now}
     elif consent is Consent.OPT_IN:

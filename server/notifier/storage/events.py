@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from notifier.domain.model import EventSource, Status, StatusEvent
 from notifier.domain.watch import StatusChange
-from notifier.storage.rows import record, tags_of
+from notifier.storage.rows import record, tags_of, with_links
 from notifier.storage.store import Store
 from notifier.storage.tables import message_tags, messages, status_events
 
@@ -98,6 +98,8 @@ def _change_select() -> Select[Any]:
 async def _read_changes(conn: AsyncConnection, stmt: Select[Any]) -> list[StatusChange]:
     rows = (await conn.execute(stmt)).all()
     tags = await tags_of(conn, list(dict.fromkeys(r.id for r in rows)))
+    found = [record(r._mapping, tags.get(r.id, ())) for r in rows]
+    linked = await with_links(conn, found)
     return [
         StatusChange(
             event_id=int(r.event_id),
@@ -109,7 +111,7 @@ async def _read_changes(conn: AsyncConnection, stmt: Select[Any]) -> list[Status
                 applied=bool(r.event_applied),
                 actor=r.event_actor,
             ),
-            message=record(r._mapping, tags.get(r.id, ())),
+            message=message,
         )
-        for r in rows
+        for r, message in zip(rows, linked, strict=True)
     ]

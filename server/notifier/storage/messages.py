@@ -14,9 +14,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from notifier.batching import Coalescer
 from notifier.domain.clock import Clock, now_ms
 from notifier.domain.errors import DomainError, IdempotencyConflict
+from notifier.domain.fallback import NOT_ON_WHATSAPP, NOT_ON_WHATSAPP_REASON, skips_whatsapp
 from notifier.domain.inbound import RecipientState, refusal
-from notifier.domain.model import Accepted, EventSource, NewMessage
+from notifier.domain.model import Accepted, Channel, EventSource, NewMessage, Status
 from notifier.storage.engine import DUE_CHANNEL, EVENTS_CHANNEL, Database, notify
+from notifier.storage.fallbacks import fallback_row
 from notifier.storage.rows import chunks, event_row, load_many, message_row, new_message_id, record
 from notifier.storage.store import Store
 from notifier.storage.tables import (
@@ -153,6 +155,10 @@ class Messages(Store):
                 results.append(refused)
                 continue
             row = rows.add(item, now)
+            mark = state.not_on_whatsapp_until_ms if state is not None else None
+            if skips_whatsapp(message, mark, now):
+                sms_state = states.get((Channel.SMS.value, message.to))
+                row = rows.straight_to_sms(row, opted_out=bool(sms_state and sms_state.opted_out))
             if key is not None:
                 fresh[key] = (row["id"], item.request_hash)
             results.append(Accepted(record(row, message.tags), replayed=False))
@@ -205,6 +211,30 @@ class _Rows:
                     "expires_at": now + item.key_ttl_ms,
                 }
             )
+        return row
+
+    def straight_to_sms(self, row: dict[str, Any], *, opted_out: bool) -> dict[str, Any]:
+        """The WhatsApp message ``row`` to a number known not to be on WhatsApp: recorded
+        as failed with 63024 without a send, and its SMS fallback stored beside it (none
+        to a number that opted out of SMS)."""
+        now = row["created_at"]
+        row |= {
+            "status": Status.FAILED.value,
+            "error_code": NOT_ON_WHATSAPP,
+            "error_message": "not on WhatsApp (an earlier send failed with 63024): "
+            "WhatsApp skipped, sent by SMS",
+        }
+        failed = event_row(row["id"], Status.FAILED, EventSource.API, now, NOT_ON_WHATSAPP)
+        self.events.append(failed)
+        if opted_out:
+            return row
+        sms = fallback_row(row, NOT_ON_WHATSAPP_REASON, now)
+        self.messages.append(sms)
+        self.events.append(event_row(sms["id"], Status.PENDING, EventSource.FALLBACK, now))
+        linked = event_row(row["id"], Status.FAILED, EventSource.FALLBACK, now, applied=False)
+        self.events.append(linked)
+        own = [t["tag"] for t in self.tags if t["message_id"] == row["id"]]
+        self.tags += [{"message_id": sms["id"], "tag": t} for t in own]
         return row
 
     async def insert(self, conn: AsyncConnection) -> None:
@@ -262,8 +292,11 @@ async def _recipient_states(
                 recipients.c.address,
                 recipients.c.opted_out,
                 recipients.c.last_inbound_at,
+                recipients.c.not_on_whatsapp_until,
             ).where(recipients.c.address.in_(chunk))
         )
-        for channel, address, opted_out, last_inbound in rows:
-            states[(channel, address)] = RecipientState(bool(opted_out), last_inbound)
+        for channel, address, opted_out, last_inbound, not_on_whatsapp in rows:
+            states[(channel, address)] = RecipientState(
+                bool(opted_out), last_inbound, not_on_whatsapp
+            )
     return states

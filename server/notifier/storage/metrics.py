@@ -57,6 +57,7 @@ class MetricsReader(Store):
             retries, ambiguous = await _attempt_counts(conn, window)
             queue_depth, oldest_due, scheduled = await _outbox(conn, outbox, now_ms)
             reconciled, unconfirmed = await _reconciliation(conn, window)
+            fallbacks, fallbacks_delivered = await _fallbacks(conn, window)
         avg_time, p50, p95 = timing
         return Metrics(
             by_status={Status(status): int(n) for status, n in by_status},
@@ -71,6 +72,8 @@ class MetricsReader(Store):
             scheduled=scheduled,
             reconciled=reconciled,
             unconfirmed=unconfirmed,
+            fallbacks=fallbacks,
+            fallbacks_delivered=fallbacks_delivered,
         )
 
 
@@ -164,6 +167,17 @@ async def _reconciliation(conn: AsyncConnection, window: list[Any]) -> tuple[int
         )
     ).scalar_one()
     return int(reconciled), int(unconfirmed)
+
+
+async def _fallbacks(conn: AsyncConnection, window: list[Any]) -> tuple[int, int]:
+    """(SMS fallbacks created in the window, those of them delivered or read)."""
+    reached = [Status.DELIVERED.value, Status.READ.value]
+    stmt = select(
+        func.count(),
+        func.count(case((messages.c.status.in_(reached), 1))),
+    ).where(*window, messages.c.fallback_of.is_not(None))
+    total, delivered = (await conn.execute(stmt)).one()
+    return int(total), int(delivered)
 
 
 async def _nearest_rank(conn: AsyncConnection, where: list[Any], n: int, pct: int) -> float:

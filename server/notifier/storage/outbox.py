@@ -21,6 +21,7 @@ from notifier.domain.model import (
 )
 from notifier.domain.poison import quarantines
 from notifier.storage.engine import DUE_CHANNEL, EVENTS_CHANNEL, notify
+from notifier.storage.fallbacks import FAILURES, follow_failures
 from notifier.storage.quarantine import quarantine
 from notifier.storage.rows import OUTBOX, chunks, event_row, record
 from notifier.storage.store import Store
@@ -175,6 +176,7 @@ class Outbox(Store):
         for result in results:
             plan.add(*result)
         await plan.write(conn)
+        await follow_failures(conn, plan.failed, now, self._fallback)
 
     async def release(self, owner: str, ids: Sequence[str]) -> int:
         """Give back leases that were never used, so another worker takes them now."""
@@ -226,6 +228,7 @@ class _AttemptPlan:
         self.events: list[dict[str, Any]] = []
         self.moved: dict[str, dict[str, Any]] = {}  # their status changes
         self.late: dict[str, dict[str, Any]] = {}  # their status stays (a callback won)
+        self.failed: set[str] = set()  # failed here: their SMS fallback may follow
 
     def add(self, message_id: str, attempt: AttemptRecord | None, transition: Transition) -> None:
         row = self.state.get(message_id)
@@ -256,6 +259,8 @@ class _AttemptPlan:
             "p_error_message": transition.error_message,
         }
         row["status"] = transition.status.value
+        if transition.status in FAILURES:
+            self.failed.add(message_id)
         if transition.status is not Status.PENDING:
             self.events.append(
                 event_row(

@@ -18,7 +18,15 @@ from notifier.domain.model import (
 )
 from notifier.domain.operations import RETRYABLE, Cancel, Skip, judge_cancel, judge_requeue
 from notifier.storage.engine import DUE_CHANNEL, EVENTS_CHANNEL, notify
-from notifier.storage.rows import add_event, attempt, load, record, status_event, tags_of
+from notifier.storage.rows import (
+    add_event,
+    attempt,
+    load,
+    record,
+    status_event,
+    tags_of,
+    with_links,
+)
 from notifier.storage.store import Store
 from notifier.storage.tables import delivery_attempts, message_tags, messages, status_events
 
@@ -74,7 +82,7 @@ class Queries(Store):
         async with self._reading() as conn:
             rows = (await conn.execute(stmt.limit(limit))).all()
             tags = await tags_of(conn, [r.id for r in rows])
-        return [record(r._mapping, tags.get(r.id, ())) for r in rows]
+            return await with_links(conn, [record(r._mapping, tags.get(r.id, ())) for r in rows])
 
     async def get_delivery(
         self,

@@ -8,6 +8,7 @@ events, reconcile), over the shared ``Store``; consumers depend on the narrow pr
 from __future__ import annotations
 
 from notifier.domain.clock import Clock, now_ms
+from notifier.domain.fallback import FallbackPolicy
 from notifier.storage.callbacks import Callbacks
 from notifier.storage.engine import Database
 from notifier.storage.events import EventFeed
@@ -20,6 +21,12 @@ from notifier.storage.reconcile import Reconciliation
 
 class Repository(Messages, Callbacks, Outbox, Queries, MetricsReader, EventFeed, Reconciliation):
     def __init__(
-        self, db: Database, clock: Clock = now_ms, *, refuse_outside_window: bool = False
+        self,
+        db: Database,
+        clock: Clock = now_ms,
+        *,
+        refuse_outside_window: bool = False,
+        fallback: FallbackPolicy | None = None,
     ) -> None:
         super().__init__(db, clock, refuse_outside_window=refuse_outside_window)
+        self._fallback = fallback or FallbackPolicy()

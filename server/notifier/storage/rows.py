@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import Row, insert, select
@@ -68,6 +69,13 @@ def message_row(
         "attempts": 0,
         "priority": priority,
         "sender": message.sender,
+        "fallback_sms": message.fallback_sms,
+        "fallback_body": message.fallback_body,
+        "fallback_of": None,
+        "fallback_reason": None,
+        # Every row of one INSERT has the same keys (a message skipping WhatsApp fails here).
+        "error_code": None,
+        "error_message": None,
     }
 
 
@@ -118,7 +126,32 @@ def record(row: Any, tags: Sequence[str]) -> MessageRecord:
         claims=row.get("claims") or 0,
         owner=row.get("caller") or "",
         sender=row.get("sender") or "default",
+        fallback_sms=bool(row.get("fallback_sms")),
+        fallback_body=row.get("fallback_body"),
+        fallback_of=row.get("fallback_of"),
+        fallback_reason=row.get("fallback_reason"),
     )
+
+
+async def with_links(
+    conn: AsyncConnection, records: Sequence[MessageRecord]
+) -> list[MessageRecord]:
+    """``records`` with the id and status of each one's SMS fallback, where it has one."""
+    asked = [r.id for r in records if r.fallback_sms]
+    links: dict[str, tuple[str, Status]] = {}
+    for chunk in chunks(asked):
+        rows = await conn.execute(
+            select(messages.c.fallback_of, messages.c.id, messages.c.status).where(
+                messages.c.fallback_of.in_(chunk)
+            )
+        )
+        links |= {of: (i, Status(status)) for of, i, status in rows}
+    return [
+        replace(r, fallback_id=links[r.id][0], fallback_status=links[r.id][1])
+        if r.id in links
+        else r
+        for r in records
+    ]
 
 
 def status_event(row: Row[Any]) -> StatusEvent:
@@ -180,7 +213,8 @@ async def load(conn: AsyncConnection, message_id: str, owner: str | None = None)
     if row is None:
         raise NotFound("message", message_id)
     tags = await tags_of(conn, [message_id])
-    return record(row._mapping, tags.get(message_id, ()))
+    (linked,) = await with_links(conn, [record(row._mapping, tags.get(message_id, ()))])
+    return linked
 
 
 async def load_many(conn: AsyncConnection, ids: list[str]) -> dict[str, MessageRecord]:
@@ -188,5 +222,6 @@ async def load_many(conn: AsyncConnection, ids: list[str]) -> dict[str, MessageR
     for chunk in chunks(sorted(set(ids))):
         rows = (await conn.execute(select(messages).where(messages.c.id.in_(chunk)))).all()
         tags = await tags_of(conn, [r.id for r in rows])
-        out |= {r.id: record(r._mapping, tags.get(r.id, ())) for r in rows}
+        found = [record(r._mapping, tags.get(r.id, ())) for r in rows]
+        out |= {r.id: r for r in await with_links(conn, found)}
     return out

@@ -10,6 +10,7 @@ from sqlalchemy import Select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from notifier.domain.clock import Clock, now_ms
+from notifier.domain.fallback import FallbackPolicy
 from notifier.storage.engine import Database, storage_errors
 from notifier.storage.group_commit import GroupCommit
 
@@ -23,6 +24,9 @@ class Store:
         # SQLite's single writer commits the small writes of many callers together;
         # other databases take concurrent transactions on their own connections.
         self._group = GroupCommit(db.writer) if db.is_sqlite else None
+        # What a failed WhatsApp message leaves behind (the Repository sets the
+        # configured one).
+        self._fallback = FallbackPolicy()
 
     async def _write(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """Run ``work`` in a write transaction and return once it is committed.

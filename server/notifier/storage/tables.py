@@ -83,6 +83,13 @@ messages = Table(
     Column("reconcile_outcome", String(16)),
     # The sender profile (NOTIFIER_SENDERS) it goes out from: its From and rate limit.
     Column("sender", String(64), nullable=False, server_default="default"),
+    # SMS fallback (issue 17): what the caller asked for, and on a fallback SMS the
+    # WhatsApp message it stands in for (unique: at most one fallback per message).
+    Column("fallback_sms", Boolean, nullable=False, server_default="0"),
+    Column("fallback_body", Text),
+    Column("fallback_of", String(26)),
+    Column("fallback_reason", String(32)),
+    Index(None, "fallback_of", unique=True),
     Index(None, "status", "next_attempt_at"),
     Index(None, "status", "updated_at"),
     Index(None, "status", "priority", "next_attempt_at"),
@@ -163,6 +170,8 @@ recipients = Table(
     Column("opted_out", Boolean, nullable=False, server_default="0"),
     Column("opted_out_at", BigInteger),
     Column("last_inbound_at", BigInteger),  # opens the 24-hour WhatsApp window
+    # A WhatsApp send failed with 63024 (not on WhatsApp): skip WhatsApp until then.
+    Column("not_on_whatsapp_until", BigInteger),
     Column("updated_at", BigInteger, nullable=False),
 )
 

@@ -59,7 +59,7 @@ class FieldViolation(_message.Message):
     def __init__(self, field: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
 
 class SendMessageRequest(_message.Message):
-    __slots__ = ("to", "channel", "body", "content_sid", "variables", "media_urls", "idempotency_key", "tags", "send_at", "validity", "expire_at_deadline", "wait_for_acceptance", "sender")
+    __slots__ = ("to", "channel", "body", "content_sid", "variables", "media_urls", "idempotency_key", "tags", "send_at", "validity", "expire_at_deadline", "wait_for_acceptance", "sender", "fallback")
     class VariablesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -80,6 +80,7 @@ class SendMessageRequest(_message.Message):
     EXPIRE_AT_DEADLINE_FIELD_NUMBER: _ClassVar[int]
     WAIT_FOR_ACCEPTANCE_FIELD_NUMBER: _ClassVar[int]
     SENDER_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_FIELD_NUMBER: _ClassVar[int]
     to: str
     channel: Channel
     body: str
@@ -93,7 +94,16 @@ class SendMessageRequest(_message.Message):
     expire_at_deadline: bool
     wait_for_acceptance: bool
     sender: str
-    def __init__(self, to: _Optional[str] = ..., channel: _Optional[_Union[Channel, str]] = ..., body: _Optional[str] = ..., content_sid: _Optional[str] = ..., variables: _Optional[_Mapping[str, str]] = ..., media_urls: _Optional[_Iterable[str]] = ..., idempotency_key: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., send_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., validity: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., expire_at_deadline: _Optional[bool] = ..., wait_for_acceptance: _Optional[bool] = ..., sender: _Optional[str] = ...) -> None: ...
+    fallback: Fallback
+    def __init__(self, to: _Optional[str] = ..., channel: _Optional[_Union[Channel, str]] = ..., body: _Optional[str] = ..., content_sid: _Optional[str] = ..., variables: _Optional[_Mapping[str, str]] = ..., media_urls: _Optional[_Iterable[str]] = ..., idempotency_key: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., send_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., validity: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., expire_at_deadline: _Optional[bool] = ..., wait_for_acceptance: _Optional[bool] = ..., sender: _Optional[str] = ..., fallback: _Optional[_Union[Fallback, _Mapping]] = ...) -> None: ...
+
+class Fallback(_message.Message):
+    __slots__ = ("sms", "sms_body")
+    SMS_FIELD_NUMBER: _ClassVar[int]
+    SMS_BODY_FIELD_NUMBER: _ClassVar[int]
+    sms: bool
+    sms_body: str
+    def __init__(self, sms: _Optional[bool] = ..., sms_body: _Optional[str] = ...) -> None: ...
 
 class SendMessageResponse(_message.Message):
     __slots__ = ("message_id", "status", "replayed", "twilio_sid", "created_at")
@@ -110,7 +120,7 @@ class SendMessageResponse(_message.Message):
     def __init__(self, message_id: _Optional[str] = ..., status: _Optional[_Union[MessageStatus, str]] = ..., replayed: _Optional[bool] = ..., twilio_sid: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class BulkContent(_message.Message):
-    __slots__ = ("channel", "body", "content_sid", "variables", "media_urls", "tags", "send_at", "validity", "sender")
+    __slots__ = ("channel", "body", "content_sid", "variables", "media_urls", "tags", "send_at", "validity", "sender", "fallback")
     class VariablesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -127,6 +137,7 @@ class BulkContent(_message.Message):
     SEND_AT_FIELD_NUMBER: _ClassVar[int]
     VALIDITY_FIELD_NUMBER: _ClassVar[int]
     SENDER_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_FIELD_NUMBER: _ClassVar[int]
     channel: Channel
     body: str
     content_sid: str
@@ -136,7 +147,8 @@ class BulkContent(_message.Message):
     send_at: _timestamp_pb2.Timestamp
     validity: _duration_pb2.Duration
     sender: str
-    def __init__(self, channel: _Optional[_Union[Channel, str]] = ..., body: _Optional[str] = ..., content_sid: _Optional[str] = ..., variables: _Optional[_Mapping[str, str]] = ..., media_urls: _Optional[_Iterable[str]] = ..., tags: _Optional[_Iterable[str]] = ..., send_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., validity: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., sender: _Optional[str] = ...) -> None: ...
+    fallback: Fallback
+    def __init__(self, channel: _Optional[_Union[Channel, str]] = ..., body: _Optional[str] = ..., content_sid: _Optional[str] = ..., variables: _Optional[_Mapping[str, str]] = ..., media_urls: _Optional[_Iterable[str]] = ..., tags: _Optional[_Iterable[str]] = ..., send_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., validity: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., sender: _Optional[str] = ..., fallback: _Optional[_Union[Fallback, _Mapping]] = ...) -> None: ...
 
 class BulkItem(_message.Message):
     __slots__ = ("correlation_id", "to", "variables", "body", "content_sid", "media_urls", "idempotency_key", "tags")
@@ -378,7 +390,7 @@ class StatusTimestamps(_message.Message):
     def __init__(self, created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., queued: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., accepted: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sending: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sent: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delivered: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., read: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., failed: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., undelivered: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., canceled: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expired: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Message(_message.Message):
-    __slots__ = ("message_id", "twilio_sid", "status", "channel", "to", "tags", "attempts", "error_code", "error_message", "timestamps", "delivery_time_ms", "send_at", "expires_at", "next_attempt_at", "updated_at", "sender")
+    __slots__ = ("message_id", "twilio_sid", "status", "channel", "to", "tags", "attempts", "error_code", "error_message", "timestamps", "delivery_time_ms", "send_at", "expires_at", "next_attempt_at", "updated_at", "sender", "fallback_message_id", "fallback_status", "fallback_of", "fallback_reason", "error_meaning")
     MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     TWILIO_SID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -395,6 +407,11 @@ class Message(_message.Message):
     NEXT_ATTEMPT_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     SENDER_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_STATUS_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_OF_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_REASON_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MEANING_FIELD_NUMBER: _ClassVar[int]
     message_id: str
     twilio_sid: str
     status: MessageStatus
@@ -411,7 +428,12 @@ class Message(_message.Message):
     next_attempt_at: _timestamp_pb2.Timestamp
     updated_at: _timestamp_pb2.Timestamp
     sender: str
-    def __init__(self, message_id: _Optional[str] = ..., twilio_sid: _Optional[str] = ..., status: _Optional[_Union[MessageStatus, str]] = ..., channel: _Optional[_Union[Channel, str]] = ..., to: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., attempts: _Optional[int] = ..., error_code: _Optional[int] = ..., error_message: _Optional[str] = ..., timestamps: _Optional[_Union[StatusTimestamps, _Mapping]] = ..., delivery_time_ms: _Optional[int] = ..., send_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_attempt_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sender: _Optional[str] = ...) -> None: ...
+    fallback_message_id: str
+    fallback_status: MessageStatus
+    fallback_of: str
+    fallback_reason: str
+    error_meaning: str
+    def __init__(self, message_id: _Optional[str] = ..., twilio_sid: _Optional[str] = ..., status: _Optional[_Union[MessageStatus, str]] = ..., channel: _Optional[_Union[Channel, str]] = ..., to: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., attempts: _Optional[int] = ..., error_code: _Optional[int] = ..., error_message: _Optional[str] = ..., timestamps: _Optional[_Union[StatusTimestamps, _Mapping]] = ..., delivery_time_ms: _Optional[int] = ..., send_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_attempt_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sender: _Optional[str] = ..., fallback_message_id: _Optional[str] = ..., fallback_status: _Optional[_Union[MessageStatus, str]] = ..., fallback_of: _Optional[str] = ..., fallback_reason: _Optional[str] = ..., error_meaning: _Optional[str] = ...) -> None: ...
 
 class StatusEvent(_message.Message):
     __slots__ = ("status", "occurred_at", "source", "error_code", "applied", "actor")
@@ -490,7 +512,7 @@ class ErrorCodeCount(_message.Message):
     def __init__(self, error_code: _Optional[int] = ..., error_message: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
 
 class GetMetricsResponse(_message.Message):
-    __slots__ = ("total", "by_status", "delivery_rate", "read_rate", "failure_rate", "avg_delivery_time_ms", "p50_delivery_time_ms", "p95_delivery_time_ms", "error_codes", "retries", "ambiguous_outcomes", "queue_depth", "oldest_pending_age", "scheduled", "reconciled", "unconfirmed")
+    __slots__ = ("total", "by_status", "delivery_rate", "read_rate", "failure_rate", "avg_delivery_time_ms", "p50_delivery_time_ms", "p95_delivery_time_ms", "error_codes", "retries", "ambiguous_outcomes", "queue_depth", "oldest_pending_age", "scheduled", "reconciled", "unconfirmed", "fallbacks", "fallbacks_delivered")
     TOTAL_FIELD_NUMBER: _ClassVar[int]
     BY_STATUS_FIELD_NUMBER: _ClassVar[int]
     DELIVERY_RATE_FIELD_NUMBER: _ClassVar[int]
@@ -507,6 +529,8 @@ class GetMetricsResponse(_message.Message):
     SCHEDULED_FIELD_NUMBER: _ClassVar[int]
     RECONCILED_FIELD_NUMBER: _ClassVar[int]
     UNCONFIRMED_FIELD_NUMBER: _ClassVar[int]
+    FALLBACKS_FIELD_NUMBER: _ClassVar[int]
+    FALLBACKS_DELIVERED_FIELD_NUMBER: _ClassVar[int]
     total: int
     by_status: _containers.RepeatedCompositeFieldContainer[StatusCount]
     delivery_rate: float
@@ -523,7 +547,9 @@ class GetMetricsResponse(_message.Message):
     scheduled: int
     reconciled: int
     unconfirmed: int
-    def __init__(self, total: _Optional[int] = ..., by_status: _Optional[_Iterable[_Union[StatusCount, _Mapping]]] = ..., delivery_rate: _Optional[float] = ..., read_rate: _Optional[float] = ..., failure_rate: _Optional[float] = ..., avg_delivery_time_ms: _Optional[float] = ..., p50_delivery_time_ms: _Optional[float] = ..., p95_delivery_time_ms: _Optional[float] = ..., error_codes: _Optional[_Iterable[_Union[ErrorCodeCount, _Mapping]]] = ..., retries: _Optional[int] = ..., ambiguous_outcomes: _Optional[int] = ..., queue_depth: _Optional[int] = ..., oldest_pending_age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., scheduled: _Optional[int] = ..., reconciled: _Optional[int] = ..., unconfirmed: _Optional[int] = ...) -> None: ...
+    fallbacks: int
+    fallbacks_delivered: int
+    def __init__(self, total: _Optional[int] = ..., by_status: _Optional[_Iterable[_Union[StatusCount, _Mapping]]] = ..., delivery_rate: _Optional[float] = ..., read_rate: _Optional[float] = ..., failure_rate: _Optional[float] = ..., avg_delivery_time_ms: _Optional[float] = ..., p50_delivery_time_ms: _Optional[float] = ..., p95_delivery_time_ms: _Optional[float] = ..., error_codes: _Optional[_Iterable[_Union[ErrorCodeCount, _Mapping]]] = ..., retries: _Optional[int] = ..., ambiguous_outcomes: _Optional[int] = ..., queue_depth: _Optional[int] = ..., oldest_pending_age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., scheduled: _Optional[int] = ..., reconciled: _Optional[int] = ..., unconfirmed: _Optional[int] = ..., fallbacks: _Optional[int] = ..., fallbacks_delivered: _Optional[int] = ...) -> None: ...
 
 class MessageFilter(_message.Message):
     __slots__ = ("statuses", "to", "tag", "channel", "created_after", "created_before", "sender")
