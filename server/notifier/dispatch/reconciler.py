@@ -51,7 +51,6 @@ class ReconcileConfig:
     after_seconds: float  # NOTIFIER_RECONCILE_AFTER
     give_up_seconds: float  # NOTIFIER_RECONCILE_GIVE_UP
     rate_per_second: float = 5.0  # the fetches' own budget
-    concurrency: int = 4  # fetches in flight
     batch: int = 200  # messages looked at per round, at most
 
     @property
@@ -59,6 +58,12 @@ class ReconcileConfig:
         """How often a round runs: often enough that a due fetch waits at most a quarter
         of the interval (at most 30 s)."""
         return max(0.05, min(self.after_seconds / 4, 30.0))
+
+    @property
+    def concurrency(self) -> int:
+        """Fetches in flight: enough for the budget when each takes up to 200 ms (a GET
+        to Twilio, then applying what it says), and at least 4."""
+        return max(4, math.ceil(self.rate_per_second / 5))
 
     @property
     def round_size(self) -> int:
@@ -152,10 +157,12 @@ class Reconciler:
                 log.exception("fetch of %s failed", candidate.message_id)
                 self.metrics.fetched(FetchResult.TWILIO_ERROR)
                 return self._later(candidate)
-        results = [
-            (await self._store.apply_report(report))[0]
-            for report in reports_from(fetched, candidate.message_id)
-        ]
+        # Submitted together, in order: one write applies them both, as it would apply
+        # callbacks arriving together.
+        applied = await asyncio.gather(
+            *(self._store.apply_report(r) for r in reports_from(fetched, candidate.message_id))
+        )
+        results = [result for result, _ in applied]
         if any(r in _NEWS for r in results):
             self.metrics.fetched(FetchResult.UPDATED)
             return None  # applying the news started its schedule again
