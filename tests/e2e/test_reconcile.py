@@ -183,7 +183,7 @@ async def test_rate_limited_fetches_back_off_then_succeed(
         # intervals after that news, not at the next poll.
         assert second - accepted.monotonic >= 1.5
         await running.engine.until_status(mid, pb.MESSAGE_STATUS_READ, within=20)
-        assert _fetched(running, "back_off") == 2
+        assert _fetched(running, "rate_limited") == 2
         assert _fetched(running, "updated") == 1
 
 

@@ -13,8 +13,21 @@ class FetchResult(enum.StrEnum):
     UPDATED = "updated"  # Twilio had news, applied (or recorded) as a callback would be
     UNCHANGED = "unchanged"  # Twilio says what we already know
     NOT_FOUND = "not_found"  # 404: deleted at Twilio; not fetched again
-    BACK_OFF = "back_off"  # 429, 5xx, timeout, no connection: fetched again later
+    # The three below back off: the message is fetched again at its next time.
+    RATE_LIMITED = "rate_limited"  # 429: the fetch budget is too high for the account
+    TWILIO_ERROR = "twilio_error"  # 5xx, or an answer we cannot read: Twilio's trouble
+    NO_ANSWER = "no_answer"  # timeout, no connection: the network's (or Twilio's) trouble
     UNAUTHORIZED = "unauthorized"  # 401: the reconciler stopped
+
+
+def backed_off(http_status: int | None) -> FetchResult:
+    """The result a fetch that backs off is counted under, from Twilio's HTTP status
+    (None: no answer): an operator tells a budget too high from an outage by it."""
+    if http_status is None:
+        return FetchResult.NO_ANSWER
+    if http_status == 429:
+        return FetchResult.RATE_LIMITED
+    return FetchResult.TWILIO_ERROR
 
 
 class ReconcileMetrics:

@@ -13,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
 from notifier.dispatch.rate_limit import SlidingWindowLimiter
-from notifier.dispatch.reconcile_metrics import FetchResult, ReconcileMetrics
+from notifier.dispatch.reconcile_metrics import FetchResult, ReconcileMetrics, backed_off
 from notifier.domain.clock import Clock, now_ms
 from notifier.domain.delivery import ProviderError
 from notifier.domain.errors import StorageUnavailable
@@ -50,14 +51,26 @@ class ReconcileConfig:
     after_seconds: float  # NOTIFIER_RECONCILE_AFTER
     give_up_seconds: float  # NOTIFIER_RECONCILE_GIVE_UP
     rate_per_second: float = 5.0  # the fetches' own budget
-    concurrency: int = 4  # fetches in flight
-    batch: int = 200  # messages looked at per round
+    batch: int = 200  # messages looked at per round, at most
 
     @property
     def poll_seconds(self) -> float:
         """How often a round runs: often enough that a due fetch waits at most a quarter
         of the interval (at most 30 s)."""
         return max(0.05, min(self.after_seconds / 4, 30.0))
+
+    @property
+    def concurrency(self) -> int:
+        """Fetches in flight: enough for the budget when each takes up to 200 ms (a GET
+        to Twilio, then applying what it says), and at least 4."""
+        return max(4, math.ceil(self.rate_per_second / 5))
+
+    @property
+    def round_size(self) -> int:
+        """Messages taken per round: what the budget fetches in one poll period. A round
+        picks its messages when it starts; a bigger one would fetch its last ones long
+        after, when a callback may have come meanwhile (the fetch then only repeats it)."""
+        return max(1, min(self.batch, math.ceil(self.rate_per_second * self.poll_seconds)))
 
 
 class Reconciler:
@@ -93,13 +106,15 @@ class Reconciler:
 
     async def _run(self) -> None:
         while not self.stopped_by_twilio:
+            fetched = 0
             try:
-                await self.run_round()
+                fetched = await self.run_round()
             except StorageUnavailable as exc:
                 log.warning("reconciliation round skipped, storage unavailable: %s", exc)
             except Exception:  # a bug in one round must not end reconciliation for good
                 log.exception("reconciliation round failed")
-            await asyncio.sleep(self._config.poll_seconds)
+            if fetched < self._config.round_size:  # a full round: more are due, go on
+                await asyncio.sleep(self._config.poll_seconds)
 
     async def run_round(self) -> int:
         """One round; returns how many messages were fetched (0 when not our turn)."""
@@ -115,7 +130,7 @@ class Reconciler:
                 self.metrics.unconfirmed.labels(Unconfirmed.GAVE_UP.value).inc(gave_up)
                 log.warning("%d message(s) unconfirmed: no final status from Twilio", gave_up)
             due = await self._store.reconcile_candidates(
-                now_ms=now, after_ms=int(cfg.after_seconds * 1000), limit=cfg.batch
+                now_ms=now, after_ms=int(cfg.after_seconds * 1000), limit=cfg.round_size
             )
             outcomes = await asyncio.gather(
                 *(self._reconcile(c) for c in due), return_exceptions=True
@@ -129,7 +144,7 @@ class Reconciler:
 
     async def _reconcile(self, candidate: Candidate) -> FetchState | None:
         """Fetch one message and apply what Twilio says; its new fetch state (None when
-        the fetch did not happen because the reconciler stopped)."""
+        the fetch did not happen because the reconciler stopped, or brought news)."""
         async with self._slots:
             if self.stopped_by_twilio:
                 return None
@@ -140,23 +155,26 @@ class Reconciler:
                 return self._failed(candidate, exc)
             except Exception:  # an answer we cannot read: back off, never loop on it
                 log.exception("fetch of %s failed", candidate.message_id)
-                self.metrics.fetched(FetchResult.BACK_OFF)
+                self.metrics.fetched(FetchResult.TWILIO_ERROR)
                 return self._later(candidate)
-        results = [
-            (await self._store.apply_report(report))[0]
-            for report in reports_from(fetched, candidate.message_id)
-        ]
+        # Submitted together, in order: one write applies them both, as it would apply
+        # callbacks arriving together.
+        applied = await asyncio.gather(
+            *(self._store.apply_report(r) for r in reports_from(fetched, candidate.message_id))
+        )
+        results = [result for result, _ in applied]
         if any(r in _NEWS for r in results):
             self.metrics.fetched(FetchResult.UPDATED)
-            return FetchState(candidate.message_id, 0, None)
+            return None  # applying the news started its schedule again
         self.metrics.fetched(FetchResult.UNCHANGED)
         return self._later(candidate)
 
     def _later(self, candidate: Candidate) -> FetchState:
         fetches = candidate.fetches + 1
         after_ms = int(self._config.after_seconds * 1000)
+        news = candidate.last_news_ms
         return FetchState(
-            candidate.message_id, fetches, next_fetch_at(candidate.last_news_ms, fetches, after_ms)
+            candidate.message_id, news, fetches, next_fetch_at(news, fetches, after_ms)
         )
 
     def _failed(self, candidate: Candidate, exc: ProviderError) -> FetchState | None:
@@ -170,7 +188,9 @@ class Reconciler:
                 candidate.twilio_sid,
             )
             gone = Unconfirmed.NOT_FOUND
-            return FetchState(candidate.message_id, candidate.fetches + 1, None, gone)
+            return FetchState(
+                candidate.message_id, candidate.last_news_ms, candidate.fetches + 1, None, gone
+            )
         if verdict is FetchVerdict.STOP:
             self.metrics.fetched(FetchResult.UNAUTHORIZED)
             if not self.stopped_by_twilio:
@@ -183,6 +203,6 @@ class Reconciler:
                     exc,
                 )
             return None
-        self.metrics.fetched(FetchResult.BACK_OFF)
+        self.metrics.fetched(backed_off(exc.http_status))
         log.info("fetch of %s backs off: %s", candidate.message_id, exc)
         return self._later(candidate)

@@ -92,9 +92,12 @@ class Candidate:
 class FetchState:
     """A message's fetch state after a fetch: the count since its last news, when the
     next fetch is due (None: at the usual time after its next news), and why fetching
-    stopped (None: it goes on)."""
+    stopped (None: it goes on). It holds only while the message's last news is still
+    ``news_ms`` (the one the fetch was planned from): news since, a callback that came
+    while the fetch was under way, starts the schedule again instead."""
 
     message_id: str
+    news_ms: int
     fetches: int
     next_at_ms: int | None
     outcome: Unconfirmed | None = None

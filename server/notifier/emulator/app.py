@@ -425,16 +425,25 @@ class _Handlers:
         return twilio_error(code, message, retry_after=self.emulator.faults.retry_after_seconds)
 
     async def fetch_message(self, request: Request) -> Response:
-        """The message as it stands now (status, error, dates), as Twilio's fetch."""
-        sid = request.path_params["MessageSid"]
-        self.emulator.state.record_fetch(sid)  # as it arrives, refused or not
+        """The message as it stands now (status, error, dates), as Twilio's fetch; the
+        answer's HTTP status goes on the fetch's record."""
+        record = self.emulator.state.record_fetch(request.path_params["MessageSid"])
+        response = self._fetched(request, record.sid)
+        record.http_status = response.status_code
+        return response
+
+    def _fetched(self, request: Request, sid: str) -> Response:
+        faults = self.emulator.faults
         if not self._authorized(request):
             return twilio_error(20003)
-        if self.emulator.faults.fetch_error is not None:
-            return twilio_error(self.emulator.faults.fetch_error)
+        if faults.fetch_error is not None:
+            return twilio_error(faults.fetch_error)
         message = self.emulator.state.message(sid)
         if message is None or message.account_sid != request.path_params["AccountSid"]:
             return twilio_error(20404, f"The requested resource {request.url.path} was not found")
+        code = faults.to_fetch_errors.get(bare_number(message.to))
+        if code is not None:
+            return twilio_error(code, retry_after=faults.retry_after_seconds)
         return JSONResponse(message.to_resource())
 
     async def get_faults(self, request: Request) -> Response:

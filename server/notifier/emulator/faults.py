@@ -122,6 +122,8 @@ class Faults(BaseModel):
     """Recipients (E.164) whose callbacks are all dropped: only a fetch tells their fate."""
     fetch_error: int | None = None
     """Twilio error code answered to every fetch (``GET …/Messages/{Sid}.json``)."""
+    to_fetch_errors: dict[str, int] = Field(default_factory=dict)
+    """Recipient (E.164) -> error code answered to every fetch of a message to it."""
     duplicate_callback_fraction: Fraction = 0.0
     reorder_callbacks: bool = False
     """Send each message's callbacks in reverse order (the timing slots stay the same)."""
@@ -150,7 +152,9 @@ class Faults(BaseModel):
             raise ValueError(f"whatsapp_outcomes codes must be in {sorted(whatsapp.CODES)}")
         return table
 
-    @field_validator("to_errors", "to_outcomes", "whatsapp_outcomes", mode="before")
+    @field_validator(
+        "to_errors", "to_outcomes", "whatsapp_outcomes", "to_fetch_errors", mode="before"
+    )
     @classmethod
     def _bare_numbers(cls, table: Any) -> Any:
         """Recipients may be written with ``whatsapp:``; they are matched without it."""

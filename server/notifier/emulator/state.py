@@ -175,6 +175,16 @@ class CallbackRecord:
         return self.http_status is not None and 200 <= self.http_status < 300
 
 
+@dataclass(slots=True)
+class FetchRecord:
+    """One ``GET …/Messages/{Sid}.json``: when it arrived and what it was answered."""
+
+    sid: str
+    monotonic: float
+    received_at: datetime
+    http_status: int | None = None  # None while the answer is being made
+
+
 class EmulatorState:
     """Append-only record of traffic, with the few lookups tests need."""
 
@@ -183,7 +193,7 @@ class EmulatorState:
         self._requests: deque[ReceivedRequest] = deque(maxlen=cap)
         self._accepted: dict[str, AcceptedMessage] = {}
         self._callbacks: deque[CallbackRecord] = deque(maxlen=cap)
-        self._fetches: deque[tuple[str, float]] = deque(maxlen=cap)
+        self._fetches: deque[FetchRecord] = deque(maxlen=cap)
         self._request_count = 0
         self.callback_failures = 0
         """Callback attempts whose target was down or answered non-2xx."""
@@ -233,13 +243,20 @@ class EmulatorState:
         if not record.dropped and not record.ok:
             self.callback_failures += 1
 
-    def record_fetch(self, sid: str) -> None:
-        """A fetch of message ``sid`` arrived (whatever the answer)."""
-        self._fetches.append((sid, time.monotonic()))
+    def record_fetch(self, sid: str) -> FetchRecord:
+        """A fetch of message ``sid`` arrived (whatever the answer, set on the record)."""
+        record = FetchRecord(sid, time.monotonic(), datetime.now(UTC))
+        self._fetches.append(record)
+        return record
 
     def fetches_of(self, sid: str) -> list[float]:
         """When message ``sid`` was fetched (monotonic times), oldest first."""
-        return [at for fetched, at in self._fetches if fetched == sid]
+        return [f.monotonic for f in self._fetches if f.sid == sid]
+
+    @property
+    def fetches(self) -> list[FetchRecord]:
+        """Every fetch, oldest first."""
+        return list(self._fetches)
 
     @property
     def fetch_count(self) -> int:

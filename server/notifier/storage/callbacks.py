@@ -25,6 +25,9 @@ from notifier.storage.tables import inbound_messages, messages, recipients, stat
 
 Applied = tuple[CallbackResult, str | None]
 
+# News about a message starts the reconciler's schedule for it again (no fetch since).
+_NO_FETCHES_YET = {"reconcile_fetches": 0, "reconcile_at": None}
+
 # The columns a status report may change.
 _REPORTED = ("status", "twilio_sid", "error_code", "error_message", *STAMP_COLUMNS.values())
 
@@ -195,7 +198,7 @@ async def _write_reported(
         await conn.execute(
             update(messages)
             .where(messages.c.id == bindparam("b_id"))
-            .values({c: bindparam(f"p_{c}") for c in columns}),
+            .values({c: bindparam(f"p_{c}") for c in columns} | _NO_FETCHES_YET),
             [{"b_id": i} | {f"p_{c}": row[c] for c in columns} for i, row in touched.items()],
         )
     if events:

@@ -93,12 +93,16 @@ class Reconciliation(Store):
         return await self._write(work)
 
     async def record_fetches(self, states: Sequence[FetchState]) -> None:
-        """Store each message's fetch state after this round's fetches."""
+        """Store each message's fetch state after this round's fetches, where the message
+        has had no news since the state's ``news_ms`` (news resets the state itself)."""
         if not states:
             return
         stmt = (
             update(messages)
-            .where(messages.c.id == bindparam("b_id"))
+            .where(
+                messages.c.id == bindparam("b_id"),
+                messages.c.updated_at == bindparam("b_news"),
+            )
             .values(
                 reconcile_fetches=bindparam("p_fetches"),
                 reconcile_at=bindparam("p_at"),
@@ -110,6 +114,7 @@ class Reconciliation(Store):
         params = [
             {
                 "b_id": s.message_id,
+                "b_news": s.news_ms,
                 "p_fetches": s.fetches,
                 "p_at": s.next_at_ms,
                 "p_outcome": s.outcome.value if s.outcome is not None else None,
