@@ -193,6 +193,30 @@ async def spawn(*args: str, env: dict[str, str] | None = None, quiet: bool = Fal
     return Child(proc)
 
 
+async def serve_grpc(db_url: str, emulator_url: str, **env: Any) -> Child:
+    """``notifier serve grpc`` (the API and the dispatcher) in a process of its own, on
+    ``db_url``, sending to the emulator at ``emulator_url``; returned once it serves."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFIER_", "TWILIO_"))}
+    child = await spawn(
+        "-m",
+        "notifier",
+        "serve",
+        "grpc",
+        env=clean
+        | {
+            "NOTIFIER_DATABASE_URL": db_url,
+            "NOTIFIER_GRPC_ADDR": "127.0.0.1:0",
+            "NOTIFIER_HTTP_ADDR": "127.0.0.1:0",
+            "NOTIFIER_LOG_LEVEL": "WARNING",
+            "NOTIFIER_METRICS_ADDR": "127.0.0.1:0",  # replicas side by side
+            "PYTHONUNBUFFERED": "1",
+            **{k: str(v) for k, v in (emulator_env(emulator_url) | env).items()},
+        },
+    )
+    await child.line_matching(r"gRPC serving on")
+    return child
+
+
 _shared_emulator: str | None = None
 
 

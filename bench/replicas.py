@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from bench.backends import Backend, backend, connect
-from bench.common import Child, Figure, emulator_env, emulator_process, scale, spawn
+from bench.common import Child, Figure, emulator_process, scale, serve_grpc
 from bench.dispatch import CONCURRENCY
 from notifier.storage.engine import DUE_CHANNEL
 
@@ -23,19 +23,12 @@ REPLICAS = 3
 
 
 async def _start(db: Backend, url: str) -> Child:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFIER_", "TWILIO_"))} | {
-        "NOTIFIER_DATABASE_URL": db.url,
-        "NOTIFIER_GRPC_ADDR": "127.0.0.1:0",
-        "NOTIFIER_HTTP_ADDR": "127.0.0.1:0",
-        "NOTIFIER_LOG_LEVEL": "WARNING",
-        "NOTIFIER_RATE_LIMIT_PER_SECOND": "1000000",
-        "NOTIFIER_DISPATCH_CONCURRENCY": str(CONCURRENCY),
-        "PYTHONUNBUFFERED": "1",
-        **{k: str(v) for k, v in emulator_env(url).items()},
-    }
-    child = await spawn("-m", "notifier", "serve", "grpc", env=env)
-    await child.line_matching(r"gRPC serving on")
-    return child
+    return await serve_grpc(
+        db.url,
+        url,
+        NOTIFIER_RATE_LIMIT_PER_SECOND=1_000_000,
+        NOTIFIER_DISPATCH_CONCURRENCY=CONCURRENCY,
+    )
 
 
 async def _rate(db: Backend, url: str, replicas: int, total: int) -> float:

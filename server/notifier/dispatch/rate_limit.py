@@ -1,12 +1,12 @@
 """An exact rate limit: at most N sends in any window of one second.
 
 A token bucket with a burst allowance lets 2N through in some one-second windows
-(a full bucket plus a second's refill); a sliding log of the last N send times cannot.
-A small guard added to the window absorbs the jitter between taking a slot here and
-the request reaching Twilio, so the limit also holds where Twilio counts. Slots are
-also spaced evenly (window / N apart) instead of granted in bursts of N: a burst
-opens N connections at once, and the uneven delays that causes are exactly the jitter
-that could push N + 1 arrivals into one second at the far end.
+(a full bucket plus a second's refill); the last N send times cannot. When each send
+may start is the pure rule of grant_rule.py: slots on a fixed grid (timer lateness
+does not add up), never closer than a window to the send N before (however late the
+timers), never back to back. The guard added to the window absorbs the jitter between
+taking a slot here and the request reaching Twilio, so the limit also holds where
+Twilio counts; it costs N / (1 s + guard), 79.5/s at 80/s.
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 
+from notifier.dispatch.grant_rule import GrantRule
 from notifier.domain.ports import SlotStore
 
-DEFAULT_GUARD_SECONDS = 0.01
-# Replicas sharing a limit each add their own scheduling delay, and a slot is fixed on
-# the shared timeline before it is used: a wider guard keeps half of it for that.
-SHARED_GUARD_SECONDS = 0.06
+DEFAULT_GUARD_SECONDS = 0.006
+# Replicas share one grid in the database; each uses a slot at most half the guard late
+# (or gives it up), so the other half still separates sends N apart at the far end.
+SHARED_GUARD_SECONDS = 0.008
 
 
 def limit_and_window(rate_per_second: float) -> tuple[int, float]:
@@ -36,6 +37,8 @@ def limit_and_window(rate_per_second: float) -> tuple[int, float]:
 
 
 class SlidingWindowLimiter:
+    """The limit for this process alone (SQLite: one process owns the database)."""
+
     def __init__(
         self,
         rate_per_second: float,
@@ -44,60 +47,64 @@ class SlidingWindowLimiter:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.rate = rate_per_second
-        self.limit, window = limit_and_window(rate_per_second)
-        self.window = window + guard_seconds
-        self.spacing = self.window / self.limit
-        self._last: float | None = None
+        self.limit, self.window = limit_and_window(rate_per_second)
+        self._rule = GrantRule(self.limit, self.window, guard_seconds)
         self._clock = clock
-        self._stamps: deque[float] = deque()
         self._lock = asyncio.Lock()
-
-    def _expire(self, now: float) -> None:
-        while self._stamps and self._stamps[0] <= now - self.window:
-            self._stamps.popleft()
-
-    def headroom(self) -> int:
-        """Sends that could start within the next second or so (for sizing claims)."""
-        self._expire(self._clock())
-        return self.limit - len(self._stamps)
-
-    def _wait_needed(self, now: float) -> float:
-        self._expire(now)
-        wait = 0.0
-        if len(self._stamps) >= self.limit:
-            wait = self._stamps[0] + self.window - now
-        if self._last is not None:
-            wait = max(wait, self._last + self.spacing - now)
-        return wait
 
     async def acquire(self) -> None:
         """Wait for a slot; slots are granted in the order they were asked for."""
         async with self._lock:
-            while (wait := self._wait_needed(self._clock())) > 0:  # noqa: ASYNC110 - a timed wait, not a poll
+            while (wait := self._rule.earliest(now := self._clock()) - now) > 0:  # noqa: ASYNC110 - a timed wait, not a poll
                 await asyncio.sleep(wait)
-            now = self._clock()
-            self._stamps.append(now)
-            self._last = now
+            self._rule.grant(self._clock())
 
 
 # How far ahead of its time a slot may be taken: enough to hide the round trip to the
 # database (ask a little early, then wait locally) even on a loaded machine. Taking a
 # slot early costs nothing in accuracy: the send still waits for the slot's time.
 _SLOT_LEAD_SECONDS = 0.05
+_CLOCK_SAMPLES = 16
+_CLOCK_SAMPLE_SECONDS = 10.0
+
+
+class DatabaseClock:
+    """This process's estimate of the database's clock, which times the shared slots.
+
+    The database reads its clock somewhere between asking and answering: the midpoint
+    is off by at most half the round trip. Of the recent answers, the quickest bounds
+    that error best (as NTP does), so a slow answer on a loaded machine does not move a
+    slot by its delay; old answers age out, as the two clocks drift apart.
+    """
+
+    def __init__(self) -> None:
+        self._samples: deque[tuple[float, float, float]] = deque(maxlen=_CLOCK_SAMPLES)
+        self.round_trip: float | None = None  # the last one
+
+    def observe(self, asked: float, answered: float, db_now_us: int) -> None:
+        self.round_trip = answered - asked
+        middle = (asked + answered) / 2
+        self._samples.append((self.round_trip, db_now_us / 1_000_000 - middle, answered))
+
+    def local(self, db_us: int) -> float:
+        """A database time (microseconds) on this process's clock."""
+        newest = self._samples[-1][2]
+        fresh = [s for s in self._samples if s[2] > newest - _CLOCK_SAMPLE_SECONDS]
+        _, offset, _ = min(fresh)
+        return db_us / 1_000_000 - offset
 
 
 class SharedLimiter:
-    """The same bound for all replicas together: send times come from shared storage.
+    """The same bound for all replicas together: the grid lives in shared storage.
 
-    Slots are spaced evenly, ``(1 s + guard) / N`` apart across every replica, and are
-    taken only shortly before they start (at most ``_SLOT_LEAD_SECONDS`` ahead), by a
-    process whose sends are waiting for them; a process too late for a slot (by more
-    than half the guard) drops it rather than crowd the next one, which may be another
-    replica's. N + 1 consecutive slots span more than a second, so no
-    one-second window holds more than N sends, and the guard absorbs the jitter between
-    a slot and the request reaching Twilio, as for the per-process limiter. At high
-    rates one request takes several slots (as many as fit in the lead and are wanted),
-    so the database sees far fewer queries than sends.
+    Slots are spaced evenly, ``(1 s + guard) / N`` apart across every replica, on a grid
+    the database keeps (one row per sender): a late send never moves the slots after it.
+    A process takes slots only shortly before they start (at most ``_SLOT_LEAD_SECONDS``
+    ahead), for sends waiting for them, and starts each at most half the guard late;
+    a slot it cannot use by then is given up rather than crowd the next one, which may
+    be another replica's. So sends N apart are at least a second and half the guard
+    apart, and no one-second window holds more than N. At high rates one request
+    takes several slots, so the database sees far fewer queries than sends.
     """
 
     def __init__(
@@ -112,15 +119,17 @@ class SharedLimiter:
         self.rate = rate_per_second
         limit, window = limit_and_window(rate_per_second)
         self.spacing = (window + guard_seconds) / limit
-        self._guard = guard_seconds
+        self._late = guard_seconds / 2  # how late a slot may still be used
         self._spacing_us = max(1, round(self.spacing * 1_000_000))
         self._max_batch = max(1, int(_SLOT_LEAD_SECONDS / self.spacing))
         self._store = store
         self._sender = sender
         self._clock = clock
+        self._db_clock = DatabaseClock()
         self._lock = asyncio.Lock()
         self._slots: deque[float] = deque()  # taken, not yet used: local clock times
         self._wanted = 0  # callers inside acquire()
+        self._refill: asyncio.Task[None] | None = None  # taking more slots
         self._last: float | None = None  # when this process last sent
 
     async def acquire(self) -> None:
@@ -129,48 +138,75 @@ class SharedLimiter:
         self._wanted += 1
         try:
             async with self._lock:
-                while True:
-                    # A slot used late could crowd the next one, which may be another
-                    # replica's: one that cannot start within half the guard of its time
-                    # (this process was slow, or sent its last one late) is dropped.
-                    now = self._clock()
-                    while self._slots and self._slots[0] < now - self._guard / 2:
-                        self._slots.popleft()
-                    if not self._slots:
-                        await self._take()
-                        continue
-                    slot = self._slots.popleft()
-                    start = slot
-                    if self._last is not None:
-                        # Slots are one spacing apart, but a late wake-up must not
-                        # make two sends of ours closer than the slack allows.
-                        start = max(slot, self._last + self.spacing - self._guard / 2)
-                    if start - slot <= self._guard / 2:
-                        break
-                wait = start - self._clock()
-                if wait > 0:
+                while (wait := await self._next_start()) > 0:  # noqa: ASYNC110 - a timed wait
                     await asyncio.sleep(wait)
+                self._slots.popleft()
                 self._last = self._clock()
         finally:
             self._wanted -= 1
 
-    async def _take(self) -> None:
-        count = min(self._wanted, self._max_batch)
+    async def _next_start(self) -> float:
+        """Seconds until the next usable slot starts (0: now); slots too late to use
+        are given up, and more are taken before the last one is used."""
+        while True:
+            now = self._clock()
+            while self._slots and self._slots[0] < now - self._late:
+                self._slots.popleft()
+            refill = self._refilling(now)
+            if not self._slots:
+                if refill is None:
+                    continue
+                await asyncio.shield(refill)  # raises StorageUnavailable: nothing sent
+                continue
+            start = self._slots[0]
+            if self._last is not None:
+                # Never back to back with our own last send, even after a late wake-up.
+                start = max(start, self._last + self.spacing / 2)
+            if start - self._slots[0] <= self._late:
+                return max(0.0, start - now)
+            self._slots.popleft()
+
+    def _refilling(self, now: float) -> asyncio.Task[None] | None:
+        """The request for more slots, started in the background when the slots held run
+        out within half the lead and callers want more: the round trip then overlaps
+        the wait for the slots held (taking them only once none was left lost the
+        first new one whenever the answer took longer than a spacing)."""
+        if self._refill is not None and self._refill.done():
+            failed = self._refill.exception()  # raised to a caller that needs slots
+            self._refill = None
+            if failed is not None and not self._slots:
+                raise failed
+        wanted = self._wanted - len(self._slots)
+        low = not self._slots or self._slots[-1] < now + _SLOT_LEAD_SECONDS / 2
+        if self._refill is None and wanted > 0 and low:
+            self._refill = asyncio.create_task(self._take(min(wanted, self._max_batch)))
+        return self._refill
+
+    async def _take(self, count: int) -> None:
         lead_us = round(_SLOT_LEAD_SECONDS * 1_000_000)
         while True:
+            # A grid that fell behind starts again a little ahead of the database's
+            # now: far enough for the answer to get here before its first slot.
+            trip = self._db_clock.round_trip
+            restart = _SLOT_LEAD_SECONDS / 2 if trip is None else 2 * trip + 0.001
             asked = self._clock()
-            granted, wait = await self._store.take_slots(
-                self._sender, self._spacing_us, count, lead_us
+            slot_us, next_us, now_us = await self._store.take_slots(
+                self._sender,
+                self._spacing_us,
+                count,
+                lead_us,
+                round(min(restart, _SLOT_LEAD_SECONDS) * 1_000_000),
             )
-            # The database read its clock somewhere between asking and answering: the
-            # midpoint is the best local estimate of that moment.
-            then = (asked + self._clock()) / 2
-            if granted:
-                first = then + wait
+            self._db_clock.observe(asked, self._clock(), now_us)
+            if slot_us is not None:
+                first = self._db_clock.local(slot_us)
                 self._slots.extend(first + i * self.spacing for i in range(count))
                 return
+            if self._slots:
+                return  # others took the next slots: ask again when these run low
             # Come back when the next slot is within the lead.
-            await asyncio.sleep(max(0.0, then + wait - _SLOT_LEAD_SECONDS / 2 - self._clock()))
+            ready = self._db_clock.local(next_us) - _SLOT_LEAD_SECONDS / 2
+            await asyncio.sleep(max(0.0, ready - self._clock()))
 
 
 class RateLimiters:

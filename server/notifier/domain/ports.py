@@ -186,12 +186,13 @@ class OutboxStore(AttemptStore, Protocol):
 
 class SlotStore(Protocol):
     async def take_slots(
-        self, sender: str, spacing_us: int, count: int, tolerance_us: int
-    ) -> tuple[bool, float]:
+        self, sender: str, spacing_us: int, count: int, lead_us: int, restart_us: int
+    ) -> tuple[int | None, int, int]:
         """Take ``count`` consecutive slots of the sender if the next one is due within
-        ``tolerance_us``; the sender's next slot then comes one spacing after the last
-        of them. Returns (granted, seconds): until the first slot when granted, else
-        until the next slot, when to ask again."""
+        ``lead_us``; the sender's next slot then comes one spacing after the last of
+        them; a next slot earlier than ``restart_us`` from now first moves up to there.
+        Returns (first slot or None when not granted, the next slot, now), all on the
+        store's clock in microseconds."""
 
 
 class CallbackStore(StorageProbe, Protocol):

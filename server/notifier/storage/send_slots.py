@@ -1,13 +1,13 @@
 """Send times shared by every replica through one row per sender (PostgreSQL).
 
-The row holds the earliest time the sender's next send may start. A replica ready to
-send asks for that slot; it gets it only if the slot has come (within a small
-tolerance), and the row then moves on to max(slot, now) + spacing in the same atomic
-UPDATE. Granting a slot only when it is due, not ahead of time, matters: a replica that
-wakes late then pushes the next slot later instead of sending closer to the following
-one, so sends at the far end stay at least one spacing apart (as the per-process limiter
-ensures by stamping the time it really sends). Times are the database's clock, so
-replicas on hosts whose clocks disagree still share one timeline.
+The row holds the sender's next slot on a fixed grid: a replica ready to send takes
+the next few slots when the first is due within its lead, and the row moves on by one
+spacing per slot taken, in one atomic UPDATE, whatever time the replica asked at. A
+send that starts late therefore never moves the slots after it (spacing each slot from
+the moment it was taken let lateness add up: 80/s gave 76/s). A grid that fell behind
+(nobody sent for a while) starts again a little ahead of now, never in the past: its
+first slot must still be usable when the answer arrives. Times are the database's
+clock, so replicas on hosts whose clocks disagree still share one timeline.
 """
 
 from __future__ import annotations
@@ -28,8 +28,10 @@ _TAKE = text(
     ),
     granted AS (
         UPDATE send_slots
-        SET next_slot_us = greatest(next_slot_us, (SELECT now_us FROM clock)) + :span * :count
-        WHERE sender = :sender AND next_slot_us <= (SELECT now_us FROM clock) + :tolerance
+        SET next_slot_us = :span * :count + CASE
+            WHEN next_slot_us >= (SELECT now_us FROM clock) THEN next_slot_us
+            ELSE (SELECT now_us FROM clock) + :restart END
+        WHERE sender = :sender AND next_slot_us <= (SELECT now_us FROM clock) + :lead
         RETURNING next_slot_us - :span * :count AS slot_us
     )
     SELECT
@@ -37,7 +39,12 @@ _TAKE = text(
         (SELECT next_slot_us FROM send_slots WHERE sender = :sender) AS next_us,
         (SELECT now_us FROM clock) AS now_us
     """
-).bindparams(bindparam("span", type_=BigInteger), bindparam("count", type_=BigInteger))
+).bindparams(
+    bindparam("span", type_=BigInteger),
+    bindparam("count", type_=BigInteger),
+    bindparam("restart", type_=BigInteger),
+    bindparam("lead", type_=BigInteger),
+)
 
 
 class SendSlots:
@@ -50,14 +57,10 @@ class SendSlots:
         self._known: set[str] = set()
 
     async def take_slots(
-        self, sender: str, spacing_us: int, count: int, tolerance_us: int
-    ) -> tuple[bool, float]:
-        """Try to take ``count`` consecutive slots of ``sender`` now: (granted, seconds).
-
-        Granted: the first slot starts after that many seconds (at most the tolerance),
-        the others follow one spacing apart. Not granted: the next slot is still further
-        ahead than the tolerance; that many seconds until it.
-        """
+        self, sender: str, spacing_us: int, count: int, lead_us: int, restart_us: int
+    ) -> tuple[int | None, int, int]:
+        """Take ``count`` consecutive slots of ``sender`` if the first is due within
+        ``lead_us``: (first slot or None, next slot, now), the database's microseconds."""
         # One statement, atomic by itself: autocommit spares the BEGIN and COMMIT round
         # trips, which count at a few hundred grants a second.
         async with storage_errors(), self._db.writer.connect() as conn:
@@ -76,10 +79,9 @@ class SendSlots:
                         "sender": sender,
                         "span": spacing_us,
                         "count": count,
-                        "tolerance": tolerance_us,
+                        "lead": lead_us,
+                        "restart": restart_us,
                     },
                 )
             ).one()
-        if slot_us is not None:
-            return True, max(0.0, (int(slot_us) - int(now_us)) / 1_000_000)
-        return False, max(0.0, (int(next_us) - int(now_us)) / 1_000_000)
+        return (None if slot_us is None else int(slot_us)), int(next_us), int(now_us)

@@ -1,0 +1,61 @@
+"""When a rate-limited send may start: the pure rule, with no clock and no waiting.
+
+N sends per window (80 per second). Each grant is the latest of three bounds:
+
+- **the grid**: slot k at ``start + k x spacing``, ``spacing = (window + guard) / N``.
+  A timer that wakes a little late delays that one send, not every later one: spacing
+  each send from the previous grant let the lateness add up (80/s gave 68-76/s). On the
+  grid the rate is N / (window + guard) however late the timers are (80/s: 79.5/s).
+- **the window**: send i starts at least ``window + guard / 2`` after send i-N, counted
+  on the times sends really started, so no window holds more than N sends even when a
+  late grant is followed by on-time ones; the half guard left absorbs the jitter between
+  the grant and the request reaching Twilio. It binds only after a grant later than
+  ``guard / 2``, and gives that lateness back half a guard per window.
+- **the gap**: at least half a spacing after the previous send, so a stall is made up
+  at twice the rate at most, never with back-to-back sends (a burst opens connections
+  at once, and their uneven delays are the jitter that crowds a window at the far end).
+
+A grid left more than ``CATCH_UP_SLOTS`` behind (the limiter sat idle, or the process
+stalled) moves up to that distance behind: a stall is made up for a few slots, not
+with a burst.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+CATCH_UP_SLOTS = 4
+
+
+class GrantRule:
+    """The grants of one limiter so far, and when the next one may be."""
+
+    def __init__(self, limit: int, window: float, guard: float) -> None:
+        if limit < 1 or window <= 0 or guard < 0:
+            raise ValueError("limit must be at least 1, window positive, guard not negative")
+        self.limit = limit
+        self.window = window
+        self.guard = guard
+        self.spacing = (window + guard) / limit
+        self._granted: deque[float] = deque(maxlen=limit)  # the last N grants
+        self._next: float | None = None  # the grid's next slot
+
+    def _slot(self, now: float) -> float:
+        """This grant's place on the grid."""
+        if self._next is None:
+            return now
+        return max(self._next, now - CATCH_UP_SLOTS * self.spacing)
+
+    def earliest(self, now: float) -> float:
+        """The earliest time, ``now`` or later, at which the next send may start."""
+        at = max(now, self._slot(now))
+        if len(self._granted) == self.limit:
+            at = max(at, self._granted[0] + self.window + self.guard / 2)
+        if self._granted:
+            at = max(at, self._granted[-1] + self.spacing / 2)
+        return at
+
+    def grant(self, now: float) -> None:
+        """A send starts at ``now`` (no earlier than ``earliest``: the caller waited)."""
+        self._next = self._slot(now) + self.spacing
+        self._granted.append(now)

@@ -1,0 +1,130 @@
+"""The rate limiter's rule (dispatch/grant_rule.py) on a fake clock: timers that wake
+on time, late, or after a stall. Whatever the lateness, no window of ``window``
+seconds holds more than N grants; lateness does not slow the limiter down."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from notifier.dispatch.grant_rule import CATCH_UP_SLOTS, GrantRule
+
+
+def _grants(rule: GrantRule, lateness: list[float], start: float = 100.0) -> list[float]:
+    """Every caller already waiting; each timer wakes ``lateness[i]`` after grant i's time."""
+    now, granted = start, []
+    for late in lateness:
+        now = rule.earliest(now) + late
+        rule.grant(now)
+        granted.append(now)
+    return granted
+
+
+def _busiest(granted: list[float], window: float) -> int:
+    """The most grants in any window [s, s + window)."""
+    return max(sum(1 for t in granted if s <= t < s + window) for s in granted)
+
+
+def _rate(granted: list[float]) -> float:
+    return (len(granted) - 1) / (granted[-1] - granted[0])
+
+
+@pytest.mark.parametrize(
+    ("limit", "window", "guard", "first_gaps"),
+    [
+        (10, 1.0, 0.0, [0.1] * 5),
+        (80, 1.0, 0.006, [1.006 / 80] * 5),
+        (1, 2.0, 0.0, [2.0] * 5),  # 0.5/s: one send in any two seconds
+    ],
+)
+def test_on_time_timers_give_the_grid(
+    limit: int, window: float, guard: float, first_gaps: list[float]
+) -> None:
+    granted = _grants(GrantRule(limit, window, guard), [0.0] * 6)
+    gaps = [b - a for a, b in itertools.pairwise(granted)]
+    assert gaps == pytest.approx(first_gaps)
+
+
+@pytest.mark.parametrize("late", [0.0005, 0.001, 0.003])
+def test_late_timers_do_not_add_up(late: float) -> None:
+    """Every wake-up late (a loaded machine): 80/s stays 80 +- 1 /s. Spacing each
+    grant from the previous one gave 80 / (1.006 + 80 x late): 64/s at 3 ms."""
+    granted = _grants(GrantRule(80, 1.0, 0.006), [late] * 801)
+    assert 79 <= _rate(granted) <= 81
+    assert _busiest(granted, 1.0) <= 80
+
+
+def test_a_late_grant_followed_by_on_time_ones_never_crowds_a_window() -> None:
+    """The case that sank a plain fixed grid: grant 5 wakes 40 ms late, the rest on
+    time. One window later the grid alone would put grant 85 closer than a second after
+    grant 5; the window bound holds it back to a second and half a guard."""
+    rule = GrantRule(80, 1.0, 0.006)
+    lateness = [0.0] * 200
+    lateness[5] = 0.04
+    granted = _grants(rule, lateness)
+    spans = [granted[i + 80] - granted[i] for i in range(len(granted) - 80)]
+    assert min(spans) >= 1.0 + 0.006 / 2 - 1e-9
+    assert _busiest(granted, 1.0) == 80
+    # ...and the lateness is given back: a window later the grants are on the grid again.
+    grid = [granted[0] + k * rule.spacing for k in range(len(granted))]
+    assert granted[-20:] == pytest.approx(grid[-20:])
+
+
+def test_a_stall_is_made_up_for_a_few_slots_never_back_to_back() -> None:
+    """The process stalls for half a second with callers waiting: afterwards the grants
+    come at least half a spacing apart, the grid gives up all but a few of the slots it
+    missed instead of making them up in a burst, and within a few dozen windows (half
+    a guard given back per window) the grants are on an even grid again."""
+    rule = GrantRule(80, 1.0, 0.006)
+    lateness = [0.0] * 2400
+    lateness[100] = 0.5
+    granted = _grants(rule, lateness)
+    gaps = [b - a for a, b in itertools.pairwise(granted)]
+    assert min(gaps) >= rule.spacing / 2 - 1e-9
+    catching_up = [g for g in gaps[100:180] if g < rule.spacing - 1e-6]
+    assert 0 < len(catching_up) <= 2 * CATCH_UP_SLOTS  # K slots made up at twice the rate
+    assert gaps[-100:] == pytest.approx([rule.spacing] * 100)
+
+
+def test_after_an_idle_spell_a_send_goes_at_once() -> None:
+    rule = GrantRule(10, 1.0, 0.0)
+    _grants(rule, [0.0] * 10)
+    assert rule.earliest(200.0) == 200.0
+
+
+def test_bad_parameters_are_refused() -> None:
+    for args in [(0, 1.0, 0.0), (10, 0.0, 0.0), (10, 1.0, -0.1)]:
+        with pytest.raises(ValueError, match="limit must be at least 1"):
+            GrantRule(*args)
+
+
+_LATENESS = st.lists(
+    st.one_of(st.floats(0, 0.004), st.floats(0, 0.05), st.sampled_from([0.0, 0.3, 1.5])),
+    min_size=30,
+    max_size=300,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(limit=st.integers(1, 25), guard=st.sampled_from([0.0, 0.006, 0.01]), lateness=_LATENESS)
+def test_no_window_ever_holds_more_than_the_limit(
+    limit: int, guard: float, lateness: list[float]
+) -> None:
+    """Any lateness, stalls included: never N + 1 grants in one window, never two
+    grants closer than half a spacing."""
+    rule = GrantRule(limit, 1.0, guard)
+    granted = _grants(rule, lateness)
+    assert all(granted[i + limit] - granted[i] >= 1.0 for i in range(len(granted) - limit))
+    assert all(b - a >= rule.spacing / 2 - 1e-9 for a, b in itertools.pairwise(granted))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_lateness_below_half_the_guard_keeps_the_rate(seed: int) -> None:
+    """Timers up to 3 ms late, at random: 80/s with a 6 ms guard stays 79.5 +- 0.1 /s."""
+    draw = random.Random(seed)
+    granted = _grants(GrantRule(80, 1.0, 0.006), [draw.uniform(0, 0.003) for _ in range(801)])
+    assert _rate(granted) == pytest.approx(80 / 1.006, abs=0.1)
