@@ -66,7 +66,7 @@ def _figures(name: str, stamps: list[float], seconds: int) -> list[Figure]:
     who = f"{LABEL[name]}, {REPLICAS[name]} process{'es' if REPLICAS[name] > 1 else ''}"
     return [
         Figure(
-            name=f"Rate limiter at {RATE}/s for {seconds} s ({who}): achieved rate",
+            name=f"Rate limiter at {RATE}/s ({who}): achieved rate over {seconds} s",
             value=rate,
             unit="/s",
             ceiling=None,
