@@ -105,7 +105,7 @@ def judge_report(
     return ReportEffect(
         CallbackResult.APPLIED if applies else CallbackResult.RECORDED,
         source,
-        adopt_sid=target.twilio_sid is None,
+        adopt_sid=same_send and target.twilio_sid is None,
         new_status=report.status if applies else None,
         sets_error=applies and report.error_code is not None,
         stamp=report.status if stamps else None,
