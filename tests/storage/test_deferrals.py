@@ -13,7 +13,6 @@ from notifier.domain.model import (
     AttemptRecord,
     CallbackResult,
     Channel,
-    EventSource,
     NewMessage,
     Status,
     StatusReport,
@@ -71,7 +70,8 @@ async def test_a_deferral_report_requeues_without_a_fallback(
         mid,
     )
     assert row[:3] == ("pending", None, code)
-    assert row[3] > NOW and row[4] is None  # due later; the new send has no step times yet
+    assert row[3] > NOW  # due later
+    assert row[4] is None  # the new send has no step times yet
     assert database.rows("SELECT id FROM messages WHERE fallback_of = ?", mid) == []
     attempts = database.rows(
         "SELECT outcome, error_code FROM delivery_attempts WHERE message_id = ?", mid

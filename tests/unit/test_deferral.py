@@ -41,7 +41,7 @@ CASES = [
     pytest.param(63018, FAILED, 1, None, Resend(NOW + 1_000, "rate_limited"),
                  id="63018: retried under the retry backoff, counted as rate limited"),
     pytest.param(63018, FAILED, 9, NOW + 60 * MINUTE, Resend(NOW + 2_000, "rate_limited"),
-                 id="63018 beyond the attempt budget: until the validity, the wait stays at its last step"),
+                 id="63018 beyond the attempt budget: until the validity, last wait kept"),
     pytest.param(63032, FAILED, 1, None, None, id="63032: never retried"),
     pytest.param(63024, FAILED, 1, None, None, id="63024: never retried"),
     pytest.param(None, FAILED, 1, None, None, id="no code: ends as reported"),
