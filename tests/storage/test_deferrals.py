@@ -114,3 +114,29 @@ async def test_a_deferral_with_the_budget_spent_ends_failed_without_an_sms(
         ("failed", 63049)
     ]
     assert database.rows("SELECT id FROM messages WHERE fallback_of = ?", mid) == []
+
+
+async def test_a_deferral_report_before_the_send_is_recorded_requeues_when_it_is(
+    repo: Repository, database: TestDb
+) -> None:
+    message = NewMessage(to=TO, channel=Channel.WHATSAPP, body="hi")
+    accepted = await repo.add_message(message, caller="c", request_hash=None, key_ttl_ms=1)
+    mid = accepted.message.id
+    await repo.apply_report(_report(Status.FAILED, OLD, mid, 63049))  # Twilio was quicker
+    state = "SELECT status, twilio_sid, error_code FROM messages WHERE id = ?"
+    assert database.rows(state, mid) == [("failed", OLD, 63049)]
+    attempt = AttemptRecord(1, 2, "accepted", 201, twilio_sid=OLD)
+    await repo.record_attempt(mid, attempt, Transition(Status.QUEUED, twilio_sid=OLD))
+    assert database.rows(state, mid) == [("pending", None, 63049)]
+    attempts = database.rows(
+        "SELECT outcome, twilio_sid FROM delivery_attempts WHERE message_id = ?", mid
+    )
+    assert attempts == [("deferred", OLD)]
+    last = database.rows(
+        "SELECT status, source FROM status_events WHERE message_id = ? ORDER BY id DESC", mid
+    )[0]
+    assert last == ("pending", "deferral")
+    assert (await repo.apply_report(_report(Status.FAILED, OLD, mid, 63049)))[0] is (
+        CallbackResult.RECORDED  # the old send's repeat: history only
+    )
+    assert database.rows(state, mid) == [("pending", None, 63049)]

@@ -11,8 +11,10 @@ message FAILED, as any failure. No SMS fallback follows a re-queue: the message 
 failed.
 
 A report that arrives before Notifier recorded the send it is about (the message has no
-SID yet) does not re-queue: the dispatcher's record, still to come, would put the old
-send back on the message. It ends the message as any failure.
+SID yet) is applied as a failure: re-queued then, the dispatcher's record still to come
+would put the old send back on the message. That record, when it finds its own send
+failed with one of these codes, re-queues it instead (``resend_after``, from
+storage/outbox.py): either order ends the same.
 """
 
 from __future__ import annotations
@@ -51,11 +53,34 @@ def judge_deferral(
 ) -> Resend | None:
     """Whether the report ``judge_report`` just applied (``effect``) re-queues the message
     instead of ending it; ``attempts`` is how many sends it has had, this one included."""
-    if effect.new_status not in _FAILED or report.error_code not in DEFERRAL_CODES:
+    if effect.new_status is None or effect.adopt_sid:
+        return None  # not applied, or the send is not recorded yet (module docstring)
+    return resend_after(
+        effect.new_status,
+        report.error_code,
+        attempts=attempts,
+        expires_at_ms=expires_at_ms,
+        now_ms=now_ms,
+        policy=policy,
+        jitter=jitter,
+    )
+
+
+def resend_after(
+    status: Status,
+    error_code: int | None,
+    *,
+    attempts: int,
+    expires_at_ms: int | None,
+    now_ms: int,
+    policy: RetryPolicy,
+    jitter: float | None = None,
+) -> Resend | None:
+    """When a send that ended ``status`` with ``error_code`` goes again, if it does: only
+    a deferral code, within the budget of that code's kind."""
+    if status not in _FAILED or error_code not in DEFERRAL_CODES:
         return None
-    if effect.adopt_sid:
-        return None  # the send is not recorded yet: see the module's docstring
-    kind = classify(None, report.error_code).value
+    kind = classify(None, error_code).value
     plan = after_failure(
         kind=kind,
         attempt=max(attempts, 1),
