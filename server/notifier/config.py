@@ -26,6 +26,7 @@ from notifier.dispatch.senders import SenderProfile, parse_senders, resolve
 from notifier.domain.access import TokenEntry, parse_token_entries
 from notifier.domain.fallback import FallbackPolicy
 from notifier.domain.model import DEFAULT_SENDER
+from notifier.domain.retry import RetryPolicy
 
 _E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
 
@@ -137,6 +138,8 @@ class Settings(BaseSettings):
     retry_max_attempts: int = Field(8, alias="NOTIFIER_RETRY_MAX_ATTEMPTS", ge=1, le=100)
     retry_base_seconds: float = Field(1, alias="NOTIFIER_RETRY_BASE_SECONDS", gt=0)
     retry_cap_seconds: float = Field(300, alias="NOTIFIER_RETRY_CAP_SECONDS", gt=0)
+    # Issue 17: the first wait after WhatsApp deferred a send (63049), doubling to an hour.
+    deferral_base_seconds: float = Field(300, alias="NOTIFIER_DEFERRAL_BASE")
     ambiguous_policy: Literal["retry", "fail"] = Field("retry", alias="NOTIFIER_AMBIGUOUS_POLICY")
 
     dispatcher_enabled: bool = Field(True, alias="NOTIFIER_DISPATCHER_ENABLED")
@@ -193,6 +196,7 @@ class Settings(BaseSettings):
         "reconcile_give_up_seconds",
         "template_cache_ttl_seconds",
         "not_on_whatsapp_ttl_seconds",
+        "deferral_base_seconds",
         mode="before",
     )
     @classmethod
@@ -206,6 +210,16 @@ class Settings(BaseSettings):
         if any(not p.isdigit() for p in parts):
             raise ValueError("must be comma-separated Twilio error codes, e.g. 63003,63024,63032")
         return [int(p) for p in parts]
+
+    def retry_policy(self) -> RetryPolicy:
+        """The backoff of failed sends, for the dispatcher and for status reports that
+        defer a send (a 63049 or 63018 callback re-queues the message)."""
+        return RetryPolicy(
+            base_seconds=self.retry_base_seconds,
+            cap_seconds=self.retry_cap_seconds,
+            max_attempts=self.retry_max_attempts,
+            deferred_base_seconds=self.deferral_base_seconds,
+        )
 
     def fallback_policy(self) -> FallbackPolicy:
         return FallbackPolicy(

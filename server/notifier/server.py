@@ -28,7 +28,6 @@ from notifier.dispatch.twilio import TwilioConfig, TwilioProvider
 from notifier.domain.bulk import BulkSender
 from notifier.domain.capacity import OutboxCapacity
 from notifier.domain.preflight import TemplatePreflight
-from notifier.domain.retry import RetryPolicy
 from notifier.domain.service import MessageService, payload_hash
 from notifier.health import StorageHealth
 from notifier.metrics import OutboxSampler, ServerMetrics, metrics_http
@@ -177,6 +176,7 @@ async def build_storage(
         db,
         refuse_outside_window=settings.refuse_outside_window,
         fallback=settings.fallback_policy(),
+        retry=settings.retry_policy(),
     )
     capacity = OutboxCapacity(repository.count_unsent, settings.outbox_capacity)
     cleanup.push_async_callback(capacity.close)
@@ -184,15 +184,10 @@ async def build_storage(
 
 
 def dispatch_config(settings: Settings, db: Database) -> DispatchConfig:
-    policy = RetryPolicy(
-        base_seconds=settings.retry_base_seconds,
-        cap_seconds=settings.retry_cap_seconds,
-        max_attempts=settings.retry_max_attempts,
-    )
     return DispatchConfig(
         concurrency=settings.dispatch_concurrency,
         lease_seconds=settings.lease_seconds,
-        retry=policy,
+        retry=settings.retry_policy(),
         ambiguous_policy=settings.ambiguous_policy,
         twilio_timeout_seconds=settings.twilio_timeout_seconds,
         max_claims=settings.max_claims,

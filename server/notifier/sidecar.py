@@ -89,7 +89,9 @@ async def create_sidecar(
         if db is None:
             db = await prepare_storage(settings, telemetry)
             cleanup.push_async_callback(db.dispose)
-        repository = Repository(db, fallback=settings.fallback_policy())
+        repository = Repository(
+            db, fallback=settings.fallback_policy(), retry=settings.retry_policy()
+        )
         app = create_webhook_app(repository, webhook_config(settings))
         telemetry.instrument_app(app)
         http = InProcessServer(app, host, sock=sock)

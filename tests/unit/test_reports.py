@@ -10,6 +10,7 @@ from notifier.domain.reports import PastEvent, ReportEffect, ReportTarget, judge
 SID, OTHER = "SM" + "a" * 32, "SM" + "b" * 32
 S = Status
 CB, OP, OTHER_SEND = EventSource.CALLBACK, EventSource.OPERATOR, EventSource.OTHER_SEND
+DEFERRAL = EventSource.DEFERRAL
 APPLIED, RECORDED, DUPLICATE = (
     CallbackResult.APPLIED,
     CallbackResult.RECORDED,
@@ -84,6 +85,27 @@ CASES = [
         [],
         ReportEffect(APPLIED, CB, adopt_sid=True, new_status=S.QUEUED),
         id="callback beats the dispatcher's record: the message takes the SID",
+    ),
+    pytest.param(
+        S.SENT,
+        ReportTarget(S.QUEUED, SID),
+        past((S.SENT, CB), (S.FAILED, CB), (S.PENDING, DEFERRAL)),
+        ReportEffect(APPLIED, CB, new_status=S.SENT, stamp=S.SENT),
+        id="same status before a re-queue after a deferral (63049): a new send",
+    ),
+    pytest.param(
+        S.FAILED,
+        ReportTarget(S.PENDING, None, earlier_sids=frozenset({SID})),
+        past((S.FAILED, CB), (S.PENDING, DEFERRAL)),
+        ReportEffect(RECORDED, OTHER_SEND),
+        id="re-queued, new send not out yet: the old send's report is not adopted",
+    ),
+    pytest.param(
+        S.SENT,
+        ReportTarget(S.PENDING, None, earlier_sids=frozenset({OTHER})),
+        past((S.SENT, CB), (S.PENDING, DEFERRAL)),
+        ReportEffect(APPLIED, CB, adopt_sid=True, new_status=S.SENT, stamp=S.SENT),
+        id="re-queued: the new send's report beats the dispatcher's record and is adopted",
     ),
     pytest.param(
         S.SENT,

@@ -129,6 +129,7 @@ class EventSource(enum.StrEnum):
     OPERATOR = "operator"  # RetryMessages re-queued it: a new send begins
     RECONCILE = "reconcile"  # fetched from Twilio because its callbacks did not come
     FALLBACK = "fallback"  # an SMS fallback was created for a failed WhatsApp message
+    DEFERRAL = "deferral"  # a report deferred the send (63049, 63018): a new send begins
 
 
 @dataclass(frozen=True, slots=True)

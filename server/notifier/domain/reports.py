@@ -9,8 +9,11 @@ two paths cannot drift apart. The rule:
   the history under its own source and changes nothing: judged together with the
   current send's callbacks, it made them look like duplicates and left the message
   stuck at queued.
+  A re-queued message waiting for its new send has no SID: a report naming one of its
+  earlier sends' SIDs is still about another send, not one to adopt.
 - A report whose status was already reported for the current send (since the last
-  RetryMessages, which starts a new send) is a duplicate: nothing is written.
+  RetryMessages or re-queue after a deferral, each of which starts a new send) is a
+  duplicate: nothing is written.
 - Otherwise it is recorded, and applied only if it moves the message forward
   (``moves_forward``): a late "sent" never undoes "read".
 - The first time the current send reaches sent, delivered or read is stamped even when
@@ -39,6 +42,7 @@ STAMPED = frozenset({Status.SENT, Status.DELIVERED, Status.READ})
 
 HISTORY_SOURCES = (
     EventSource.OPERATOR,
+    EventSource.DEFERRAL,
     EventSource.CALLBACK,
     EventSource.OTHER_SEND,
     EventSource.RECONCILE,
@@ -48,6 +52,9 @@ HISTORY_SOURCES = (
 _CURRENT_SEND = frozenset({EventSource.CALLBACK, EventSource.RECONCILE})
 """Sources that report on the current send: each repeats what the other said."""
 
+NEW_SEND = frozenset({EventSource.OPERATOR, EventSource.DEFERRAL})
+"""Sources of the events that re-queue a message: a new send (a new Twilio SID) begins."""
+
 
 @dataclass(frozen=True, slots=True)
 class ReportTarget:
@@ -56,6 +63,7 @@ class ReportTarget:
     status: Status
     twilio_sid: str | None
     stamped: frozenset[Status] = frozenset()  # which of STAMPED already have a time
+    earlier_sids: frozenset[str] = frozenset()  # SIDs of earlier sends (read when SID is None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +91,9 @@ def judge_report(
 ) -> ReportEffect:
     """What ``report`` does to ``target``, given its past ``history`` (oldest first, only
     events of HISTORY_SOURCES)."""
-    same_send = target.twilio_sid in (None, report.twilio_sid)
+    same_send = report.twilio_sid == target.twilio_sid or (
+        target.twilio_sid is None and report.twilio_sid not in target.earlier_sids
+    )
     source = report.source if same_send else EventSource.OTHER_SEND
     family = _CURRENT_SEND if same_send else frozenset({source})
     if any(e.source in family and e.status is report.status for e in _current_send(history)):
@@ -95,7 +105,7 @@ def judge_report(
     return ReportEffect(
         CallbackResult.APPLIED if applies else CallbackResult.RECORDED,
         source,
-        adopt_sid=target.twilio_sid is None,
+        adopt_sid=same_send and target.twilio_sid is None,
         new_status=report.status if applies else None,
         sets_error=applies and report.error_code is not None,
         stamp=report.status if stamps else None,
@@ -103,8 +113,6 @@ def judge_report(
 
 
 def _current_send(history: Sequence[PastEvent]) -> Sequence[PastEvent]:
-    """The events since the last re-queue (RetryMessages starts a new Twilio message)."""
-    start = max(
-        (i + 1 for i, e in enumerate(history) if e.source is EventSource.OPERATOR), default=0
-    )
+    """The events since the last re-queue (each starts a new Twilio message)."""
+    start = max((i + 1 for i, e in enumerate(history) if e.source in NEW_SEND), default=0)
     return history[start:]

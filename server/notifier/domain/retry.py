@@ -18,6 +18,7 @@ class RetryPolicy:
     factor: float = 2.0
     cap_seconds: float = 300.0
     max_attempts: int = 8
+    deferred_base_seconds: float = 300.0  # NOTIFIER_DEFERRAL_BASE: the first wait after 63049
 
     def ceiling(self, attempt: int) -> float:
         """The longest wait after failed attempt number ``attempt`` (1-based)."""
@@ -37,16 +38,15 @@ class RetryPolicy:
 
 
 _UNTIL_VALIDITY = frozenset({"deferred", "rate_limited"})
-DEFERRED_BASE_SECONDS = 300.0
 DEFERRED_CAP_SECONDS = 3600.0
 
 
-def deferred_delay(attempt: int, jitter: float | None = None) -> float:
-    """The wait after Meta held a marketing template back (63049): minutes, doubling to
-    an hour. Meta decides per user and day, so seconds-long backoff only burns attempts;
-    half the ceiling at least, so the wait is never short."""
+def deferred_delay(attempt: int, base_seconds: float, jitter: float | None = None) -> float:
+    """The wait after Meta held a marketing template back (63049): minutes (the base),
+    doubling to an hour. Meta decides per user and day, so seconds-long backoff only
+    burns attempts; half the ceiling at least, so the wait is never short."""
     exponent = min(max(attempt - 1, 0), 16)
-    ceiling = min(DEFERRED_CAP_SECONDS, DEFERRED_BASE_SECONDS * 2.0**exponent)
+    ceiling = min(max(DEFERRED_CAP_SECONDS, base_seconds), base_seconds * 2.0**exponent)
     u = random.random() if jitter is None else jitter
     return ceiling * (0.5 + 0.5 * u)
 
@@ -84,7 +84,7 @@ def after_failure(
         if spent:
             delay = None
         elif kind == "deferred":
-            delay = deferred_delay(attempt, jitter)
+            delay = deferred_delay(attempt, policy.deferred_base_seconds, jitter)
         else:
             delay = policy.next_delay(capped, jitter)
     else:

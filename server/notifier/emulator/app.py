@@ -401,7 +401,11 @@ class _Handlers:
             if fate.rate_limited:
                 raise TwilioError(RATE_LIMITED)
             validate(form)
-            refused = whatsapp.refusal(form.get("To") or "", emulator.faults.whatsapp_outcomes)
+            refused = whatsapp.refusal(
+                form.get("To") or "",
+                emulator.faults.whatsapp_outcomes,
+                emulator.faults.whatsapp_late_outcomes,
+            )
             if refused is not None:
                 raise TwilioError(refused)
         except TwilioError as error:

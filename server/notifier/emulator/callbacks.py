@@ -52,7 +52,7 @@ def _terminal(
     """The failure this message ends in, if any: per recipient first, then the draw."""
     draw = rng.random()
     chosen = faults.to_outcomes.get(bare_number(message.to)) or whatsapp.failure(
-        message, faults.whatsapp_outcomes
+        message, faults.whatsapp_outcomes, faults.whatsapp_late_outcomes
     )
     if chosen is not None:
         return chosen

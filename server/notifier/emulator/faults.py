@@ -117,6 +117,9 @@ class Faults(BaseModel):
     whatsapp_outcomes: dict[str, int] = Field(default_factory=dict)
     """Recipient (E.164) -> WhatsApp code for WhatsApp sends only (emulator/whatsapp.py):
     63003/63024/63032 fail after acceptance, 63018/63049 refuse the request."""
+    whatsapp_late_outcomes: bool = False
+    """63018/63049 of ``whatsapp_outcomes`` fail after acceptance too (a ``failed``
+    callback), as real Twilio mostly reports them, instead of refusing the request."""
     drop_callback_fraction: Fraction = 0.0
     to_drop_callbacks: list[str] = Field(default_factory=list)
     """Recipients (E.164) whose callbacks are all dropped: only a fetch tells their fate."""

@@ -8,7 +8,9 @@ to a given number, while an SMS to the same number goes through.
   fetch) says ``failed`` with the code, as with real WhatsApp.
 - 63049 (Meta held a marketing template back) and 63018 (channel rate limit): the create
   request is refused with the code (63018 as HTTP 429 with ``Retry-After``), so each
-  retry meets it again until the number's outcome is cleared.
+  retry meets it again until the number's outcome is cleared. With
+  ``Faults.whatsapp_late_outcomes`` they come as real Twilio mostly reports them: the
+  message is accepted, then fails with the code in its callback (and a fetch).
 
 Only WhatsApp sends are affected: the fallback SMS to the number is delivered.
 """
@@ -34,17 +36,21 @@ MESSAGES = {
 }
 
 
-def refusal(to: str, outcomes: dict[str, int]) -> int | None:
-    """The code a create request to ``to`` (as posted, with ``whatsapp:``) is refused with."""
-    if not to.startswith(WHATSAPP):
+def refusal(to: str, outcomes: dict[str, int], late: bool = False) -> int | None:
+    """The code a create request to ``to`` (as posted, with ``whatsapp:``) is refused with;
+    none when ``late`` (every code then comes after acceptance)."""
+    if late or not to.startswith(WHATSAPP):
         return None
     code = outcomes.get(bare_number(to))
     return code if code in AT_REQUEST else None
 
 
-def failure(message: AcceptedMessage, outcomes: dict[str, int]) -> tuple[str, int] | None:
-    """The ``failed`` status an accepted WhatsApp message ends in, if its number has one."""
+def failure(
+    message: AcceptedMessage, outcomes: dict[str, int], late: bool = False
+) -> tuple[str, int] | None:
+    """The ``failed`` status an accepted WhatsApp message ends in, if its number has one;
+    with ``late``, 63049 and 63018 too."""
     if not message.is_whatsapp:
         return None
     code = outcomes.get(bare_number(message.to))
-    return ("failed", code) if code in AFTER_ACCEPTANCE else None
+    return ("failed", code) if code in (CODES if late else AFTER_ACCEPTANCE) else None

@@ -14,14 +14,21 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from notifier.batching import Coalescer
 from notifier.domain.clock import Clock, now_ms
+from notifier.domain.deferral import Resend, judge_deferral
 from notifier.domain.inbound import Consent, InboundMessage
 from notifier.domain.model import CallbackResult, Channel, EventSource, Status, StatusReport
 from notifier.domain.reports import HISTORY_SOURCES, PastEvent, ReportTarget, judge_report
-from notifier.storage.engine import EVENTS_CHANNEL, Database, notify
+from notifier.storage.engine import DUE_CHANNEL, EVENTS_CHANNEL, Database, notify
 from notifier.storage.fallbacks import FAILURES, follow_failures
 from notifier.storage.rows import STAMP_COLUMNS, chunks, event_row, new_message_id
 from notifier.storage.store import Store
-from notifier.storage.tables import inbound_messages, messages, recipients, status_events
+from notifier.storage.tables import (
+    delivery_attempts,
+    inbound_messages,
+    messages,
+    recipients,
+    status_events,
+)
 
 Applied = tuple[CallbackResult, str | None]
 
@@ -29,7 +36,14 @@ Applied = tuple[CallbackResult, str | None]
 _NO_FETCHES_YET = {"reconcile_fetches": 0, "reconcile_at": None}
 
 # The columns a status report may change.
-_REPORTED = ("status", "twilio_sid", "error_code", "error_message", *STAMP_COLUMNS.values())
+_REPORTED = (
+    "status",
+    "twilio_sid",
+    "error_code",
+    "error_message",
+    "next_attempt_at",  # a deferral re-queues the message (domain/deferral.py)
+    *STAMP_COLUMNS.values(),
+)
 
 
 class _ReportBatch(Coalescer[StatusReport, Applied]):
@@ -69,10 +83,14 @@ class Callbacks(Store):
         """
         found, by_sid = await self._targets(conn, reports)
         history = await _histories(conn, sorted(found))
+        earlier = await _earlier_sids(
+            conn, sorted(i for i, r in found.items() if not r["twilio_sid"])
+        )
         results: list[Applied] = []
         failed: set[str] = set()  # moved to FAILED or UNDELIVERED: their fallback may follow
         events: list[dict[str, Any]] = []
         touched: dict[str, dict[str, Any]] = {}
+        resent: list[dict[str, Any]] = []  # the attempts a deferral re-queued
         for report in reports:
             row = found.get(report.message_id or "")
             if row is None:
@@ -80,7 +98,7 @@ class Callbacks(Store):
             if row is None:
                 results.append((CallbackResult.UNKNOWN, None))
                 continue
-            effect = judge_report(report, _target(row), history[row["id"]])
+            effect = judge_report(report, _target(row, earlier), history[row["id"]])
             results.append((effect.result, row["id"]))
             if not effect.writes:
                 continue
@@ -104,7 +122,26 @@ class Callbacks(Store):
             applied = effect.result is CallbackResult.APPLIED
             event = event_row(row["id"], report.status, effect.source, at, report.error_code)
             events.append(event | {"applied": applied})
+            resend = judge_deferral(
+                report,
+                effect,
+                attempts=row["attempts"],
+                expires_at_ms=row["expires_at"],
+                now_ms=now,
+                policy=self._retry,
+            )
+            if resend is not None:
+                events[-1]["applied"] = False  # the message did not end: it waits to go again
+                failed.discard(row["id"])
+                resent.append(_requeue(row, report, resend, earlier, now))
+                events.append(
+                    event_row(
+                        row["id"], Status.PENDING, EventSource.DEFERRAL, now, report.error_code
+                    )
+                )
+                history[row["id"]].append(PastEvent(Status.PENDING, EventSource.DEFERRAL))
         await _write_reported(conn, touched, events)
+        await _write_resent(conn, resent)
         await follow_failures(conn, failed, now, self._fallback)
         return results
 
@@ -168,9 +205,69 @@ class Callbacks(Store):
         return True
 
 
-def _target(row: dict[str, Any]) -> ReportTarget:
+def _target(row: dict[str, Any], earlier: dict[str, set[str]]) -> ReportTarget:
     stamped = frozenset(s for s, column in STAMP_COLUMNS.items() if row[column] is not None)
-    return ReportTarget(Status(row["status"]), row["twilio_sid"], stamped)
+    sids = frozenset(earlier.get(row["id"], ()))
+    return ReportTarget(Status(row["status"]), row["twilio_sid"], stamped, sids)
+
+
+async def _earlier_sids(conn: AsyncConnection, ids: list[str]) -> dict[str, set[str]]:
+    """The SIDs of the earlier sends of messages that have none now (re-queued, or not
+    recorded yet): a report naming one is about another send, not one to adopt."""
+    found: dict[str, set[str]] = {i: set() for i in ids}
+    for chunk in chunks(ids):
+        rows = await conn.execute(
+            select(delivery_attempts.c.message_id, delivery_attempts.c.twilio_sid).where(
+                delivery_attempts.c.message_id.in_(chunk),
+                delivery_attempts.c.twilio_sid.is_not(None),
+            )
+        )
+        for message_id, sid in rows:
+            found[message_id].add(sid)
+    return found
+
+
+def _requeue(
+    row: dict[str, Any],
+    report: StatusReport,
+    resend: Resend,
+    earlier: dict[str, set[str]],
+    now: int,
+) -> dict[str, Any]:
+    """Put ``row`` back in the outbox for a new send, as the deferral says; returns the
+    update of the deferred send's attempt."""
+    old_sid = row["twilio_sid"]
+    earlier.setdefault(row["id"], set()).add(old_sid)
+    row |= {column: None for column in STAMP_COLUMNS.values()}
+    row |= {"status": Status.PENDING.value, "twilio_sid": None, "next_attempt_at": resend.at_ms}
+    row["updated_at"] = now
+    return {
+        "b_id": row["id"],
+        "b_sid": old_sid,
+        "p_outcome": resend.outcome,
+        "p_code": report.error_code,
+        "p_message": report.error_message,
+    }
+
+
+async def _write_resent(conn: AsyncConnection, resent: list[dict[str, Any]]) -> None:
+    """The deferred sends' attempts now say what became of them; the dispatcher is told."""
+    if not resent:
+        return
+    await conn.execute(
+        update(delivery_attempts)
+        .where(
+            delivery_attempts.c.message_id == bindparam("b_id"),
+            delivery_attempts.c.twilio_sid == bindparam("b_sid"),
+        )
+        .values(
+            outcome=bindparam("p_outcome"),
+            error_code=bindparam("p_code"),
+            error_message=bindparam("p_message"),
+        ),
+        resent,
+    )
+    await notify(conn, DUE_CHANNEL)
 
 
 async def _histories(conn: AsyncConnection, ids: list[str]) -> dict[str, list[PastEvent]]:

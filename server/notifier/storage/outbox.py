@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import BigInteger, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from notifier.domain.deferral import resend_after
 from notifier.domain.errors import NotFound
 from notifier.domain.model import (
     AttemptRecord,
@@ -20,10 +21,11 @@ from notifier.domain.model import (
     Transition,
 )
 from notifier.domain.poison import quarantines
+from notifier.domain.retry import RetryPolicy
 from notifier.storage.engine import DUE_CHANNEL, EVENTS_CHANNEL, notify
 from notifier.storage.fallbacks import FAILURES, follow_failures
 from notifier.storage.quarantine import quarantine
-from notifier.storage.rows import OUTBOX, chunks, event_row, record
+from notifier.storage.rows import OUTBOX, STAMP_COLUMNS, chunks, event_row, record
 from notifier.storage.store import Store
 from notifier.storage.tables import delivery_attempts, messages, status_events
 
@@ -147,19 +149,20 @@ class Outbox(Store):
         self, conn: AsyncConnection, results: list[AttemptResult], now: int
     ) -> None:
         ids = sorted({message_id for message_id, _, _ in results})
-        plan = _AttemptPlan(now)
+        plan = _AttemptPlan(now, self._retry)
         for chunk in chunks(ids):
             stmt = select(
-                messages.c.id, messages.c.status, messages.c.twilio_sid, messages.c.attempts
+                messages.c.id,
+                messages.c.status,
+                messages.c.twilio_sid,
+                messages.c.attempts,
+                messages.c.error_code,
+                messages.c.error_message,
+                messages.c.expires_at,
             ).where(messages.c.id.in_(chunk))
             # PostgreSQL: a callback on another connection waits for this record.
             plan.state |= {
-                row.id: {
-                    "status": row.status,
-                    "twilio_sid": row.twilio_sid,
-                    "attempts": row.attempts,
-                }
-                for row in await conn.execute(self._locked(stmt))
+                row.id: dict(row._mapping) for row in await conn.execute(self._locked(stmt))
             }
             counted = await conn.execute(
                 select(delivery_attempts.c.message_id, func.count())
@@ -219,8 +222,10 @@ class _AttemptPlan:
     """What a batch of attempt results writes, decided in order against the messages'
     state as the earlier results of the batch left it."""
 
-    def __init__(self, now: int) -> None:
+    def __init__(self, now: int, policy: RetryPolicy) -> None:
         self.now = now
+        self.policy = policy  # how a send a report deferred goes again
+        self.resent: list[str] = []  # re-queued here after a report deferred their send
         self.state: dict[str, dict[str, Any]] = {}  # message id -> status, sid, attempts
         self.numbers: dict[str, int] = {}  # message id -> attempts stored so far
         self.held: dict[str, str] = {}  # Twilio SID -> the message that holds it
@@ -243,6 +248,8 @@ class _AttemptPlan:
             # A callback (or a cancel) moved it on first; keep the attempt's facts.
             if row["twilio_sid"] is None and transition.twilio_sid is not None:
                 row["twilio_sid"] = transition.twilio_sid
+            if self._resend_deferred(message_id, row, transition):
+                return
             if message_id not in self.moved:
                 self.late[message_id] = {"b_id": message_id}
             return
@@ -271,6 +278,41 @@ class _AttemptPlan:
                     transition.error_code,
                 )
             )
+
+    def _resend_deferred(
+        self, message_id: str, row: dict[str, Any], transition: Transition
+    ) -> bool:
+        """A report failed this very send with a deferral code (63049, 63018) before this
+        record landed: re-queue it now, as the report would have (domain/deferral.py)."""
+        if transition.twilio_sid is None or row["twilio_sid"] != transition.twilio_sid:
+            return False
+        code = row["error_code"]
+        resend = resend_after(
+            Status(row["status"]),
+            code,
+            attempts=row["attempts"],
+            expires_at_ms=row["expires_at"],
+            now_ms=self.now,
+            policy=self.policy,
+        )
+        if resend is None:
+            return False
+        if self.attempts and self.attempts[-1]["message_id"] == message_id:
+            self.attempts[-1] |= {"outcome": resend.outcome, "error_code": code}
+        row |= {"status": Status.PENDING.value, "twilio_sid": None}
+        self.late.pop(message_id, None)
+        self.moved[message_id] = {
+            "b_id": message_id,
+            "p_next": resend.at_ms,
+            "p_status": Status.PENDING.value,
+            "p_error_code": code,
+            "p_error_message": row["error_message"],
+        }
+        self.resent.append(message_id)
+        self.events.append(
+            event_row(message_id, Status.PENDING, EventSource.DEFERRAL, self.now, code)
+        )
+        return True
 
     def _unique_sid(
         self, message_id: str, attempt: AttemptRecord | None, transition: Transition
@@ -315,6 +357,11 @@ class _AttemptPlan:
             await conn.execute(insert(delivery_attempts), self.attempts)
         await _update_many(conn, list(self.moved.values()), self.now, moved=True)
         await _update_many(conn, list(self.late.values()), self.now, moved=False)
+        if self.resent:  # a new send: no step times yet (the old ones stay in the history)
+            stamps = dict.fromkeys(STAMP_COLUMNS.values())
+            await conn.execute(
+                update(messages).where(messages.c.id.in_(self.resent)).values(**stamps)
+            )
         if self.events:
             await conn.execute(insert(status_events), self.events)
             await notify(conn, EVENTS_CHANNEL)

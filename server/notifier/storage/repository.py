@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from notifier.domain.clock import Clock, now_ms
 from notifier.domain.fallback import FallbackPolicy
+from notifier.domain.retry import RetryPolicy
 from notifier.storage.callbacks import Callbacks
 from notifier.storage.engine import Database
 from notifier.storage.events import EventFeed
@@ -27,6 +28,8 @@ class Repository(Messages, Callbacks, Outbox, Queries, MetricsReader, EventFeed,
         *,
         refuse_outside_window: bool = False,
         fallback: FallbackPolicy | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         super().__init__(db, clock, refuse_outside_window=refuse_outside_window)
-        self._fallback = fallback or FallbackPolicy()
+        self._fallback = fallback or self._fallback
+        self._retry = retry or self._retry

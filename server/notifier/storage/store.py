@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from notifier.domain.clock import Clock, now_ms
 from notifier.domain.fallback import FallbackPolicy
+from notifier.domain.retry import RetryPolicy
 from notifier.storage.engine import Database, storage_errors
 from notifier.storage.group_commit import GroupCommit
 
@@ -27,6 +28,8 @@ class Store:
         # What a failed WhatsApp message leaves behind (the Repository sets the
         # configured one).
         self._fallback = FallbackPolicy()
+        # The backoff a status report that defers a send re-queues it with.
+        self._retry = RetryPolicy()
 
     async def _write(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """Run ``work`` in a write transaction and return once it is committed.
