@@ -23,7 +23,8 @@ import pytest
 
 from notifier.config import Settings, load_settings
 from notifier.emulator.server import EmulatorServer
-from notifier.server import NotifierServer, create_server
+from notifier.server import NotifierServer, create_server, prepare_storage
+from notifier.storage.engine import Database
 from notifier_proto.v1 import notifier_pb2_grpc
 from tests.support.databases import PgDatabases, TestDb, sqlite_db
 from tests.support.engine import Engine, engine_settings, start_engine
@@ -116,6 +117,14 @@ def settings(database: TestDb) -> Settings:
         NOTIFIER_GRPC_ADDR="127.0.0.1:0",
         NOTIFIER_HEALTH_INTERVAL_SECONDS=0.2,
     )
+
+
+@pytest.fixture
+async def db(settings: Settings) -> AsyncIterator[Database]:
+    """The migrated database of ``settings``, for tests of storage without a server."""
+    database = await prepare_storage(settings)
+    yield database
+    await database.dispose()
 
 
 @pytest.fixture

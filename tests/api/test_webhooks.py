@@ -19,7 +19,6 @@ from twilio.request_validator import RequestValidator
 from notifier.config import Settings
 from notifier.domain.inbound import Keywords
 from notifier.domain.model import AttemptRecord, Channel, NewMessage, Status, Transition
-from notifier.server import prepare_storage
 from notifier.storage.engine import Database
 from notifier.storage.repository import Repository
 from notifier.webhooks.app import WebhookConfig, create_webhook_app
@@ -32,13 +31,6 @@ if TYPE_CHECKING:
     from notifier_proto.v1.notifier_pb2_grpc import NotifierAsyncStub as Stub
 
 pytestmark = pytest.mark.backends("sqlite", "postgresql")
-
-
-@pytest.fixture
-async def db(settings: Settings) -> AsyncIterator[Database]:
-    database = await prepare_storage(settings)
-    yield database
-    await database.dispose()
 
 
 @pytest.fixture

@@ -4,14 +4,11 @@ result retried alone (issue 13), on real SQLite files and PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
-from notifier.config import Settings
 from notifier.dispatch.recorder import AttemptRecorder
 from notifier.domain.model import AttemptRecord, Status, Transition
-from notifier.server import prepare_storage
 from notifier.storage.engine import Database
 from notifier.storage.repository import Repository
 from tests.support.poison import refuse_accepted_attempts
@@ -20,13 +17,6 @@ from tests.support.webhooks import queued_message
 pytestmark = pytest.mark.backends("sqlite", "postgresql")
 
 SID = "SM" + "ab" * 16
-
-
-@pytest.fixture
-async def db(settings: Settings) -> AsyncIterator[Database]:
-    database = await prepare_storage(settings)
-    yield database
-    await database.dispose()
 
 
 @pytest.fixture

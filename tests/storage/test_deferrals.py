@@ -4,11 +4,8 @@ later reports kept apart from the new send. On real SQLite files and PostgreSQL.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
-from notifier.config import Settings
 from notifier.domain.model import (
     AttemptRecord,
     CallbackResult,
@@ -19,7 +16,6 @@ from notifier.domain.model import (
     Transition,
 )
 from notifier.domain.retry import RetryPolicy
-from notifier.server import prepare_storage
 from notifier.storage.engine import Database
 from notifier.storage.repository import Repository
 from tests.support.databases import TestDb
@@ -29,13 +25,6 @@ pytestmark = pytest.mark.backends("sqlite", "postgresql")
 TO = "+14155550190"
 OLD, NEW = "SM" + "1" * 32, "SM" + "2" * 32
 NOW = 1_700_000_000_000
-
-
-@pytest.fixture
-async def db(settings: Settings) -> AsyncIterator[Database]:
-    database = await prepare_storage(settings)
-    yield database
-    await database.dispose()
 
 
 @pytest.fixture

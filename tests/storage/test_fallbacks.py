@@ -6,11 +6,9 @@ it. On real SQLite files and PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
-from notifier.config import Settings
 from notifier.domain.errors import PreconditionFailed
 from notifier.domain.inbound import Consent, InboundMessage
 from notifier.domain.model import (
@@ -22,7 +20,6 @@ from notifier.domain.model import (
     StatusReport,
     Transition,
 )
-from notifier.server import prepare_storage
 from notifier.storage.engine import Database
 from notifier.storage.repository import Repository
 from tests.support.databases import TestDb
@@ -30,13 +27,6 @@ from tests.support.databases import TestDb
 pytestmark = pytest.mark.backends("sqlite", "postgresql")
 
 TO = "+14155550100"
-
-
-@pytest.fixture
-async def db(settings: Settings) -> AsyncIterator[Database]:
-    database = await prepare_storage(settings)
-    yield database
-    await database.dispose()
 
 
 @pytest.fixture

@@ -4,8 +4,6 @@ on PostgreSQL one replica at a time has the turn."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
 from notifier.config import Settings
@@ -28,13 +26,6 @@ class Clock:
 
     def __call__(self) -> int:
         return self.now
-
-
-@pytest.fixture
-async def db(settings: Settings) -> AsyncIterator[Database]:
-    database = await prepare_storage(settings)
-    yield database
-    await database.dispose()
 
 
 async def _due(repo: Repository, now: int) -> list[Candidate]:
