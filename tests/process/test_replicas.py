@@ -230,11 +230,16 @@ async def test_the_rate_limit_holds_for_all_replicas_together(
                 await _until_sent(emu, ids, within=60)
     times = sorted(r.monotonic for r in emu.state.requests)
     assert len(times) == total
-    worst = max(sum(1 for t in times if s <= t < s + 1.0) for s in times)
+    # Counted at the emulator, so windows are a jitter allowance (50 ms) short of a
+    # second, as in tests/e2e/test_senders.py: the delay between a replica's grant and
+    # Twilio's receipt varies by a few ms on a quiet machine, tens on a loaded one, which
+    # put a 21st arrival into one full second once (a grid of (1 s + 8 ms) / 20 holds 20).
+    # A limit 20% too fast still puts 22 or more into these windows.
+    worst = max(sum(1 for t in times if s <= t < s + 0.95) for s in times)
     span = times[-1] - times[0]
     print(
         f"\n{REPLICAS} replicas at {rate}/s: {total} sends over {span:.2f}s "
-        f"({(total - 1) / span:.1f}/s); at most {worst} in any 1-second window"
+        f"({(total - 1) / span:.1f}/s); at most {worst} in any 0.95-second window"
     )
     gaps = sorted(b - a for a, b in itertools.pairwise(times))
     print("smallest gaps between arrivals (ms):", [round(g * 1000, 1) for g in gaps[:5]])
