@@ -28,7 +28,10 @@ RESULTS = ("updated", "unchanged", "rate_limited", "twilio_error", "no_answer", 
 
 
 def _answers(emulator: EmulatorServer, to: str) -> list[int | None]:
-    (message,) = emulator.state.accepted_to(to)
+    accepted = emulator.state.accepted_to(to)
+    if not accepted:  # not sent yet: a loaded dispatcher may not have got to it
+        return []
+    (message,) = accepted
     return [f.http_status for f in emulator.state.fetches if f.sid == message.sid]
 
 
