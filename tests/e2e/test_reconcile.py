@@ -244,3 +244,38 @@ async def test_two_replicas_fetch_each_lost_message_once(
         finally:
             await channel.close()
             await other.stop(grace=1)
+
+
+def _busiest_second(times: list[float]) -> int:
+    """The most requests in any window of one second, less the arrival jitter that a
+    loaded machine adds between a grant and its arrival (as in test_senders)."""
+    span = 0.95
+    return max((sum(1 for t in times if start <= t < start + span) for start in times), default=0)
+
+
+async def test_fetches_have_their_own_budget_and_never_take_sending_slots(
+    database: TestDb, emulator: EmulatorServer
+) -> None:
+    """Sends and fetches at 5/s each, running at the same time: each keeps its own
+    limit, and together they go faster than either allows, so no fetch took a send's
+    slot (one shared budget would cap both together at 5 in any second)."""
+    silent = [f"+1415555{i:04d}" for i in range(300, 330)]
+    emulator.faults = Faults(to_drop_callbacks=silent)
+    env = {
+        "NOTIFIER_RATE_LIMIT_PER_SECOND": "5",
+        "NOTIFIER_RECONCILE_RATE_PER_SECOND": "5",
+        "NOTIFIER_RECONCILE_AFTER": "1s",
+        "NOTIFIER_RECONCILE_GIVE_UP": "1h",
+    }
+    async with engine_with_sidecar(database, emulator, **env) as running:
+        ids = [await running.engine.send(to=to, tags=["budgets"]) for to in silent]
+        for mid in ids:
+            await running.engine.until_status(mid, pb.MESSAGE_STATUS_READ, within=60)
+    sends = sorted(r.monotonic for r in emulator.state.requests)
+    fetches = sorted(f.monotonic for f in emulator.state.fetches)
+    assert len(sends) == len(silent)  # each sent once: fetching never resends
+    assert _busiest_second(sends) <= 5
+    assert _busiest_second(fetches) <= 5
+    # Fetches ran while sends were still going out, and added to them.
+    assert fetches[0] < sends[-1]
+    assert _busiest_second(sorted(sends + fetches)) > 5
