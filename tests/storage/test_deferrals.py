@@ -129,3 +129,20 @@ async def test_a_deferral_report_before_the_send_is_recorded_requeues_when_it_is
         CallbackResult.RECORDED  # the old send's repeat: history only
     )
     assert database.rows(state, mid) == [("pending", None, 63049)]
+
+
+async def test_a_message_the_reconciler_gave_up_on_is_fetched_again_after_a_deferral(
+    repo: Repository, database: TestDb
+) -> None:
+    """A 63049 that arrives after the reconciler gave up (a late callback) starts a new
+    send: its outcome is a new question, so the give-up mark must not stay."""
+    mid = await _queued(repo)
+    assert await repo.give_up_reconciling(now_ms=NOW + 10, give_up_ms=1) == 1
+    await repo.apply_report(_report(Status.FAILED, OLD, mid, 63049))
+    await repo.record_attempt(
+        mid,
+        AttemptRecord(2, 2, "accepted", 201, twilio_sid=NEW),
+        Transition(Status.QUEUED, twilio_sid=NEW),
+    )
+    later = await repo.reconcile_candidates(now_ms=NOW + 3_600_000, after_ms=1, limit=10)
+    assert [(c.message_id, c.twilio_sid) for c in later] == [(mid, NEW)]

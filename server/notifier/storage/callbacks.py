@@ -251,7 +251,8 @@ def _requeue(
 
 
 async def _write_resent(conn: AsyncConnection, resent: list[dict[str, Any]]) -> None:
-    """The deferred sends' attempts now say what became of them; the dispatcher is told."""
+    """The deferred sends' attempts now say what became of them, the messages may be
+    fetched again, and the dispatcher is told."""
     if not resent:
         return
     await conn.execute(
@@ -266,6 +267,13 @@ async def _write_resent(conn: AsyncConnection, resent: list[dict[str, Any]]) -> 
             error_message=bindparam("p_message"),
         ),
         resent,
+    )
+    # A new send is a new question for Twilio: the old send's reconcile outcome (given
+    # up, deleted at Twilio) would keep the reconciler from ever fetching it.
+    await conn.execute(
+        update(messages)
+        .where(messages.c.id.in_({r["b_id"] for r in resent}))
+        .values(reconcile_outcome=None)
     )
     await notify(conn, DUE_CHANNEL)
 
