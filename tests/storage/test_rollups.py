@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import pytest
+from sqlalchemy import text
 
 from notifier.domain.metrics import Metrics, MetricsQuery
 from notifier.domain.model import (
@@ -28,6 +29,7 @@ from notifier.storage.migrate import upgrade
 from notifier.storage.repository import Repository
 from notifier.storage.rollups import HOUR_MS, rebuild
 from tests.support.databases import TestDb
+from tests.support.watching import until
 
 pytestmark = pytest.mark.backends("sqlite", "postgresql")
 
@@ -178,3 +180,87 @@ async def test_whole_hours_survive_deleted_rows(
     assert await _metrics(repository) == before
     assert await _metrics(repository, tag="promo") == promo
     assert await _metrics(repository, days=3) == before
+
+
+async def _rebuilt_equal_kept(database: TestDb, repo: Repository) -> None:
+    """Fold the journal; the rollups must equal a rebuild from the rows."""
+    while await repo.fold_rollups(50):
+        pass
+    kept = await _tables(database)
+    db = create_database(database.url)
+    try:
+        async with db.writer.begin() as conn:
+            for stmt in rebuild():
+                await conn.execute(stmt)
+    finally:
+        await db.dispose()
+    rebuilt = await _tables(database)
+    for table in ROLLUPS:
+        assert _nonzero(kept[table], table) == _nonzero(rebuilt[table], table), table
+
+
+async def test_two_transactions_changing_one_message_keep_the_rollups_exact(
+    repo: tuple[Repository, Clock], database: TestDb
+) -> None:
+    """A status callback and the reconciler's give-up change one message at once, each
+    on its own connection (two replicas). On PostgreSQL the interleaving is forced: a
+    third transaction holds the message's row lock; the callback queues on it first,
+    then the give-up selects the message (unlocked) and queues behind. When the lock
+    goes, the callback moves QUEUED -> DELIVERED, then the give-up runs on the delivered
+    message. A writer that read the message's figures before taking the lock (the first
+    design: the give-up read them, then updated) logged both moves from QUEUED and left
+    GetMetrics counting a QUEUED no message has."""
+    repository, clock = repo
+    accepted = await repository.add_message(
+        _msg(1), caller="", request_hash=None, key_ttl_ms=60_000
+    )
+    mid, sid = accepted.message.id, "SM" + "7" * 32
+    ok = AttemptRecord(1, 2, "accepted", 201, twilio_sid=sid)
+    await repository.record_attempt(mid, ok, Transition(Status.QUEUED, twilio_sid=sid))
+    clock.ms += HOUR_MS
+    other_db = create_database(database.url)
+    other = Repository(other_db, clock)  # a second replica: its own connections
+    delivered = StatusReport(Status.DELIVERED, sid, message_id=mid)
+    try:
+        if not database.is_postgresql:  # one writer at a time: no interleaving to force
+            await asyncio.gather(
+                repository.apply_report(delivered),
+                other.give_up_reconciling(now_ms=clock.ms, give_up_ms=1),
+            )
+        else:
+            holder = create_database(database.url)
+            try:
+                async with holder.writer.connect() as lock:
+                    await lock.execute(text("BEGIN"))
+                    await lock.execute(
+                        text("SELECT id FROM messages WHERE id = :id FOR UPDATE"), {"id": mid}
+                    )
+                    callback = asyncio.create_task(repository.apply_report(delivered))
+                    await until(lambda: _waiting_on_locks(database) == 1, within=30)
+                    give_up = asyncio.create_task(
+                        other.give_up_reconciling(now_ms=clock.ms, give_up_ms=1)
+                    )
+                    await until(lambda: _waiting_on_locks(database) == 2, within=30)
+                    await lock.execute(text("COMMIT"))
+                    await callback
+                    await give_up  # finds the message delivered now: nothing to mark
+            finally:
+                await holder.dispose()
+    finally:
+        await other_db.dispose()
+    assert database.rows("SELECT status FROM messages WHERE id = ?", mid) == [("delivered",)]
+    await _rebuilt_equal_kept(database, repository)
+    metrics = await repository.metrics(
+        MetricsQuery(start_ms=T0, end_ms=T0 + 2 * HOUR_MS), now_ms=clock.ms
+    )
+    assert metrics.total == 1
+    assert {s: n for s, n in metrics.by_status.items() if n} == {Status.DELIVERED: 1}
+
+
+def _waiting_on_locks(database: TestDb) -> int:
+    """Backends of this database waiting for a lock (PostgreSQL)."""
+    rows = database.rows(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND wait_event_type = 'Lock'"
+    )
+    return int(rows[0][0])

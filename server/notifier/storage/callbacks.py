@@ -20,7 +20,6 @@ from notifier.domain.model import CallbackResult, Channel, EventSource, Status, 
 from notifier.domain.reports import HISTORY_SOURCES, PastEvent, ReportTarget, judge_report
 from notifier.storage.engine import DUE_CHANNEL, EVENTS_CHANNEL, Database, notify
 from notifier.storage.fallbacks import FAILURES, follow_failures
-from notifier.storage.rollups import RollupChange
 from notifier.storage.rows import STAMP_COLUMNS, chunks, event_row, new_message_id
 from notifier.storage.store import Store
 from notifier.storage.tables import (
@@ -83,7 +82,6 @@ class Callbacks(Store):
         single writer holds the write lock from the first read.
         """
         found, by_sid = await self._targets(conn, reports)
-        change = await RollupChange.before(conn, sorted(found))
         history = await _histories(conn, sorted(found))
         earlier = await _earlier_sids(
             conn, sorted(i for i, r in found.items() if not r["twilio_sid"])
@@ -144,8 +142,7 @@ class Callbacks(Store):
                 history[row["id"]].append(PastEvent(Status.PENDING, EventSource.DEFERRAL))
         await _write_reported(conn, touched, events)
         await _write_resent(conn, resent)
-        created = await follow_failures(conn, failed, now, self._fallback)
-        await change.after(conn, created)
+        await follow_failures(conn, failed, now, self._fallback)
         return results
 
     async def _targets(

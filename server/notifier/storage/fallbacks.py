@@ -35,15 +35,14 @@ FAILURES = frozenset({Status.FAILED, Status.UNDELIVERED})
 
 async def follow_failures(
     conn: AsyncConnection, ids: Collection[str], now: int, policy: FallbackPolicy
-) -> list[str]:
+) -> None:
     """For each message of ``ids`` that just failed: mark a 63024 number not on WhatsApp,
-    and insert the SMS fallback the rule asks for. Returns the fallbacks' ids (the
-    caller counts them into the rollups)."""
+    and insert the SMS fallback the rule asks for."""
     if not ids:
-        return []
+        return
     rows = await _rows(conn, sorted(ids))
     if not rows:
-        return []
+        return
     wanted = [r for r in rows if r["fallback_sms"]]
     taken = await _with_fallback(conn, [r["id"] for r in wanted])
     opted = await _opted_out(conn, sorted({r["to_addr"] for r in wanted}))
@@ -66,7 +65,6 @@ async def follow_failures(
         if reason is not None:
             plan.add(row, reason)
     await plan.insert(conn)
-    return [m["id"] for m in plan.messages]
 
 
 class _Fallbacks:

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from notifier.domain.errors import PreconditionFailed
 from notifier.domain.lifecycle import ENDED, Erased, Purged
 from notifier.domain.model import Status
-from notifier.storage.rollups import RollupChange, fold_journal
+from notifier.storage.rollups import fold_journal
 from notifier.storage.rows import OUTBOX, chunks
 from notifier.storage.store import Store
 from notifier.storage.tables import (
@@ -85,9 +85,10 @@ class Lifecycle(Store):
 
     async def erase_recipient(self, to: str) -> Erased:
         """Everything stored about ``to`` (E.164), in one transaction: its queued
-        messages canceled (counted so in the rollups), then its messages with their
-        rows, its inbound messages and its recipient states deleted. Refused while a
-        send to it holds a live lease: that send's outcome would land on nothing."""
+        messages canceled (the row triggers count that into the rollups), then its
+        messages with their rows, its inbound messages and its recipient states
+        deleted. Refused while a send to it holds a live lease: that send's outcome
+        would land on nothing."""
         now = self._clock()
         async with self._transaction() as conn:
             stmt = select(messages.c.id, messages.c.status, messages.c.lease_expires_at)
@@ -95,13 +96,11 @@ class Lifecycle(Store):
             _refuse_in_flight(rows, now)
             queued = [r.id for r in rows if r.status in OUTBOX]
             if queued:
-                change = await RollupChange.before(conn, queued)
                 await conn.execute(
                     update(messages)
                     .where(messages.c.id.in_(queued))
                     .values(status=Status.CANCELED.value, updated_at=now)
                 )
-                await change.after(conn)
             counts = await _delete_messages(conn, [r.id for r in rows])
             inbound = await conn.execute(
                 delete(inbound_messages).where(inbound_messages.c.from_addr == to)

@@ -19,7 +19,6 @@ from notifier.domain.inbound import RecipientState, refusal
 from notifier.domain.model import Accepted, Channel, EventSource, NewMessage, Status
 from notifier.storage.engine import DUE_CHANNEL, EVENTS_CHANNEL, Database, notify
 from notifier.storage.fallbacks import fallback_row
-from notifier.storage.rollups import count_new
 from notifier.storage.rows import chunks, event_row, load_many, message_row, new_message_id, record
 from notifier.storage.store import Store
 from notifier.storage.tables import (
@@ -164,7 +163,6 @@ class Messages(Store):
                 fresh[key] = (row["id"], item.request_hash)
             results.append(Accepted(record(row, message.tags), replayed=False))
         await rows.insert(conn)
-        await count_new(conn, rows.messages, rows.tags)
         replay_ids = [r for r in results if isinstance(r, str)]
         replays = await load_many(conn, replay_ids) if replay_ids else {}
         return [Accepted(replays[r], replayed=True) if isinstance(r, str) else r for r in results]

@@ -25,7 +25,6 @@ from notifier.domain.retry import RetryPolicy
 from notifier.storage.engine import DUE_CHANNEL, EVENTS_CHANNEL, notify
 from notifier.storage.fallbacks import FAILURES, follow_failures
 from notifier.storage.quarantine import quarantine
-from notifier.storage.rollups import RollupChange
 from notifier.storage.rows import OUTBOX, STAMP_COLUMNS, chunks, event_row, record
 from notifier.storage.store import Store
 from notifier.storage.tables import delivery_attempts, messages, status_events
@@ -179,10 +178,8 @@ class Outbox(Store):
             plan.held |= {str(sid): str(holder) for sid, holder in await conn.execute(holders)}
         for result in results:
             plan.add(*result)
-        change = await RollupChange.before(conn, ids)
         await plan.write(conn)
-        created = await follow_failures(conn, plan.failed, now, self._fallback)
-        await change.after(conn, created)
+        await follow_failures(conn, plan.failed, now, self._fallback)
 
     async def release(self, owner: str, ids: Sequence[str]) -> int:
         """Give back leases that were never used, so another worker takes them now."""

@@ -16,7 +16,6 @@ from notifier.domain.delivery import ErrorKind
 from notifier.domain.model import EventSource, Status
 from notifier.domain.poison import quarantine_reason
 from notifier.storage.engine import EVENTS_CHANNEL, notify
-from notifier.storage.rollups import RollupChange
 from notifier.storage.rows import event_row
 from notifier.storage.tables import delivery_attempts, messages, status_events
 
@@ -27,7 +26,6 @@ async def quarantine(conn: AsyncConnection, claims: dict[str, int], owner: str, 
     FAILED event in its history."""
     if not claims:
         return
-    change = await RollupChange.before(conn, sorted(claims))
     counted = await conn.execute(
         select(delivery_attempts.c.message_id, func.count())
         .where(delivery_attempts.c.message_id.in_(list(claims)))
@@ -70,5 +68,4 @@ async def quarantine(conn: AsyncConnection, claims: dict[str, int], owner: str, 
         insert(status_events),
         [event_row(m, Status.FAILED, EventSource.DISPATCHER, now) for m in sorted(claims)],
     )
-    await change.after(conn)
     await notify(conn, EVENTS_CHANNEL)

@@ -18,7 +18,6 @@ from notifier.domain.model import (
 )
 from notifier.domain.operations import RETRYABLE, Cancel, Skip, judge_cancel, judge_requeue
 from notifier.storage.engine import DUE_CHANNEL, EVENTS_CHANNEL, notify
-from notifier.storage.rollups import RollupChange
 from notifier.storage.rows import (
     add_event,
     attempt,
@@ -135,14 +134,12 @@ class Queries(Store):
                 Cancel.ALREADY
             ):
                 return current
-            change = await RollupChange.before(conn, [message_id])
             await conn.execute(
                 update(messages)
                 .where(messages.c.id == message_id)
                 .values(status=Status.CANCELED.value, updated_at=now)
             )
             await add_event(conn, message_id, Status.CANCELED, EventSource.API, now, actor)
-            await change.after(conn)
             await notify(conn, EVENTS_CHANNEL)
             return await load(conn, message_id)
 
@@ -172,7 +169,6 @@ class Queries(Store):
         async with self._transaction() as conn:
             rows = (await conn.execute(stmt)).all()
             found = {r.id for r in rows}
-            change = await RollupChange.before(conn, sorted(found))
             skipped += [(mid, "not found") for mid in query.message_ids if mid not in found]
             for row in rows:
                 verdict = judge_requeue(Status(row.status), row.expires_at, now, validity_ms)
@@ -181,7 +177,6 @@ class Queries(Store):
                     continue
                 await _requeue(conn, row.id, verdict.expires_at_ms, now, actor)
                 requeued.append(row.id)
-            await change.after(conn)
             if requeued:
                 await notify(conn, DUE_CHANNEL, EVENTS_CHANNEL)
         return RetryOutcome(tuple(requeued), tuple(skipped))

@@ -13,7 +13,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from notifier.domain.model import Status
 from notifier.domain.reconcile import AWAITING_OUTCOME, Candidate, FetchState, Unconfirmed
 from notifier.storage.engine import storage_errors
-from notifier.storage.rollups import RollupChange
 from notifier.storage.store import Store
 from notifier.storage.tables import messages
 
@@ -77,25 +76,19 @@ class Reconciliation(Store):
     async def give_up_reconciling(self, *, now_ms: int, give_up_ms: int) -> int:
         """Mark the messages without news for ``give_up_ms`` as unconfirmed (their status
         stays); returns how many."""
-        stale = select(messages.c.id).where(
-            messages.c.status.in_(_AWAITING),
-            messages.c.updated_at <= now_ms - give_up_ms,
-            messages.c.twilio_sid.is_not(None),
-            messages.c.reconcile_outcome.is_(None),
+        stmt = (
+            update(messages)
+            .where(
+                messages.c.status.in_(_AWAITING),
+                messages.c.updated_at <= now_ms - give_up_ms,
+                messages.c.twilio_sid.is_not(None),
+                messages.c.reconcile_outcome.is_(None),
+            )
+            .values(reconcile_outcome=Unconfirmed.GAVE_UP.value, reconcile_at=None)
         )
 
         async def work(conn: AsyncConnection) -> int:
-            ids = list((await conn.execute(stale)).scalars())
-            if not ids:
-                return 0
-            change = await RollupChange.before(conn, ids)  # GetMetrics' unconfirmed
-            done = await conn.execute(
-                update(messages)
-                .where(messages.c.id.in_(ids), messages.c.reconcile_outcome.is_(None))
-                .values(reconcile_outcome=Unconfirmed.GAVE_UP.value, reconcile_at=None)
-            )
-            await change.after(conn)
-            return int(done.rowcount)
+            return int((await conn.execute(stmt)).rowcount)
 
         return await self._write(work)
 
@@ -130,8 +123,6 @@ class Reconciliation(Store):
         ]
 
         async def work(conn: AsyncConnection) -> None:
-            change = await RollupChange.before(conn, [s.message_id for s in states])
             await conn.execute(stmt, params)
-            await change.after(conn)
 
         await self._write(work)

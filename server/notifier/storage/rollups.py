@@ -3,18 +3,21 @@
 A message contributes to three tables (tables.py): its status, error code and
 reconciliation marks, its delivery time's histogram slot, and its send attempts, under
 its creation hour, channel, owner, sender profile and tag "" (every message) plus each
-of its tags. The same SELECTs say what a set of messages contributes, and serve three
-purposes:
+of its tags.
 
-* keeping the rollups in step: a write that changes messages reads their
-  contribution before and after, in its own transaction, and appends the difference
-  to the journal tables (``RollupChange``). Appends never wait for one another, so
-  SendMessage does not queue behind a shared hourly row; the background folder
-  (``fold_journal``) moves the journal into the rollups, and GetMetrics reads both.
-  A rolled-back transaction takes its journal rows with it, so a retried batch is
-  counted once. Retention never subtracts;
-* building them from existing rows (``rebuild``, the migration);
-* the partial hours at the ends of a GetMetrics window, counted from the message rows.
+* Keeping them in step is the database's job: row triggers (migration 0011) on
+  messages, message_tags, delivery_attempts and status_events append each changed
+  row's old contribution negated and its new one to the journal tables, inside the
+  statement that makes the change. Exact under concurrency (the trigger sees the row
+  as its statement changed it, under that statement's row lock) and no extra round
+  trip for the writer. Appends never wait for one another, so SendMessage does not
+  queue behind a shared hourly row; the background folder (``fold_journal``) moves
+  the journal into the rollups, and GetMetrics reads both. A rolled-back transaction
+  takes its journal rows with it. Retention and erasure never subtract (deletes have
+  no trigger).
+* The SELECTs below say what a set of messages contributes: ``rebuild`` (tests that
+  write rows behind the service's back; the migration has its own frozen copy) and the
+  partial hours at the ends of a GetMetrics window, counted from the message rows.
 """
 
 from __future__ import annotations
@@ -28,14 +31,11 @@ from sqlalchemy import (
     Executable,
     Table,
     case,
-    cast,
     delete,
     exists,
     func,
     insert,
     literal_column,
-    null,
-    union_all,
 )
 from sqlalchemy import select as sa_select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -43,8 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from notifier.domain.delivery import ErrorKind
 from notifier.domain.histogram import LOWS
-from notifier.domain.model import DEFAULT_SENDER, EventSource
-from notifier.storage.rows import chunks
+from notifier.domain.model import EventSource
 from notifier.storage.tables import (
     delivery_attempts,
     journal_attempts,
@@ -219,61 +218,6 @@ def _days_from_hours(kind: Kind, daily: Table) -> Executable:
     return insert(daily).from_select([*kind.keys, *kind.names], query)
 
 
-# Where each kind's dimensions and figures sit in ``_combined``'s padded rows: apart per
-# kind, so a UNION ALL column never mixes one kind's text with another's integers.
-_SLOTS = {
-    kind.table.name: [f"{kind.table.name}_{n}" for n in (*kind.dims, *kind.names)] for kind in KINDS
-}
-
-
-def _combined(where: Where) -> Any:
-    """Every kind's contribution of the messages matching ``where``, tagged and not, as
-    one UNION ALL: a write reads its messages' contribution in one round trip, not six
-    (six per read made records slow under load). Typed NULLs pad the other kinds'
-    columns: PostgreSQL matches UNION types pairwise, left to right."""
-    parts = []
-    for i, kind in enumerate(KINDS):
-        for tagged in (False, True):
-            sub = kind.query(where, tagged=tagged).subquery()
-            cols: list[Any] = [literal_column(str(i)).label("kind")]
-            cols += [sub.c[k] for k in ("bucket_ms", "channel", "tag", "owner", "sender")]
-            for other in KINDS:
-                mine = other is kind
-                names = (*other.dims, *other.names)
-                slots = _SLOTS[other.table.name]
-                cols += [
-                    (sub.c[n] if mine else cast(null(), other.table.c[n].type)).label(slot)
-                    for n, slot in zip(names, slots, strict=True)
-                ]
-            parts.append(sa_select(*cols))
-    return union_all(*parts)
-
-
-async def contribution(conn: AsyncConnection, ids: Sequence[str]) -> Contribution:
-    """What the messages ``ids`` add to the rollups now: one statement per chunk."""
-    found: Contribution = {}
-    for chunk in chunks(sorted(set(ids))):
-        rows = (await conn.execute(_combined([messages.c.id.in_(chunk)]))).all()
-        for i, kind in enumerate(KINDS):
-            mine = [_unpadded(kind, r._mapping) for r in rows if r._mapping["kind"] == i]
-            fold(found, kind, mine, kind.keys)
-    return found
-
-
-class _Row:
-    """A padded row read back under its kind's own names (what ``fold`` reads)."""
-
-    def __init__(self, values: dict[str, Any]) -> None:
-        self._mapping = values
-
-
-def _unpadded(kind: Kind, m: Any) -> _Row:
-    values = {k: m[k] for k in ("bucket_ms", "channel", "tag", "owner", "sender")}
-    names = (*kind.dims, *kind.names)
-    values |= {n: m[slot] for n, slot in zip(names, _SLOTS[kind.table.name], strict=True)}
-    return _Row(values)
-
-
 def fold(into: Contribution, kind: Kind, rows: Iterable[Any], keys: Sequence[str]) -> None:
     """Add ``rows`` (keys, then figures) into ``into``, keyed by ``keys``."""
     for row in rows:
@@ -288,45 +232,6 @@ def fold(into: Contribution, kind: Kind, rows: Iterable[Any], keys: Sequence[str
             had[i] += figures[i]
         if kind.extremes:
             had[-2], had[-1] = min(had[-2], figures[-2]), max(had[-1], figures[-1])
-
-
-class RollupChange:
-    """A change to some messages, counted into the rollups in the same transaction:
-    ``await RollupChange.before(conn, ids)``, then change them, then ``await
-    change.after(conn)`` (which may name more messages, e.g. new ones)."""
-
-    def __init__(self, ids: Sequence[str], before: Contribution) -> None:
-        self._ids = list(ids)
-        self._before = before
-
-    @classmethod
-    async def before(cls, conn: AsyncConnection, ids: Sequence[str]) -> RollupChange:
-        return cls(ids, await contribution(conn, ids) if ids else {})
-
-    async def after(self, conn: AsyncConnection, more: Sequence[str] = ()) -> None:
-        now = await contribution(conn, [*self._ids, *more])
-        await apply_delta(conn, self._before, now)
-
-
-async def apply_delta(conn: AsyncConnection, before: Contribution, after: Contribution) -> None:
-    """Append ``after - before`` to the journal: plain INSERTs, one executemany per
-    table, so concurrent writers never wait on one another's rollup rows."""
-    for kind in KINDS:
-        rows = []
-        for key in sorted(k for k in before.keys() | after.keys() if k[0] == kind.table.name):
-            old, new = before.get(key), after.get(key)
-            base = new if new is not None else old
-            assert base is not None
-            n = len(kind.sums)
-            sums = [(new[i] if new else 0) - (old[i] if old else 0) for i in range(n)]
-            if not any(sums):
-                continue
-            rows.append(
-                dict(zip(kind.keys, key[1], strict=True))
-                | dict(zip(kind.names, [*sums, *base[n:]], strict=True))
-            )
-        if rows:
-            await conn.execute(insert(kind.journal), rows)
 
 
 async def fold_journal(conn: AsyncConnection, limit: int) -> int:
@@ -384,26 +289,3 @@ def _upsert(dialect: str, kind: Kind, table: Table) -> Any:
         values["min_ms"] = least(table.c.min_ms, ins.excluded.min_ms)
         values["max_ms"] = greatest(table.c.max_ms, ins.excluded.max_ms)
     return ins.on_conflict_do_update(index_elements=list(kind.keys), set_=values)
-
-
-async def count_new(
-    conn: AsyncConnection, rows: Sequence[dict[str, Any]], tags: Sequence[dict[str, str]]
-) -> None:
-    """Count just-inserted messages (their rows and tag rows as inserted) into the
-    rollups. SendMessage's path: a new message is one status row per tag and no
-    delivery time or attempt yet, so its contribution is worked out here without
-    reading it back (what ``contribution`` would read, as a test checks)."""
-    by_id: dict[str, list[str]] = {}
-    for tag_row in tags:
-        by_id.setdefault(tag_row["message_id"], []).append(tag_row["tag"])
-    new: Contribution = {}
-    for row in rows:
-        bucket = row["created_at"] - row["created_at"] % HOUR_MS
-        code = row.get("error_code") or 0
-        who = (row.get("caller") or "", row.get("sender") or DEFAULT_SENDER)
-        for tag in ["", *by_id.get(row["id"], [])]:
-            dims = (row["status"], code, 0, 0)  # not reconciled, not stalled: it is new
-            key = (STATUSES.table.name, (bucket, row["channel"], tag, *who, *dims))
-            new.setdefault(key, [0])[0] += 1
-    if new:
-        await apply_delta(conn, {}, new)

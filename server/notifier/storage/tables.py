@@ -197,8 +197,9 @@ send_slots = Table(
 # the purge and a 30-day window reads a few thousand rows. Keys lead with the tag
 # (always given: "" for all) and then the hour, so a window is one range of the key.
 #
-# Writers never update these rows: a transaction that changes messages appends what it
-# changed to the journal tables (plain INSERTs, no shared row to wait for), and the
+# Writers never update these rows: row triggers (migration 0011) on messages,
+# message_tags, delivery_attempts and status_events append what each statement changed
+# to the journal tables (plain INSERTs, no shared row to wait for), and the
 # background folder (storage/rollups.py ``fold_journal``) moves journal rows into the
 # rollups. GetMetrics reads rollups plus the journal, so it is exact at any moment.
 def _rollup_keys(journal: bool) -> list[Column[Any]]:
@@ -268,3 +269,13 @@ rollup_attempts = _attempts_table("rollup_attempts")
 journal_statuses = _statuses_table("journal_statuses", journal=True)
 journal_delivery = _delivery_table("journal_delivery", journal=True)
 journal_attempts = _attempts_table("journal_attempts", journal=True)
+
+# The delivery-time histogram's slot starts (domain/histogram.py LOWS), for the row
+# triggers of migration 0011 that keep the rollups: slot = the row with the largest low
+# <= the delivery time.
+histogram_lows = Table(
+    "histogram_lows",
+    metadata,
+    Column("low", BigInteger, primary_key=True),
+    Column("slot", Integer, nullable=False),
+)

@@ -7,9 +7,10 @@ Create Date: 2026-11-28
 
 Three tables (status, error code and reconciliation marks, delivery-time histogram
 slots, send attempts) and their journals (changes not yet folded in), built from the
-messages already stored, so GetMetrics reads a few rows per hour and the
-figures survive retention's deletes. Messages get a redacted flag (body, variables and
-media cleared by NOTIFIER_REDACT_AFTER), indexed with updated_at for the purge.
+messages already stored by 0011 (which also adds the triggers that keep them), so
+GetMetrics reads a few rows per hour and the figures survive retention's deletes.
+Messages get a redacted flag (body, variables and media cleared by
+NOTIFIER_REDACT_AFTER), indexed with updated_at for the purge.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
-
-from notifier.storage.rollups import rebuild
 
 revision = "0009"
 down_revision = "0008"
@@ -111,8 +110,6 @@ def upgrade() -> None:
     op.create_index(op.f("ix_inbound_messages_received_at"), "inbound_messages", ["received_at"])
     for name, create, journal in _TABLES:
         create(name, journal)
-    for stmt in rebuild():
-        op.execute(stmt)
 
 
 def downgrade() -> None:
