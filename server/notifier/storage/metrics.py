@@ -29,6 +29,9 @@ from notifier.storage.rows import OUTBOX
 from notifier.storage.store import Store
 from notifier.storage.tables import message_tags, messages
 
+# An SMS fallback counts in GetMetrics' fallbacks_delivered once it reached the phone.
+REACHED = (Status.DELIVERED, Status.READ)
+
 
 class MetricsReader(Store):
     async def metrics(self, query: MetricsQuery, *, now_ms: int) -> Metrics:
@@ -49,14 +52,11 @@ class MetricsReader(Store):
                 conn = await conn.execution_options(isolation_level="REPEATABLE READ")
             totals = await _window(conn, query)
             queue_depth, oldest_due, scheduled = await _outbox(conn, outbox, now_ms)
-            fallbacks, fallbacks_delivered = await _fallbacks(conn, query)
         return Metrics(
             **_figures(totals),
             queue_depth=queue_depth,
             oldest_pending_age_ms=max(0, now_ms - oldest_due) if oldest_due is not None else 0,
             scheduled=scheduled,
-            fallbacks=fallbacks,
-            fallbacks_delivered=fallbacks_delivered,
         )
 
 
@@ -64,15 +64,17 @@ def _figures(totals: Contribution) -> dict[str, Any]:
     """The windowed figures (Metrics' fields) from the window's summed contribution."""
     by_status: dict[Status, int] = {}
     codes: dict[int, int] = {}
-    reconciled = unconfirmed = 0
+    reconciled = unconfirmed = fallbacks = fallbacks_delivered = 0
     for (table, key), figures in totals.items():
         if table == "rollup_statuses" and figures[0]:
-            status, code, moved, stalled = Status(key[0]), int(key[1]), key[2], key[3]
+            status, code, moved, stalled, fallback = Status(key[0]), int(key[1]), *key[2:5]
             by_status[status] = by_status.get(status, 0) + figures[0]
             if code and status in FAILURES:
                 codes[code] = codes.get(code, 0) + figures[0]
             reconciled += figures[0] if moved else 0
             unconfirmed += figures[0] if stalled and status in AWAITING_OUTCOME else 0
+            fallbacks += figures[0] if fallback else 0
+            fallbacks_delivered += figures[0] if fallback and status in REACHED else 0
     slots = [
         Slot(int(key[0]), *figures[:1], *figures[2:])
         for (table, key), figures in totals.items()
@@ -95,6 +97,8 @@ def _figures(totals: Contribution) -> dict[str, Any]:
         ambiguous_outcomes=ambiguous,
         reconciled=reconciled,
         unconfirmed=unconfirmed,
+        fallbacks=fallbacks,
+        fallbacks_delivered=fallbacks_delivered,
     )
 
 
@@ -167,25 +171,3 @@ async def _outbox(
         )
     ).one()
     return int(depth), (int(oldest) if oldest is not None else None), int(scheduled)
-
-
-async def _fallbacks(conn: AsyncConnection, query: MetricsQuery) -> tuple[int, int]:
-    """(SMS fallbacks created in the window, those of them delivered or read), counted
-    from the message rows: not in the rollups yet, so retention forgets them."""
-    window = conditions(
-        MessageQuery(
-            channel=query.channel,
-            tag=query.tag,
-            sender=query.sender,
-            owner=query.owner,
-            created_after_ms=query.start_ms,
-            created_before_ms=query.end_ms,
-        )
-    )
-    reached = [Status.DELIVERED.value, Status.READ.value]
-    stmt = select(
-        func.count(),
-        func.count(case((messages.c.status.in_(reached), 1))),
-    ).where(*window, messages.c.fallback_of.is_not(None))
-    total, delivered = (await conn.execute(stmt)).one()
-    return int(total), int(delivered)

@@ -102,6 +102,9 @@ _RECONCILED: ColumnElement[int] = literal_column(
 _STALLED: ColumnElement[int] = literal_column(
     "(CASE WHEN messages.reconcile_outcome IS NULL THEN 0 ELSE 1 END)"
 )
+_FALLBACK: ColumnElement[int] = literal_column(
+    "(CASE WHEN messages.fallback_of IS NULL THEN 0 ELSE 1 END)"
+)
 _AMBIGUOUS = case(
     (delivery_attempts.c.outcome == ErrorKind.AMBIGUOUS.value, delivery_attempts.c.id)
 )
@@ -164,7 +167,8 @@ def _columns(table: Table) -> tuple[list[Any], list[Any]]:
     """(grouping expressions, figures) of a rollup table, over messages."""
     if table is rollup_statuses:
         code = func.coalesce(messages.c.error_code, literal_column("0"))
-        return [messages.c.status, code, _RECONCILED, _STALLED], [func.count()]
+        dims = [messages.c.status, code, _RECONCILED, _STALLED, _FALLBACK]
+        return dims, [func.count()]
     if table is rollup_delivery:
         figures = [
             func.count(),
@@ -178,7 +182,10 @@ def _columns(table: Table) -> tuple[list[Any], list[Any]]:
 
 
 STATUSES = Kind(
-    rollup_statuses, journal_statuses, ("status", "error_code", "reconciled", "stalled"), ("n",)
+    rollup_statuses,
+    journal_statuses,
+    ("status", "error_code", "reconciled", "stalled", "fallback"),
+    ("n",),
 )
 DELIVERY = Kind(
     rollup_delivery,

@@ -230,6 +230,8 @@ def _statuses_table(name: str, journal: bool = False) -> Table:
         Column("reconciled", Integer, primary_key=key, nullable=False),
         # 1: the reconciler stopped seeking its outcome (GetMetrics' unconfirmed).
         Column("stalled", Integer, primary_key=key, nullable=False),
+        # 1: an SMS fallback of a failed WhatsApp message (GetMetrics' fallbacks).
+        Column("fallback", Integer, primary_key=key, nullable=False),
         Column("n", BigInteger, nullable=False),
     )
 

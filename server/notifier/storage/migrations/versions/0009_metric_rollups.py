@@ -26,7 +26,7 @@ branch_labels = None
 depends_on = None
 
 _KEYS = ("tag", "bucket_ms", "channel", "owner", "sender")
-_STATUS_DIMS = ("status", "error_code", "reconciled", "stalled")
+_STATUS_DIMS = ("status", "error_code", "reconciled", "stalled", "fallback")
 
 
 def _keys(journal: bool) -> list[sa.Column[Any]]:
@@ -61,6 +61,7 @@ def _statuses(name: str, journal: bool) -> None:
         sa.Column("error_code", sa.Integer(), nullable=False),
         sa.Column("reconciled", sa.Integer(), nullable=False),
         sa.Column("stalled", sa.Integer(), nullable=False),
+        sa.Column("fallback", sa.Integer(), nullable=False),
         sa.Column("n", sa.BigInteger(), nullable=False),
         _pk(name, journal, *_STATUS_DIMS),
     )

@@ -37,7 +37,7 @@ depends_on = None
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
 _KEYS = "tag, bucket_ms, channel, owner, sender"
-_STATUS_COLS = f"{_KEYS}, status, error_code, reconciled, stalled, n"
+_STATUS_COLS = f"{_KEYS}, status, error_code, reconciled, stalled, fallback, n"
 _DELIVERY_COLS = f"{_KEYS}, slot, n, total_ms, min_ms, max_ms"
 _ATTEMPT_COLS = f"{_KEYS}, attempts, attempted, ambiguous"
 
@@ -64,6 +64,10 @@ def _reconciled(r: str) -> str:
 
 def _stalled(r: str) -> str:
     return f"CASE WHEN {r}.reconcile_outcome IS NULL THEN 0 ELSE 1 END"
+
+
+def _fallback(r: str) -> str:
+    return f"CASE WHEN {r}.fallback_of IS NULL THEN 0 ELSE 1 END"
 
 
 def _dt(r: str) -> str:
@@ -95,7 +99,7 @@ def _statuses(r: str, sign: str, source: str, where: str = "", reconciled: str =
     rec = reconciled or _reconciled(r)
     code = f"COALESCE({r}.error_code, 0)"
     return (
-        f"SELECT {_who(r)}, {r}.status, {code}, {rec}, {_stalled(r)}, {sign}"
+        f"SELECT {_who(r)}, {r}.status, {code}, {rec}, {_stalled(r)}, {_fallback(r)}, {sign}"
         f" FROM {source}{' WHERE ' + where if where else ''}"
     )
 
@@ -237,10 +241,10 @@ def _rebuild() -> list[str]:
     stmts = [f"DELETE FROM {t}" for t in _ROLLUP_TABLES]
     stmts += [
         f"INSERT INTO rollup_statuses ({_STATUS_COLS}) SELECT {_KEYS}, status, error_code,"
-        f" reconciled, stalled, count(*) FROM (SELECT {who}, m.status,"
+        f" reconciled, stalled, fallback, count(*) FROM (SELECT {who}, m.status,"
         f" COALESCE(m.error_code, 0) AS error_code, {_reconciled('m')} AS reconciled,"
-        f" {_stalled('m')} AS stalled FROM {rows}) AS r"
-        f" GROUP BY {_KEYS}, status, error_code, reconciled, stalled",
+        f" {_stalled('m')} AS stalled, {_fallback('m')} AS fallback FROM {rows}) AS r"
+        f" GROUP BY {_KEYS}, status, error_code, reconciled, stalled, fallback",
         f"INSERT INTO rollup_delivery ({_DELIVERY_COLS}) SELECT {_KEYS}, slot, count(*),"
         f" sum(dt), min(dt), max(dt) FROM (SELECT {who}, {dt} AS dt, {_slot(dt)} AS slot"
         f" FROM {rows} WHERE m.sent_at IS NOT NULL AND m.delivered_at IS NOT NULL) AS r"
