@@ -104,6 +104,21 @@ def _statuses(r: str, sign: str, source: str, where: str = "", reconciled: str =
     )
 
 
+def _moved_status() -> str:
+    """OLD's status row negated and NEW's, under each tag: one scan of the tags and one
+    reconciled check for both (creation hour, channel, owner, sender never change)."""
+    halves = " UNION ALL ".join(
+        f"SELECT {r}.status AS status, COALESCE({r}.error_code, 0) AS error_code,"
+        f" {_stalled(r)} AS stalled, {_fallback(r)} AS fallback, {sign} AS n"
+        for r, sign in (("OLD", "-1"), ("NEW", "1"))
+    )
+    return (
+        f"SELECT {_who('NEW')}, v.status, v.error_code, r.reconciled, v.stalled,"
+        f" v.fallback, v.n FROM {_tags('NEW.id')} CROSS JOIN ({halves}) AS v"
+        f" CROSS JOIN (SELECT {_reconciled('NEW')} AS reconciled) AS r"
+    )
+
+
 def _delivery(r: str, sign: str, source: str, where: str = "") -> str:
     dt = _dt(r)
     conds = f"{r}.sent_at IS NOT NULL AND {r}.delivered_at IS NOT NULL"
@@ -151,12 +166,7 @@ def _triggers(distinct: str) -> list[tuple[str, str, str, str, list[str]]]:
             "messages",
             f"OLD.status {distinct} NEW.status OR OLD.error_code {distinct} NEW.error_code"
             " OR (OLD.reconcile_outcome IS NULL) <> (NEW.reconcile_outcome IS NULL)",
-            [
-                js
-                + _statuses("OLD", "-1", _tags("OLD.id"))
-                + " UNION ALL "
-                + _statuses("NEW", "1", _tags("NEW.id"))
-            ],
+            [js + _moved_status()],
         ),
         (
             "messages_delivery",
