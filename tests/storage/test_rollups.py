@@ -15,6 +15,7 @@ from dataclasses import replace
 import pytest
 from sqlalchemy import text
 
+from notifier.domain.histogram import LOWS
 from notifier.domain.metrics import Metrics, MetricsQuery
 from notifier.domain.model import (
     AttemptRecord,
@@ -264,3 +265,12 @@ def _waiting_on_locks(database: TestDb) -> int:
         " AND wait_event_type = 'Lock'"
     )
     return int(rows[0][0])
+
+
+async def test_the_triggers_histogram_is_the_domains(
+    repo: tuple[Repository, Clock], database: TestDb
+) -> None:
+    """Migration 0011 froze the slot starts its triggers use; they are LOWS."""
+    rows = database.rows("SELECT low, slot FROM histogram_lows ORDER BY low")
+    assert [int(low) for low, _ in rows] == list(LOWS)
+    assert [int(slot) for _, slot in rows] == list(range(len(LOWS)))
