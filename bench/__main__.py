@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from bench import alternatives, bulk, callbacks, dispatch, memory, ratelimit, replicas, send
+from bench import alternatives, bulk, callbacks, dispatch, memory, purge, ratelimit, replicas, send
 from bench.common import (
     HERE,
     Figure,
@@ -34,6 +34,7 @@ PARTS: dict[str, Callable[[], Awaitable[Figure | list[Figure]]]] = {
     "ratelimit": ratelimit.run,
     "memory": memory.run,
     "alternatives": alternatives.run,
+    "purge": purge.run,
 }
 
 

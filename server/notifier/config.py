@@ -25,6 +25,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from notifier.dispatch.senders import SenderProfile, parse_senders, resolve
 from notifier.domain.access import TokenEntry, parse_token_entries
 from notifier.domain.fallback import FallbackPolicy
+from notifier.domain.lifecycle import Lifecycle, parse_duration
 from notifier.domain.model import DEFAULT_SENDER
 from notifier.domain.retry import RetryPolicy
 
@@ -202,6 +203,28 @@ class Settings(BaseSettings):
     @classmethod
     def _check_duration(cls, value: object) -> float:
         return _duration_seconds(value)
+
+    # Data lifecycle (issue 15): how long messages keep their content, and live at all.
+    retention: str = Field("90d", alias="NOTIFIER_RETENTION")
+    redact_after: str = Field("7d", alias="NOTIFIER_REDACT_AFTER")
+
+    @field_validator("retention")
+    @classmethod
+    def _check_retention(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+    @field_validator("redact_after")
+    @classmethod
+    def _check_redact_after(cls, value: str) -> str:
+        parse_duration(value, allow_off=True)
+        return value
+
+    @property
+    def lifecycle(self) -> Lifecycle:
+        retention = parse_duration(self.retention)
+        assert retention is not None
+        return Lifecycle(retention, parse_duration(self.redact_after, allow_off=True))
 
     @field_validator("sms_fallback_codes", mode="before")
     @classmethod

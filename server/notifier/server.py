@@ -31,6 +31,7 @@ from notifier.domain.preflight import TemplatePreflight
 from notifier.domain.service import MessageService, payload_hash
 from notifier.health import StorageHealth
 from notifier.metrics import OutboxSampler, ServerMetrics, metrics_http
+from notifier.purger import Purger
 from notifier.sidecar import Sidecar, create_sidecar, sidecar_urls
 from notifier.startup import (
     StartupError,
@@ -139,6 +140,7 @@ class NotifierServer:
     listener: Listener | None = None
     metrics: Metrics | None = None
     reconciler: Reconciler | None = None
+    purger: Purger | None = None
 
     async def start(self) -> None:
         if self.metrics is not None:
@@ -152,6 +154,8 @@ class NotifierServer:
             self.dispatcher.start()
         if self.reconciler is not None:
             self.reconciler.start()
+        if self.purger is not None:
+            self.purger.start()
 
     async def stop(self, grace: float) -> None:
         """Refuse new calls; let running calls and sends finish within ``grace`` seconds."""
@@ -404,6 +408,7 @@ def build_servicer(
     storage: Storage,
     dispatcher: Dispatcher | None,
     feed: StatusFeed,
+    twilio: TwilioProvider | None = None,
     templates: TemplatePreflight | None = None,
 ) -> NotifierServicer:
     """The use cases (single sends, bulk sends, watches) behind the Notifier service."""
@@ -417,6 +422,7 @@ def build_servicer(
         admins=tuple(settings.admin_whatsapp_numbers),
         capacity=storage.capacity,
         senders=frozenset(settings.sender_profiles),
+        twilio=twilio,
         templates=templates or TemplatePreflight(),
     )
     bulk = BulkSender(
@@ -472,7 +478,10 @@ async def create_server(
             settings, storage.db, storage.repository, dispatcher, cleanup
         )
         templates = build_preflight(settings, cleanup, counted.registry)
-        add_services(server, build_servicer(settings, storage, dispatcher, feed, templates), health)
+        servicer = build_servicer(settings, storage, dispatcher, feed, provider, templates)
+        add_services(server, servicer, health)
+        purger = Purger(storage.repository, settings.lifecycle)
+        cleanup.push_async_callback(purger.close)
         # Last, so it runs first: NOT_SERVING before anything else stops.
         cleanup.push_async_callback(health.stop)
         return NotifierServer(
@@ -489,4 +498,5 @@ async def create_server(
             listener=listener,
             metrics=metrics,
             reconciler=reconciler,
+            purger=purger,
         )

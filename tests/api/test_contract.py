@@ -28,6 +28,7 @@ RPCS = [
     "RetryMessages",
     "CancelMessage",
     "WatchDeliveryStatus",
+    "EraseRecipient",
 ]
 
 

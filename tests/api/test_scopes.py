@@ -148,6 +148,9 @@ CALLS: dict[str, Callable[[Stub, Any], Awaitable[Any]]] = {
     "RetryMessages": lambda s, md: s.RetryMessages(
         pb.RetryMessagesRequest(message_ids=[UNKNOWN_ID]), metadata=md
     ),
+    "EraseRecipient": lambda s, md: s.EraseRecipient(
+        pb.EraseRecipientRequest(to="+14155550199"), metadata=md
+    ),
 }
 NEEDS = {
     "SendMessage": "send",
@@ -160,6 +163,7 @@ NEEDS = {
     "WatchDeliveryStatus": "read",
     "CancelMessage": "manage",
     "RetryMessages": "manage",
+    "EraseRecipient": "admin",
 }
 # What an allowed call ends with here (no such message, a watch that sees nothing).
 ALLOWED_ENDINGS = {

@@ -17,6 +17,8 @@ from notifier.domain.delivery import ErrorKind, OutgoingMessage, ProviderError
 from tests.support.paths import TWILIO_SPEC
 from tests.support.prism import Prism, running_prism
 
+MESSAGE_SID = "SM" + "0123456789abcdef" * 2
+
 ACCOUNT = "AC" + "0123456789abcdef" * 2
 SID = "HX" + "0123456789abcdef" * 2
 
@@ -122,7 +124,7 @@ async def test_fetch_is_a_valid_request_and_reads_twilio_s_answer(
 ) -> None:
     """The reconciler's GET …/Messages/{Sid}.json, and Twilio's answer read back."""
     mark = prism.mark()
-    fetched = await provider.fetch("SM" + "0123456789abcdef" * 2)
+    fetched = await provider.fetch(MESSAGE_SID)
     await asyncio.sleep(0.2)
     assert prism.violations(mark) == []
     spec = json.loads(TWILIO_SPEC.read_text())
@@ -138,3 +140,16 @@ async def test_a_fetch_with_a_bad_sid_is_caught(prism: Prism, provider: TwilioPr
     assert info.value.http_status == 422
     await asyncio.sleep(0.2)
     assert any("path parameter sid" in line for line in prism.violations(mark))
+
+
+async def test_erase_requests_are_valid(prism: Prism, provider: TwilioProvider) -> None:
+    """EraseRecipient's two calls (issue 15): DELETE .../Messages/{Sid}.json, and the
+    redaction of a message still in flight, POST .../Messages/{Sid}.json with Body=""."""
+    mark = prism.mark()
+    assert await provider.delete_message(MESSAGE_SID) is True  # 204: gone at Twilio
+    await provider.redact_message(MESSAGE_SID)
+    await asyncio.sleep(0.2)
+    assert prism.violations(mark) == []
+    verdicts = prism.log_path.read_text().splitlines()[mark:]
+    received = [ln for ln in verdicts if "[HTTP SERVER]" in ln and MESSAGE_SID in ln]
+    assert [ln.split("]")[2].split()[0] for ln in received] == ["delete", "post"]

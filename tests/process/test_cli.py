@@ -293,3 +293,18 @@ async def test_mutual_tls_flags_and_token(pki: Certs) -> None:
         assert "missing or unknown token (set NOTIFIER_TOKEN or --token)" in anonymous.err
         no_cert = await cli(address, "metrics", *tls, "--token", "s3cret", "--timeout", "5")
         assert no_cert.code == 4
+
+
+async def test_erase_a_recipient(live: str) -> None:
+    number = "+14155550177"
+    await sent_id(live, number, "Reminder", "--send-at", "1h")  # still waiting: canceled
+    erased = await cli(live, "erase", number)
+    assert erased.code == 0, erased
+    lines = dict(line.rsplit(None, 1) for line in erased.out.strip().splitlines())
+    assert (lines["messages"], lines["canceled"], lines["status events"]) == ("1", "1", "1")
+    assert lines["twilio deleted"] == "0"
+    again = await cli(live, "erase", number, "--json")  # idempotent: nothing left
+    assert (again.code, json.loads(again.out)) == (0, {})
+    bad = await cli(live, "erase", "555-0100")
+    assert bad.code != 0
+    assert "to" in bad.err

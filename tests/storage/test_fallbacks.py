@@ -6,11 +6,14 @@ it. On real SQLite files and PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import time
+from dataclasses import replace
 
 import pytest
 
 from notifier.domain.errors import PreconditionFailed
 from notifier.domain.inbound import Consent, InboundMessage
+from notifier.domain.metrics import MetricsQuery
 from notifier.domain.model import (
     AttemptRecord,
     Channel,
@@ -145,3 +148,42 @@ async def test_63024_marks_the_number_until_it_writes_on_whatsapp(repo: Reposito
     await repo.record_inbound(hello, None)
     again = await repo.add_message(plain, caller="c", request_hash=None, key_ttl_ms=1)
     assert again.message.status is Status.PENDING
+
+
+async def test_fallback_counts_in_getmetrics_survive_the_purge(
+    repo: Repository, database: TestDb
+) -> None:
+    """GetMetrics' fallbacks and fallbacks_delivered come from the rollups (issue 15), so
+    retention deleting the messages leaves them as they were."""
+    failed = Transition(Status.FAILED, error_code=63003, error_message="not found")
+    refused = AttemptRecord(1, 2, "permanent", 400, error_code=63003)
+    sms_ids = []
+    for _ in range(2):
+        message = NewMessage(to=TO, channel=Channel.WHATSAPP, body="hi", fallback_sms=True)
+        accepted = await repo.add_message(message, caller="c", request_hash=None, key_ttl_ms=1)
+        await repo.record_attempt(accepted.message.id, refused, failed)
+        delivery = await repo.get_delivery(message_id=accepted.message.id)
+        assert delivery.message.fallback_id is not None
+        sms_ids.append(delivery.message.fallback_id)
+    sid = "SM" + "5" * 32
+    sent = AttemptRecord(1, 2, "accepted", 201, twilio_sid=sid)
+    await repo.record_attempt(sms_ids[0], sent, Transition(Status.QUEUED, twilio_sid=sid))
+    await repo.apply_report(StatusReport(Status.DELIVERED, sid, message_id=sms_ids[0]))
+    hour = 3_600_000
+    now = int(time.time() * 1000)
+    window = MetricsQuery(start_ms=(now // hour - 1) * hour, end_ms=(now // hour + 2) * hour)
+    before = await repo.metrics(window, now_ms=now)
+    assert (before.fallbacks, before.fallbacks_delivered) == (2, 1)
+    assert (
+        await repo.metrics(replace(window, channel=Channel.WHATSAPP), now_ms=now)
+    ).fallbacks == 0
+    while await repo.fold_rollups(3):
+        pass
+    for table in ("message_tags", "status_events", "delivery_attempts", "idempotency_keys"):
+        await asyncio.to_thread(database.execute, f"DELETE FROM {table}")  # noqa: S608
+    await asyncio.to_thread(database.execute, "UPDATE messages SET fallback_of = NULL")
+    await asyncio.to_thread(database.execute, "DELETE FROM messages")
+    after = await repo.metrics(window, now_ms=now)
+    assert (after.fallbacks, after.fallbacks_delivered) == (2, 1)
+    # The rest of the window's figures too; only the outbox's "now" follows the rows.
+    assert after == replace(before, queue_depth=0, oldest_pending_age_ms=0)

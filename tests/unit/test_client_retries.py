@@ -56,6 +56,7 @@ POLICY = [
     ("RetryMessages", True, True),
     ("NotifyOrder", True, True),
     ("NotifyAdmins", True, True),
+    ("EraseRecipient", True, True),  # idempotent: a repeat erases nothing more
     ("SendMessage", True, False),  # safe only because every send then carries a key
     ("SendBulk", False, False),  # a replayed stream would duplicate items without keys
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import TypedDict
 
@@ -18,6 +19,7 @@ from notifier.domain.bulk import (
 )
 from notifier.domain.delivery import meaning
 from notifier.domain.errors import ValidationFailed, Violation
+from notifier.domain.lifecycle import Erased
 from notifier.domain.metrics import Metrics, MetricsRequest
 from notifier.domain.model import (
     Accepted,
@@ -164,6 +166,7 @@ def message_to_pb(record: MessageRecord, delivery: Delivery | None = None) -> pb
         error_message=record.error_message or "",
         updated_at=timestamp(record.updated_at_ms),
         sender=record.sender,
+        redacted=record.redacted,
         fallback_message_id=record.fallback_id or "",
         fallback_of=record.fallback_of or "",
         fallback_reason=record.fallback_reason or "",
@@ -452,3 +455,7 @@ def notify_admins_response(notified: AdminNotified) -> pb.NotifyAdminsResponse:
     return pb.NotifyAdminsResponse(
         deliveries=_admin_deliveries(notified), replayed=notified.replayed
     )
+
+
+def erase_response(erased: Erased) -> pb.EraseRecipientResponse:
+    return pb.EraseRecipientResponse(**dataclasses.asdict(erased))

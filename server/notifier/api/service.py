@@ -138,6 +138,12 @@ class NotifierServicer(pb_grpc.NotifierServicer):
         record = await self._messages.cancel(request.message_id, self._caller(context))
         return pb.CancelMessageResponse(message=convert.message_to_pb(record))
 
+    async def EraseRecipient(
+        self, request: pb.EraseRecipientRequest, context: Context
+    ) -> pb.EraseRecipientResponse:
+        erased = await self._messages.erase_recipient(request.to, at_twilio=request.at_twilio)
+        return convert.erase_response(erased)
+
     async def WatchDeliveryStatus(
         self, request: pb.WatchDeliveryStatusRequest, context: Context
     ) -> AsyncIterator[pb.WatchDeliveryStatusResponse]:

@@ -35,6 +35,7 @@ from notifier.domain.delivery import (
     classify,
     meaning,
 )
+from notifier.domain.errors import PreconditionFailed
 from notifier.domain.model import DEFAULT_SENDER
 from notifier.domain.reconcile import FetchedMessage
 from notifier.telemetry import TRACEPARENT, current_traceparent
@@ -110,6 +111,14 @@ def _with_query(url: str, **params: str) -> str:
     parts = urlsplit(url)
     query = "&".join(filter(None, [parts.query, urlencode(params)]))
     return urlunsplit(parts._replace(query=query))
+
+
+class TwilioCopyError(PreconditionFailed):
+    """Twilio could not delete or redact its copy of a message: EraseRecipient stops
+    before erasing anything here, so a retry finds every SID again."""
+
+    def __init__(self, sid: str, why: str) -> None:
+        super().__init__("at_twilio", "TWILIO_ERASE_FAILED", f"Twilio did not erase {sid}: {why}")
 
 
 class TwilioProvider:
@@ -211,6 +220,35 @@ class TwilioProvider:
             raise ProviderError(
                 ErrorKind.AMBIGUOUS, f"connection to Twilio broke: {type(exc).__name__}"
             ) from None
+
+    async def delete_message(self, sid: str) -> bool:
+        """DELETE .../Messages/{Sid}.json (EraseRecipient). True once Twilio has no copy
+        (404: already gone); False when Twilio refuses because the message is still in
+        flight (20009), so the caller redacts it instead."""
+        try:
+            async with asyncio.timeout(self._config.timeout_seconds):
+                await self._client.messages(sid).delete_async()
+        except TwilioRestException as exc:
+            if exc.status == 404:
+                return True
+            if exc.code == 20009:
+                return False
+            raise TwilioCopyError(sid, exc.msg or f"HTTP {exc.status}") from None
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise TwilioCopyError(sid, f"cannot reach Twilio: {type(exc).__name__}") from None
+        return True
+
+    async def redact_message(self, sid: str) -> None:
+        """POST .../Messages/{Sid}.json with Body="": Twilio blanks the body (its way to
+        redact a message it may not delete yet)."""
+        try:
+            async with asyncio.timeout(self._config.timeout_seconds):
+                await self._client.messages(sid).update_async(body="")
+        except TwilioRestException as exc:
+            if exc.status != 404:
+                raise TwilioCopyError(sid, exc.msg or f"HTTP {exc.status}") from None
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise TwilioCopyError(sid, f"cannot reach Twilio: {type(exc).__name__}") from None
 
     async def close(self) -> None:
         await self._http.close()

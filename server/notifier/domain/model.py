@@ -179,6 +179,7 @@ class MessageRecord:
     claims: int = 0  # claims since its last recorded outcome, this one included
     owner: str = ""  # the caller that stored it (per-caller visibility)
     sender: str = DEFAULT_SENDER  # the sender profile it goes out from
+    redacted: bool = False  # body, variables and media cleared (NOTIFIER_REDACT_AFTER)
     fallback_sms: bool = False  # the caller asked for an SMS fallback
     fallback_body: str | None = None
     fallback_of: str | None = None  # on a fallback SMS: the WhatsApp message's id

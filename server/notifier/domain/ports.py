@@ -26,6 +26,7 @@ from typing import Protocol
 
 from notifier.domain.errors import DomainError
 from notifier.domain.inbound import Consent, InboundMessage
+from notifier.domain.lifecycle import Erased, Purged
 from notifier.domain.metrics import Metrics, MetricsQuery
 from notifier.domain.model import (
     Accepted,
@@ -49,12 +50,42 @@ from notifier.domain.watch import StatusChange, WatchSpec
 AttemptResult = tuple[str, AttemptRecord | None, Transition]
 
 
+class TwilioCopies(Protocol):
+    """Twilio's own copies of our messages (dispatch/twilio.py), for EraseRecipient."""
+
+    async def delete_message(self, sid: str) -> bool:
+        """True once Twilio has no copy; False: still in flight there, redact instead."""
+
+    async def redact_message(self, sid: str) -> None:
+        """Blank the message's body at Twilio."""
+
+
+class LifecycleStore(Protocol):
+    """The data lifecycle's batches (storage/lifecycle.py). Each is a short transaction
+    of its own; a batch that finds another replica purging does nothing."""
+
+    async def redact_batch(self, cutoff_ms: int, limit: int) -> Purged: ...
+
+    async def purge_batch(self, cutoff_ms: int, limit: int) -> Purged: ...
+
+    async def fold_rollups(self, limit: int) -> int:
+        """Move metric changes from the journal into the rollups; rows moved."""
+
+
 class StorageProbe(Protocol):
     async def ping(self) -> None:
         """Raise StorageUnavailable unless storage can take a write now."""
 
 
 class MessageStore(StorageProbe, Protocol):
+    async def erase_recipient(self, to: str) -> Erased:
+        """Everything about one E.164 number (storage/lifecycle.py); PreconditionFailed
+        while a send to it is in flight."""
+
+    async def twilio_copies(self, to: str) -> list[tuple[str, Status]]:
+        """(Twilio SID, our status) of every message Twilio has for ``to``;
+        PreconditionFailed while a send to it is in flight."""
+
     async def add_message(
         self,
         message: NewMessage,

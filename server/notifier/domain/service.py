@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import dataclasses
 import hashlib
 import json
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from notifier.domain.access import OPEN, Caller
 from notifier.domain.capacity import OutboxCapacity
 from notifier.domain.clock import Clock, now_ms
 from notifier.domain.errors import PreconditionFailed, Unsupported, ValidationFailed, Violation
+from notifier.domain.lifecycle import Erased
 from notifier.domain.metrics import Metrics, MetricsRequest, validate_metrics
 from notifier.domain.model import (
     DEFAULT_SENDER,
@@ -34,7 +36,7 @@ from notifier.domain.notifications import (
     validate_admin_request,
     validate_order,
 )
-from notifier.domain.ports import MessageStore
+from notifier.domain.ports import MessageStore, TwilioCopies
 from notifier.domain.preflight import TemplatePreflight
 from notifier.domain.validation import (
     DEFAULT_RETRY_LIMIT,
@@ -43,6 +45,7 @@ from notifier.domain.validation import (
     MIN_VALIDITY_MS,
     QueryRequest,
     SendRequest,
+    parse_recipient,
     validate_message_id,
     validate_page_size,
     validate_query,
@@ -93,6 +96,7 @@ class MessageService:
     admins: tuple[str, ...] = ()  # E.164 recipients of NotifyOrder and NotifyAdmins
     capacity: OutboxCapacity | None = None  # None: no limit on unsent messages
     senders: frozenset[str] | None = None  # configured sender profiles; None: any name
+    twilio: TwilioCopies | None = None  # None: no Twilio account (EraseRecipient at_twilio)
     templates: TemplatePreflight = field(default_factory=TemplatePreflight)
 
     def _room(self, wanted: int) -> contextlib.AbstractAsyncContextManager[int]:
@@ -170,6 +174,29 @@ class MessageService:
         now = self.clock()
         query = replace(validate_metrics(request, now, self.senders), owner=caller.visible_owner)
         return await self.store.metrics(query, now_ms=now)
+
+    async def erase_recipient(self, to: str, *, at_twilio: bool) -> Erased:
+        """EraseRecipient: one number's data, both channels (SPEC §12)."""
+        number, _, problem = parse_recipient(to, None)
+        if problem is not None:
+            raise ValidationFailed([Violation("to", problem)])
+        deleted = redacted = 0
+        if at_twilio:
+            if self.twilio is None:
+                raise PreconditionFailed(
+                    "at_twilio", "NO_TWILIO_ACCOUNT", "this server has no Twilio account to ask"
+                )
+            # Twilio first: if it fails, nothing is erased here and a retry still
+            # knows every SID. Twilio, not our last status, knows whether it is done
+            # with a message: ask to delete, and redact what it refuses as in flight.
+            for sid, _ in await self.store.twilio_copies(number):
+                if not await self.twilio.delete_message(sid):
+                    await self.twilio.redact_message(sid)
+                    redacted += 1
+                else:
+                    deleted += 1
+        erased = await self.store.erase_recipient(number)
+        return dataclasses.replace(erased, twilio_deleted=deleted, twilio_redacted=redacted)
 
     async def cancel(self, message_id: str, caller: Caller = OPEN) -> MessageRecord:
         bad: list[Violation] = []

@@ -42,6 +42,7 @@ from starlette.routing import Route
 from notifier.emulator import DEV_FROM, whatsapp
 from notifier.emulator.callbacks import CallbackSender, plan_callbacks
 from notifier.emulator.content import ContentApi, content_routes
+from notifier.emulator.erase import erase_routes
 from notifier.emulator.faults import (
     RATE_LIMITED,
     FaultInjector,
@@ -372,7 +373,7 @@ class _Handlers:
     def __init__(self, emulator: Emulator) -> None:
         self.emulator = emulator
 
-    def _authorized(self, request: Request) -> bool:
+    def authorized(self, request: Request) -> bool:
         account = request.path_params["AccountSid"]
         return self.emulator.credentials.allows(request.headers.get("Authorization"), account)
 
@@ -388,7 +389,7 @@ class _Handlers:
         record = self.emulator.state.record_request(
             request.path_params["AccountSid"], list(form.multi_items()), arrived
         )
-        if not self._authorized(request):
+        if not self.authorized(request):
             return self._fail(record, 20003)
         return await self._answer(request, form, record)
 
@@ -438,7 +439,7 @@ class _Handlers:
 
     def _fetched(self, request: Request, sid: str) -> Response:
         faults = self.emulator.faults
-        if not self._authorized(request):
+        if not self.authorized(request):
             return twilio_error(20003)
         if faults.fetch_error is not None:
             return twilio_error(faults.fetch_error)
@@ -489,6 +490,7 @@ def create_app(emulator: Emulator) -> Starlette:
     routes = [
         Route(MESSAGES_PATH, handlers.create_message, methods=["POST"]),
         Route(MESSAGE_PATH, handlers.fetch_message, methods=["GET"]),
+        *erase_routes(MESSAGE_PATH, emulator.state, handlers.authorized, twilio_error),
         Route("/_emulator/faults", handlers.get_faults, methods=["GET"]),
         Route("/_emulator/faults", handlers.set_faults, methods=["POST"]),
         Route("/_emulator/reset", handlers.reset, methods=["POST"]),

@@ -265,6 +265,10 @@ class EmulatorState:
     def message(self, sid: str) -> AcceptedMessage | None:
         return self._accepted.get(sid)
 
+    def forget(self, sid: str) -> bool:
+        """Delete a message (Twilio's DELETE); whether there was one."""
+        return self._accepted.pop(sid, None) is not None
+
     def accepted_by_body(self) -> dict[str, list[AcceptedMessage]]:
         """Accepted messages grouped by body: duplicates show up as lists longer than 1."""
         grouped: dict[str, list[AcceptedMessage]] = {}

@@ -120,6 +120,8 @@ def _sqlite_engine(url: str, *, immediate: bool, pool_size: int) -> AsyncEngine:
         # FULL: a commit is on disk before we acknowledge it, even across power loss.
         cursor.execute("PRAGMA synchronous = FULL")
         cursor.execute("PRAGMA foreign_keys = ON")
+        # Deleted and redacted content is overwritten, not left in free space (issue 15).
+        cursor.execute("PRAGMA secure_delete = ON")
         cursor.close()
 
     begin = "BEGIN IMMEDIATE" if immediate else "BEGIN"

@@ -1,130 +1,159 @@
-"""GetMetrics' figures, each aggregated by the database.
+"""GetMetrics' figures, from the rollups (storage/rollups.py) and the outbox.
 
-No message row comes into Python: every figure is a COUNT, AVG or MIN (or one value
-picked by ORDER BY ... OFFSET), so the cost is a few scans of the window, not a
-transfer of it. The queries share one read transaction (on SQLite, one WAL snapshot),
-so the figures agree with each other.
+A window's whole hours are read from the rollups: a few rows per hour, however many
+messages, and still there after retention deleted the messages. The partial hours at
+either end are counted from the message rows with the very SELECTs that maintain the
+rollups, so every count and rate is exact for any window whose messages are stored (a
+window's ragged ends older than the retention count only what is left). The rollups are
+read together with their journal (the changes the background folder has not moved in
+yet). The outbox figures ("now", any window) are counted from the messages. One read
+transaction with one snapshot (SQLite's WAL snapshot; REPEATABLE READ on PostgreSQL),
+so the figures agree with each other and a fold running meanwhile is seen whole or not
+at all.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import and_, case, func, select
+from sqlalchemy import Table, and_, case, exists, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from notifier.domain.delivery import ErrorKind
+from notifier.domain.histogram import Slot, percentile
 from notifier.domain.metrics import FAILURES, ErrorCount, Metrics, MetricsQuery
-from notifier.domain.model import EventSource, MessageQuery, Status
+from notifier.domain.model import MessageQuery, Status
 from notifier.domain.reconcile import AWAITING_OUTCOME
 from notifier.storage.queries import conditions
+from notifier.storage.rollups import DAY_MS, HOUR_MS, KINDS, Contribution, Kind, fold
 from notifier.storage.rows import OUTBOX
 from notifier.storage.store import Store
-from notifier.storage.tables import delivery_attempts, messages, status_events
+from notifier.storage.tables import message_tags, messages
 
-# A message's delivery time, sent to delivered. Callbacks can arrive out of order, so
-# delivered_at may precede sent_at; that counts as 0, as GetDeliveryStatus reports it.
-DELIVERY_TIME = case(
-    (messages.c.delivered_at > messages.c.sent_at, messages.c.delivered_at - messages.c.sent_at),
-    else_=0,
-)
+# An SMS fallback counts in GetMetrics' fallbacks_delivered once it reached the phone.
+REACHED = (Status.DELIVERED, Status.READ)
 
 
 class MetricsReader(Store):
     async def metrics(self, query: MetricsQuery, *, now_ms: int) -> Metrics:
-        window = conditions(
-            MessageQuery(
-                channel=query.channel,
-                tag=query.tag,
-                sender=query.sender,
-                owner=query.owner,
-                created_after_ms=query.start_ms,
-                created_before_ms=query.end_ms,
-            )
-        )
         # The outbox figures are "now, all windows": the creation window does not apply
         # to them, but the channel and tag filters do, so a caller looking at one
         # channel or one tag sees that part of the backlog.
         outbox = conditions(
-            MessageQuery(
-                channel=query.channel, tag=query.tag, sender=query.sender, owner=query.owner
-            )
+            MessageQuery(channel=query.channel, sender=query.sender, owner=query.owner)
         )
+        if query.tag is not None:  # EXISTS: driven by the few unsent, not the tag's many
+            outbox.append(
+                exists().where(
+                    message_tags.c.message_id == messages.c.id, message_tags.c.tag == query.tag
+                )
+            )
         async with self._reading() as conn:
-            by_status = await _by_status(conn, window)
-            timing = await _delivery_times(conn, window)
-            codes = await _error_codes(conn, window)
-            retries, ambiguous = await _attempt_counts(conn, window)
+            if not self._db.is_sqlite:
+                conn = await conn.execution_options(isolation_level="REPEATABLE READ")
+            totals = await _window(conn, query)
             queue_depth, oldest_due, scheduled = await _outbox(conn, outbox, now_ms)
-            reconciled, unconfirmed = await _reconciliation(conn, window)
-            fallbacks, fallbacks_delivered = await _fallbacks(conn, window)
-        avg_time, p50, p95 = timing
         return Metrics(
-            by_status={Status(status): int(n) for status, n in by_status},
-            avg_delivery_time_ms=avg_time,
-            p50_delivery_time_ms=p50,
-            p95_delivery_time_ms=p95,
-            error_codes=tuple(ErrorCount(int(code), int(n)) for code, n in codes),
-            retries=retries,
-            ambiguous_outcomes=ambiguous,
+            **_figures(totals),
             queue_depth=queue_depth,
             oldest_pending_age_ms=max(0, now_ms - oldest_due) if oldest_due is not None else 0,
             scheduled=scheduled,
-            reconciled=reconciled,
-            unconfirmed=unconfirmed,
-            fallbacks=fallbacks,
-            fallbacks_delivered=fallbacks_delivered,
         )
 
 
-async def _by_status(conn: AsyncConnection, window: list[Any]) -> list[Any]:
-    stmt = select(messages.c.status, func.count()).where(*window).group_by(messages.c.status)
-    return list((await conn.execute(stmt)).all())
-
-
-async def _delivery_times(conn: AsyncConnection, window: list[Any]) -> tuple[float, float, float]:
-    """(average, p50, p95) of the delivery times of the window's delivered messages."""
-    timed = [*window, messages.c.sent_at.is_not(None), messages.c.delivered_at.is_not(None)]
-    count, avg = (
-        await conn.execute(select(func.count(), func.avg(DELIVERY_TIME)).where(*timed))
-    ).one()
-    p50 = await _nearest_rank(conn, timed, int(count), 50)
-    p95 = await _nearest_rank(conn, timed, int(count), 95)
-    return (float(avg) if avg is not None else 0.0), p50, p95
-
-
-async def _error_codes(conn: AsyncConnection, window: list[Any]) -> list[Any]:
-    n = func.count().label("n")
-    stmt = (
-        select(messages.c.error_code, n)
-        .where(
-            *window,
-            messages.c.status.in_([s.value for s in FAILURES]),
-            messages.c.error_code.is_not(None),
-        )
-        .group_by(messages.c.error_code)
-        .order_by(n.desc(), messages.c.error_code)
+def _figures(totals: Contribution) -> dict[str, Any]:
+    """The windowed figures (Metrics' fields) from the window's summed contribution."""
+    by_status: dict[Status, int] = {}
+    codes: dict[int, int] = {}
+    reconciled = unconfirmed = fallbacks = fallbacks_delivered = 0
+    for (table, key), figures in totals.items():
+        if table == "rollup_statuses" and figures[0]:
+            status, code, moved, stalled, fallback = Status(key[0]), int(key[1]), *key[2:5]
+            by_status[status] = by_status.get(status, 0) + figures[0]
+            if code and status in FAILURES:
+                codes[code] = codes.get(code, 0) + figures[0]
+            reconciled += figures[0] if moved else 0
+            unconfirmed += figures[0] if stalled and status in AWAITING_OUTCOME else 0
+            fallbacks += figures[0] if fallback else 0
+            fallbacks_delivered += figures[0] if fallback and status in REACHED else 0
+    slots = [
+        Slot(int(key[0]), *figures[:1], *figures[2:])
+        for (table, key), figures in totals.items()
+        if table == "rollup_delivery"
+    ]
+    delivered = sum(s.count for s in slots)
+    total_ms = sum(f[1] for (t, _), f in totals.items() if t == "rollup_delivery")
+    attempts, attempted, ambiguous = totals.get(("rollup_attempts", ()), [0, 0, 0])
+    return dict(
+        by_status={s: by_status[s] for s in Status if by_status.get(s, 0) > 0},
+        avg_delivery_time_ms=total_ms / delivered if delivered else 0.0,
+        p50_delivery_time_ms=percentile(slots, 50),
+        p95_delivery_time_ms=percentile(slots, 95),
+        error_codes=tuple(
+            ErrorCount(c, n)
+            for c, n in sorted(codes.items(), key=lambda cn: (-cn[1], cn[0]))
+            if n > 0
+        ),
+        retries=attempts - attempted,
+        ambiguous_outcomes=ambiguous,
+        reconciled=reconciled,
+        unconfirmed=unconfirmed,
+        fallbacks=fallbacks,
+        fallbacks_delivered=fallbacks_delivered,
     )
-    return list((await conn.execute(stmt)).all())
 
 
-async def _attempt_counts(conn: AsyncConnection, window: list[Any]) -> tuple[int, int]:
-    """(retries, ambiguous outcomes): attempts beyond the first, summed over messages, is
-    attempt rows minus the messages that have any; COUNT(CASE ...) counts the rows where
-    it holds."""
-    in_window = select(messages.c.id).where(*window)
-    ambiguous = case(
-        (delivery_attempts.c.outcome == ErrorKind.AMBIGUOUS.value, delivery_attempts.c.id)
-    )
-    retries, n_ambiguous = (
-        await conn.execute(
-            select(
-                func.count() - func.count(delivery_attempts.c.message_id.distinct()),
-                func.count(ambiguous),
-            ).where(delivery_attempts.c.message_id.in_(in_window))
-        )
-    ).one()
-    return int(retries), int(n_ambiguous)
+async def _window(conn: AsyncConnection, query: MetricsQuery) -> Contribution:
+    """The window's contribution: whole hours from the rollups, ragged ends from rows."""
+    first = -(-query.start_ms // HOUR_MS) * HOUR_MS
+    last = query.end_ms // HOUR_MS * HOUR_MS
+    ends = [(query.start_ms, query.end_ms)] if first >= last else [
+        (query.start_ms, first), (last, query.end_ms)
+    ]  # fmt: skip
+    filters = MessageQuery(channel=query.channel, sender=query.sender, owner=query.owner)
+    totals: Contribution = {}
+    for kind in KINDS:
+        for table, start, end in _spans(kind, first, last):
+            for source in (table, kind.journal):  # the journal holds hourly rows
+                rows = await conn.execute(_rolled(kind, source, query, start, end))
+                fold(totals, kind, rows, kind.dims)
+        for start, end in ends:
+            if start >= end:
+                continue
+            where = [messages.c.created_at >= start, messages.c.created_at < end]
+            where += conditions(filters)
+            stmt = kind.query(where, tagged=query.tag is not None, tag=query.tag)
+            fold(totals, kind, await conn.execute(stmt), kind.dims)
+    return totals
+
+
+def _spans(kind: Kind, first: int, last: int) -> list[tuple[Table, int, int]]:
+    """Where the whole hours [first, last) are read: whole days from the daily table
+    when the kind has one, the hours around them from the hourly one."""
+    day_first = -(-first // DAY_MS) * DAY_MS
+    day_last = last // DAY_MS * DAY_MS
+    if kind.daily is None or day_first >= day_last:
+        spans = [(kind.table, first, last)]
+    else:
+        spans = [(kind.table, first, day_first), (kind.daily, day_first, day_last)]
+        spans.append((kind.table, day_last, last))
+    return [(table, start, end) for table, start, end in spans if start < end]
+
+
+def _rolled(kind: Kind, t: Table, query: MetricsQuery, first: int, last: int) -> Any:
+    """The sums of rollup (or journal) table ``t`` over [first, last) for the query's
+    channel, tag, owner and sender."""
+    figures = [func.sum(t.c[s]).label(s) for s in kind.sums]
+    if kind.extremes:
+        figures += [func.min(t.c.min_ms).label("min_ms"), func.max(t.c.max_ms).label("max_ms")]
+    where = [t.c.bucket_ms >= first, t.c.bucket_ms < last, t.c.tag == (query.tag or "")]
+    if query.channel is not None:
+        where.append(t.c.channel == query.channel.value)
+    if query.owner is not None:
+        where.append(t.c.owner == query.owner)
+    if query.sender is not None:
+        where.append(t.c.sender == query.sender)
+    dims = [t.c[d] for d in kind.dims]
+    return select(*dims, *figures).where(*where).group_by(*dims)
 
 
 async def _outbox(
@@ -142,58 +171,3 @@ async def _outbox(
         )
     ).one()
     return int(depth), (int(oldest) if oldest is not None else None), int(scheduled)
-
-
-async def _reconciliation(conn: AsyncConnection, window: list[Any]) -> tuple[int, int]:
-    """(messages a reconcile fetch moved, messages still awaiting an outcome that the
-    reconciler stopped seeking)."""
-    in_window = select(messages.c.id).where(*window)
-    reconciled = (
-        await conn.execute(
-            select(func.count(status_events.c.message_id.distinct())).where(
-                status_events.c.source == EventSource.RECONCILE.value,
-                status_events.c.applied.is_(True),
-                status_events.c.message_id.in_(in_window),
-            )
-        )
-    ).scalar_one()
-    unconfirmed = (
-        await conn.execute(
-            select(func.count()).where(
-                *window,
-                messages.c.status.in_([s.value for s in AWAITING_OUTCOME]),
-                messages.c.reconcile_outcome.is_not(None),
-            )
-        )
-    ).scalar_one()
-    return int(reconciled), int(unconfirmed)
-
-
-async def _fallbacks(conn: AsyncConnection, window: list[Any]) -> tuple[int, int]:
-    """(SMS fallbacks created in the window, those of them delivered or read)."""
-    reached = [Status.DELIVERED.value, Status.READ.value]
-    stmt = select(
-        func.count(),
-        func.count(case((messages.c.status.in_(reached), 1))),
-    ).where(*window, messages.c.fallback_of.is_not(None))
-    total, delivered = (await conn.execute(stmt)).one()
-    return int(total), int(delivered)
-
-
-async def _nearest_rank(conn: AsyncConnection, where: list[Any], n: int, pct: int) -> float:
-    """The ``pct``-th percentile of the delivery times matching ``where`` (``n`` of them).
-
-    Nearest-rank method: sort the n values ascending and take the one at 1-based rank
-    ceil(pct/100 * n), i.e. ORDER BY ... LIMIT 1 OFFSET rank-1. No interpolation, so the
-    answer is always a time some message really took, and the same SQL runs on SQLite
-    (which has no PERCENTILE_CONT) and PostgreSQL. 0 when there is no value.
-    """
-    if n == 0:
-        return 0.0
-    rank = -(-pct * n // 100)  # ceil(pct * n / 100) in integers: exact at whole ranks
-    value = (
-        await conn.execute(
-            select(DELIVERY_TIME).where(*where).order_by(DELIVERY_TIME).limit(1).offset(rank - 1)
-        )
-    ).scalar_one()
-    return float(value)

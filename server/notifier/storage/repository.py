@@ -13,6 +13,7 @@ from notifier.domain.retry import RetryPolicy
 from notifier.storage.callbacks import Callbacks
 from notifier.storage.engine import Database
 from notifier.storage.events import EventFeed
+from notifier.storage.lifecycle import Lifecycle
 from notifier.storage.messages import Messages
 from notifier.storage.metrics import MetricsReader
 from notifier.storage.outbox import Outbox
@@ -20,7 +21,9 @@ from notifier.storage.queries import Queries
 from notifier.storage.reconcile import Reconciliation
 
 
-class Repository(Messages, Callbacks, Outbox, Queries, MetricsReader, EventFeed, Reconciliation):
+class Repository(
+    Messages, Callbacks, Outbox, Queries, MetricsReader, EventFeed, Reconciliation, Lifecycle
+):
     def __init__(
         self,
         db: Database,

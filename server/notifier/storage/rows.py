@@ -126,6 +126,7 @@ def record(row: Any, tags: Sequence[str]) -> MessageRecord:
         claims=row.get("claims") or 0,
         owner=row.get("caller") or "",
         sender=row.get("sender") or "default",
+        redacted=bool(row.get("redacted")),
         fallback_sms=bool(row.get("fallback_sms")),
         fallback_body=row.get("fallback_body"),
         fallback_of=row.get("fallback_of"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -83,6 +85,8 @@ messages = Table(
     Column("reconcile_outcome", String(16)),
     # The sender profile (NOTIFIER_SENDERS) it goes out from: its From and rate limit.
     Column("sender", String(64), nullable=False, server_default="default"),
+    # Body, variables and media cleared by NOTIFIER_REDACT_AFTER (issue 15).
+    Column("redacted", Boolean, nullable=False, server_default="0"),
     # SMS fallback (issue 17): what the caller asked for, and on a fallback SMS the
     # WhatsApp message it stands in for (unique: at most one fallback per message).
     Column("fallback_sms", Boolean, nullable=False, server_default="0"),
@@ -96,6 +100,7 @@ messages = Table(
     Index(None, "created_at"),
     Index(None, "to_addr", "created_at"),
     Index(None, "sender", "created_at"),
+    Index(None, "redacted", "updated_at"),  # the purge's oldest-first batches
 )
 
 message_tags = Table(
@@ -125,7 +130,7 @@ idempotency_keys = Table(
     Column("caller", String(128), primary_key=True),
     Column("key", String(255), primary_key=True),
     Column("request_hash", String(64), nullable=False),
-    _message_ref(),
+    _message_ref(index=True),  # retention deletes a message's key with it
     Column("created_at", BigInteger, nullable=False),
     Column("expires_at", BigInteger, nullable=False, index=True),
 )
@@ -160,6 +165,7 @@ inbound_messages = Table(
     Column("wa_id", String(32)),
     Column("received_at", BigInteger, nullable=False),
     Index(None, "from_addr", "received_at"),
+    Index(None, "received_at"),  # retention, oldest first
 )
 
 recipients = Table(
@@ -182,4 +188,96 @@ send_slots = Table(
     # The earliest time (epoch microseconds, the database's clock) at which the next
     # send of this sender may start, across all replicas.
     Column("next_slot_us", BigInteger, nullable=False),
+)
+
+
+# GetMetrics' rollups (issue 15): per hour of creation, channel, owner (the caller that
+# stored the message), sender profile and tag ("" = every message; a tagged message also
+# counts under each of its tags). Never decremented by retention, so the figures survive
+# the purge and a 30-day window reads a few thousand rows. Keys lead with the tag
+# (always given: "" for all) and then the hour, so a window is one range of the key.
+#
+# Writers never update these rows: row triggers (migration 0011) on messages,
+# message_tags, delivery_attempts and status_events append what each statement changed
+# to the journal tables (plain INSERTs, no shared row to wait for), and the
+# background folder (storage/rollups.py ``fold_journal``) moves journal rows into the
+# rollups. GetMetrics reads rollups plus the journal, so it is exact at any moment.
+def _rollup_keys(journal: bool) -> list[Column[Any]]:
+    key = not journal
+    return [
+        Column("tag", String(64), primary_key=key, nullable=False),
+        Column("bucket_ms", BigInteger, primary_key=key, nullable=False),  # creation hour
+        Column("channel", String(16), primary_key=key, nullable=False),
+        Column("owner", String(128), primary_key=key, nullable=False),
+        Column("sender", String(64), primary_key=key, nullable=False),
+    ]
+
+
+def _journal_id(journal: bool) -> list[Column[Any]]:
+    return [_serial_id()] if journal else []
+
+
+def _statuses_table(name: str, journal: bool = False) -> Table:
+    key = not journal
+    return Table(
+        name,
+        metadata,
+        *_journal_id(journal),
+        *_rollup_keys(journal),
+        Column("status", String(16), primary_key=key, nullable=False),
+        Column("error_code", Integer, primary_key=key, nullable=False),  # 0: none
+        # 1: a reconcile fetch moved the message (GetMetrics' reconciled).
+        Column("reconciled", Integer, primary_key=key, nullable=False),
+        # 1: the reconciler stopped seeking its outcome (GetMetrics' unconfirmed).
+        Column("stalled", Integer, primary_key=key, nullable=False),
+        # 1: an SMS fallback of a failed WhatsApp message (GetMetrics' fallbacks).
+        Column("fallback", Integer, primary_key=key, nullable=False),
+        Column("n", BigInteger, nullable=False),
+    )
+
+
+def _delivery_table(name: str, journal: bool = False) -> Table:
+    return Table(
+        name,
+        metadata,
+        *_journal_id(journal),
+        *_rollup_keys(journal),
+        Column("slot", Integer, primary_key=not journal, nullable=False),  # histogram slot
+        Column("n", BigInteger, nullable=False),
+        Column("total_ms", BigInteger, nullable=False),
+        Column("min_ms", BigInteger, nullable=False),
+        Column("max_ms", BigInteger, nullable=False),
+    )
+
+
+def _attempts_table(name: str, journal: bool = False) -> Table:
+    return Table(
+        name,
+        metadata,
+        *_journal_id(journal),
+        *_rollup_keys(journal),
+        Column("attempts", BigInteger, nullable=False),
+        Column("attempted", BigInteger, nullable=False),  # messages with any attempt
+        Column("ambiguous", BigInteger, nullable=False),
+    )
+
+
+rollup_statuses = _statuses_table("rollup_statuses")
+rollup_delivery = _delivery_table("rollup_delivery")
+# The same per UTC day (bucket_ms: the day's start): a histogram is a few dozen rows per
+# hour, so a month of whole days is read from here and only the ragged hours from above.
+rollup_delivery_daily = _delivery_table("rollup_delivery_daily")
+rollup_attempts = _attempts_table("rollup_attempts")
+journal_statuses = _statuses_table("journal_statuses", journal=True)
+journal_delivery = _delivery_table("journal_delivery", journal=True)
+journal_attempts = _attempts_table("journal_attempts", journal=True)
+
+# The delivery-time histogram's slot starts (domain/histogram.py LOWS), for the row
+# triggers of migration 0011 that keep the rollups: slot = the row with the largest low
+# <= the delivery time.
+histogram_lows = Table(
+    "histogram_lows",
+    metadata,
+    Column("low", BigInteger, primary_key=True),
+    Column("slot", Integer, nullable=False),
 )

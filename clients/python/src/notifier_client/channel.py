@@ -8,6 +8,8 @@ channel too. What is retried, and why it is safe:
 * reads (GetDeliveryStatus, GetMetrics, ListMessages, WatchDeliveryStatus): always.
 * CancelMessage: idempotent (canceling a canceled message answers OK).
 * RetryMessages: a repeat finds the messages PENDING and skips them.
+* EraseRecipient: idempotent (a repeat erases nothing more; Twilio answers 404 for a
+  copy it already deleted, which counts as deleted).
 * NotifyOrder / NotifyAdmins: idempotent per order id or natural key; the client gives
   custom notifications, which have none, a generated key.
 * SendMessage: only safe with an idempotency key, because an UNAVAILABLE seen by the
@@ -39,6 +41,7 @@ SAFE_METHODS = (
     "RetryMessages",
     "NotifyOrder",
     "NotifyAdmins",
+    "EraseRecipient",
 )
 
 

@@ -185,7 +185,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="notifier-cli",
         description="Talk to a Notifier server: send, bulk, status, watch, metrics, list, "
-        "retry, cancel.",
+        "retry, cancel, erase.",
         epilog=EPILOG,
         parents=[conn],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -239,6 +239,11 @@ def _parser() -> argparse.ArgumentParser:
 
     cancel = command("cancel", "cancel a message Twilio does not have yet")
     cancel.add_argument("id")
+    erase = command("erase", "erase everything stored about one number (data-subject request)")
+    erase.add_argument("to", help="E.164 number, e.g. +14155550100")
+    erase.add_argument(
+        "--at-twilio", action="store_true", help="also delete Twilio's copies of its messages"
+    )
     return parser
 
 
@@ -388,6 +393,18 @@ async def cmd_cancel(ctx: Ctx) -> Exit:
         render.dump(render.as_dict(message))
     else:
         print(f"{message.message_id}  {status_name(message.status)}")
+    return Exit.OK
+
+
+async def cmd_erase(ctx: Ctx) -> Exit:
+    reply = await ctx.client.erase_recipient(
+        ctx.args.to, at_twilio=ctx.args.at_twilio, timeout=ctx.timeout
+    )
+    if ctx.json:
+        render.dump(render.as_dict(reply))
+    else:
+        for field in reply.DESCRIPTOR.fields:
+            print(f"{field.name.replace('_', ' '):<18}{getattr(reply, field.name)}")
     return Exit.OK
 
 
@@ -542,6 +559,7 @@ COMMANDS = {
     "list": cmd_list,
     "retry": cmd_retry,
     "cancel": cmd_cancel,
+    "erase": cmd_erase,
 }
 
 

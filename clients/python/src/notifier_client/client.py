@@ -338,6 +338,13 @@ class NotifierClient:
         reply = await self._unary(self.stub.CancelMessage, request, timeout)
         return reply.message
 
+    async def erase_recipient(
+        self, to: str, *, at_twilio: bool = False, timeout: Timeout = DEFAULT
+    ) -> pb.EraseRecipientResponse:
+        """EraseRecipient: what was erased about ``to``, per kind of data."""
+        request = pb.EraseRecipientRequest(to=to, at_twilio=at_twilio)
+        return await self._unary(self.stub.EraseRecipient, request, timeout)
+
     async def watch(
         self,
         message_ids: Sequence[str] = (),

@@ -84,6 +84,7 @@ class SyncNotifierClient:
     list = _blocking(NotifierClient.list)
     retry = _blocking(NotifierClient.retry)
     cancel = _blocking(NotifierClient.cancel)
+    erase_recipient = _blocking(NotifierClient.erase_recipient)
     bulk = _iterating(NotifierClient.bulk)
     watch = _iterating(NotifierClient.watch)
     list_all = _iterating(NotifierClient.list_all)

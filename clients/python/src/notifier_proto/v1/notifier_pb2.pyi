@@ -390,7 +390,7 @@ class StatusTimestamps(_message.Message):
     def __init__(self, created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., queued: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., accepted: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sending: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sent: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delivered: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., read: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., failed: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., undelivered: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., canceled: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expired: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Message(_message.Message):
-    __slots__ = ("message_id", "twilio_sid", "status", "channel", "to", "tags", "attempts", "error_code", "error_message", "timestamps", "delivery_time_ms", "send_at", "expires_at", "next_attempt_at", "updated_at", "sender", "fallback_message_id", "fallback_status", "fallback_of", "fallback_reason", "error_meaning")
+    __slots__ = ("message_id", "twilio_sid", "status", "channel", "to", "tags", "attempts", "error_code", "error_message", "timestamps", "delivery_time_ms", "send_at", "expires_at", "next_attempt_at", "updated_at", "sender", "redacted", "fallback_message_id", "fallback_status", "fallback_of", "fallback_reason", "error_meaning")
     MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     TWILIO_SID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -407,6 +407,7 @@ class Message(_message.Message):
     NEXT_ATTEMPT_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     SENDER_FIELD_NUMBER: _ClassVar[int]
+    REDACTED_FIELD_NUMBER: _ClassVar[int]
     FALLBACK_MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     FALLBACK_STATUS_FIELD_NUMBER: _ClassVar[int]
     FALLBACK_OF_FIELD_NUMBER: _ClassVar[int]
@@ -428,12 +429,13 @@ class Message(_message.Message):
     next_attempt_at: _timestamp_pb2.Timestamp
     updated_at: _timestamp_pb2.Timestamp
     sender: str
+    redacted: bool
     fallback_message_id: str
     fallback_status: MessageStatus
     fallback_of: str
     fallback_reason: str
     error_meaning: str
-    def __init__(self, message_id: _Optional[str] = ..., twilio_sid: _Optional[str] = ..., status: _Optional[_Union[MessageStatus, str]] = ..., channel: _Optional[_Union[Channel, str]] = ..., to: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., attempts: _Optional[int] = ..., error_code: _Optional[int] = ..., error_message: _Optional[str] = ..., timestamps: _Optional[_Union[StatusTimestamps, _Mapping]] = ..., delivery_time_ms: _Optional[int] = ..., send_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_attempt_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sender: _Optional[str] = ..., fallback_message_id: _Optional[str] = ..., fallback_status: _Optional[_Union[MessageStatus, str]] = ..., fallback_of: _Optional[str] = ..., fallback_reason: _Optional[str] = ..., error_meaning: _Optional[str] = ...) -> None: ...
+    def __init__(self, message_id: _Optional[str] = ..., twilio_sid: _Optional[str] = ..., status: _Optional[_Union[MessageStatus, str]] = ..., channel: _Optional[_Union[Channel, str]] = ..., to: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., attempts: _Optional[int] = ..., error_code: _Optional[int] = ..., error_message: _Optional[str] = ..., timestamps: _Optional[_Union[StatusTimestamps, _Mapping]] = ..., delivery_time_ms: _Optional[int] = ..., send_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_attempt_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sender: _Optional[str] = ..., redacted: _Optional[bool] = ..., fallback_message_id: _Optional[str] = ..., fallback_status: _Optional[_Union[MessageStatus, str]] = ..., fallback_of: _Optional[str] = ..., fallback_reason: _Optional[str] = ..., error_meaning: _Optional[str] = ...) -> None: ...
 
 class StatusEvent(_message.Message):
     __slots__ = ("status", "occurred_at", "source", "error_code", "applied", "actor")
@@ -648,3 +650,31 @@ class WatchDeliveryStatusResponse(_message.Message):
     event: StatusEvent
     message: Message
     def __init__(self, message_id: _Optional[str] = ..., status: _Optional[_Union[MessageStatus, str]] = ..., event: _Optional[_Union[StatusEvent, _Mapping]] = ..., message: _Optional[_Union[Message, _Mapping]] = ...) -> None: ...
+
+class EraseRecipientRequest(_message.Message):
+    __slots__ = ("to", "at_twilio")
+    TO_FIELD_NUMBER: _ClassVar[int]
+    AT_TWILIO_FIELD_NUMBER: _ClassVar[int]
+    to: str
+    at_twilio: bool
+    def __init__(self, to: _Optional[str] = ..., at_twilio: _Optional[bool] = ...) -> None: ...
+
+class EraseRecipientResponse(_message.Message):
+    __slots__ = ("messages", "status_events", "attempts", "inbound_messages", "recipient_states", "canceled", "twilio_deleted", "twilio_redacted")
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    STATUS_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    INBOUND_MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    RECIPIENT_STATES_FIELD_NUMBER: _ClassVar[int]
+    CANCELED_FIELD_NUMBER: _ClassVar[int]
+    TWILIO_DELETED_FIELD_NUMBER: _ClassVar[int]
+    TWILIO_REDACTED_FIELD_NUMBER: _ClassVar[int]
+    messages: int
+    status_events: int
+    attempts: int
+    inbound_messages: int
+    recipient_states: int
+    canceled: int
+    twilio_deleted: int
+    twilio_redacted: int
+    def __init__(self, messages: _Optional[int] = ..., status_events: _Optional[int] = ..., attempts: _Optional[int] = ..., inbound_messages: _Optional[int] = ..., recipient_states: _Optional[int] = ..., canceled: _Optional[int] = ..., twilio_deleted: _Optional[int] = ..., twilio_redacted: _Optional[int] = ...) -> None: ...

@@ -87,6 +87,11 @@ class NotifierStub:
                 request_serializer=notifier_dot_v1_dot_notifier__pb2.WatchDeliveryStatusRequest.SerializeToString,
                 response_deserializer=notifier_dot_v1_dot_notifier__pb2.WatchDeliveryStatusResponse.FromString,
                 _registered_method=True)
+        self.EraseRecipient = channel.unary_unary(
+                '/notifier.v1.Notifier/EraseRecipient',
+                request_serializer=notifier_dot_v1_dot_notifier__pb2.EraseRecipientRequest.SerializeToString,
+                response_deserializer=notifier_dot_v1_dot_notifier__pb2.EraseRecipientResponse.FromString,
+                _registered_method=True)
 
 
 class NotifierServicer:
@@ -176,6 +181,20 @@ class NotifierServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EraseRecipient(self, request, context):
+        """Erases everything stored about one recipient (a data-subject request):
+        messages to it (with their history, attempts, tags and idempotency keys),
+        messages from it (inbound) and its opt-out and 24-hour-window state. Queued
+        messages to it are canceled first. FAILED_PRECONDITION while a send to it
+        is in flight (retry in a few seconds). Idempotent: a second call erases
+        nothing more and answers zeros. GetMetrics keeps counting the messages in
+        a window's whole hours (its rollups hold no personal data). Needs the
+        "admin" token scope (PERMISSION_DENIED otherwise).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NotifierServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -228,6 +247,11 @@ def add_NotifierServicer_to_server(servicer, server):
                     servicer.WatchDeliveryStatus,
                     request_deserializer=notifier_dot_v1_dot_notifier__pb2.WatchDeliveryStatusRequest.FromString,
                     response_serializer=notifier_dot_v1_dot_notifier__pb2.WatchDeliveryStatusResponse.SerializeToString,
+            ),
+            'EraseRecipient': grpc.unary_unary_rpc_method_handler(
+                    servicer.EraseRecipient,
+                    request_deserializer=notifier_dot_v1_dot_notifier__pb2.EraseRecipientRequest.FromString,
+                    response_serializer=notifier_dot_v1_dot_notifier__pb2.EraseRecipientResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -502,6 +526,33 @@ class Notifier:
             '/notifier.v1.Notifier/WatchDeliveryStatus',
             notifier_dot_v1_dot_notifier__pb2.WatchDeliveryStatusRequest.SerializeToString,
             notifier_dot_v1_dot_notifier__pb2.WatchDeliveryStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EraseRecipient(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/notifier.v1.Notifier/EraseRecipient',
+            notifier_dot_v1_dot_notifier__pb2.EraseRecipientRequest.SerializeToString,
+            notifier_dot_v1_dot_notifier__pb2.EraseRecipientResponse.FromString,
             options,
             channel_credentials,
             insecure,

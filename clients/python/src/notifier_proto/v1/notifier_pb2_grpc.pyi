@@ -95,6 +95,16 @@ class NotifierStub:
     """Pushes every status change of one message, a set of messages or a tag as
     it happens, until the caller cancels or its deadline passes.
     """
+    EraseRecipient: _grpc.UnaryUnaryMultiCallable[_notifier_pb2.EraseRecipientRequest, _notifier_pb2.EraseRecipientResponse]
+    """Erases everything stored about one recipient (a data-subject request):
+    messages to it (with their history, attempts, tags and idempotency keys),
+    messages from it (inbound) and its opt-out and 24-hour-window state. Queued
+    messages to it are canceled first. FAILED_PRECONDITION while a send to it
+    is in flight (retry in a few seconds). Idempotent: a second call erases
+    nothing more and answers zeros. GetMetrics keeps counting the messages in
+    a window's whole hours (its rollups hold no personal data). Needs the
+    "admin" token scope (PERMISSION_DENIED otherwise).
+    """
 
 @_typing.type_check_only
 class NotifierAsyncStub(NotifierStub):
@@ -142,6 +152,16 @@ class NotifierAsyncStub(NotifierStub):
     WatchDeliveryStatus: _aio.UnaryStreamMultiCallable[_notifier_pb2.WatchDeliveryStatusRequest, _notifier_pb2.WatchDeliveryStatusResponse]  # type: ignore[assignment]
     """Pushes every status change of one message, a set of messages or a tag as
     it happens, until the caller cancels or its deadline passes.
+    """
+    EraseRecipient: _aio.UnaryUnaryMultiCallable[_notifier_pb2.EraseRecipientRequest, _notifier_pb2.EraseRecipientResponse]  # type: ignore[assignment]
+    """Erases everything stored about one recipient (a data-subject request):
+    messages to it (with their history, attempts, tags and idempotency keys),
+    messages from it (inbound) and its opt-out and 24-hour-window state. Queued
+    messages to it are canceled first. FAILED_PRECONDITION while a send to it
+    is in flight (retry in a few seconds). Idempotent: a second call erases
+    nothing more and answers zeros. GetMetrics keeps counting the messages in
+    a window's whole hours (its rollups hold no personal data). Needs the
+    "admin" token scope (PERMISSION_DENIED otherwise).
     """
 
 class NotifierServicer(metaclass=_abc_1.ABCMeta):
@@ -247,6 +267,22 @@ class NotifierServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_notifier_pb2.WatchDeliveryStatusResponse], _abc.AsyncIterator[_notifier_pb2.WatchDeliveryStatusResponse]]:
         """Pushes every status change of one message, a set of messages or a tag as
         it happens, until the caller cancels or its deadline passes.
+        """
+
+    @_abc_1.abstractmethod
+    def EraseRecipient(
+        self,
+        request: _notifier_pb2.EraseRecipientRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_notifier_pb2.EraseRecipientResponse, _abc.Awaitable[_notifier_pb2.EraseRecipientResponse]]:
+        """Erases everything stored about one recipient (a data-subject request):
+        messages to it (with their history, attempts, tags and idempotency keys),
+        messages from it (inbound) and its opt-out and 24-hour-window state. Queued
+        messages to it are canceled first. FAILED_PRECONDITION while a send to it
+        is in flight (retry in a few seconds). Idempotent: a second call erases
+        nothing more and answers zeros. GetMetrics keeps counting the messages in
+        a window's whole hours (its rollups hold no personal data). Needs the
+        "admin" token scope (PERMISSION_DENIED otherwise).
         """
 
 def add_NotifierServicer_to_server(servicer: NotifierServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,56 @@
+"""EraseRecipient with at_twilio against the emulator over real HTTP (issue 15): a message
+Twilio has finished with is deleted there (DELETE .../Messages/{Sid}.json), one still
+in flight there has its body blanked (POST Body="") instead."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import grpc
+import pytest
+
+from notifier.emulator.faults import Faults
+from notifier.emulator.server import EmulatorServer
+from notifier_proto.v1 import notifier_pb2 as pb
+from tests.support.engine import Engine
+from tests.support.waiting import eventually
+
+if TYPE_CHECKING:
+    from notifier_proto.v1.notifier_pb2_grpc import NotifierAsyncStub as Stub
+
+pytestmark = pytest.mark.backends("sqlite", "postgresql")
+ERASED = "+14155550123"
+
+
+async def test_erase_at_twilio(engine: Engine, emulator: EmulatorServer) -> None:
+    done = await engine.send(to=ERASED, body="finished")
+    done_sid = (await engine.until_status(done, pb.MESSAGE_STATUS_QUEUED)).message.twilio_sid
+
+    async def finished_at_twilio() -> bool:
+        message = emulator.state.message(done_sid)
+        return message is not None and message.status in ("delivered", "read")
+
+    await eventually(finished_at_twilio, "Twilio (the emulator) finishes the first message")
+    # The next one stays queued at Twilio.
+    emulator.faults = Faults(
+        sent_after_seconds=600, delivered_after_seconds=600, read_after_seconds=600
+    )
+    busy = await engine.send(to=ERASED, body="still going")
+    busy_sid = (await engine.until_status(busy, pb.MESSAGE_STATUS_QUEUED)).message.twilio_sid
+    assert emulator.state.message(busy_sid) is not None
+
+    reply = await engine.stub.EraseRecipient(pb.EraseRecipientRequest(to=ERASED, at_twilio=True))
+    assert (reply.messages, reply.twilio_deleted, reply.twilio_redacted) == (2, 1, 1)
+    assert emulator.state.message(done_sid) is None  # deleted at Twilio
+    redacted = emulator.state.message(busy_sid)
+    assert redacted is not None
+    assert redacted.body == ""  # in flight: body blanked
+    again = await engine.stub.EraseRecipient(pb.EraseRecipientRequest(to=ERASED, at_twilio=True))
+    assert again == pb.EraseRecipientResponse()  # idempotent
+
+
+async def test_at_twilio_without_twilio_is_refused(stub: Stub) -> None:
+    """The plain test server has no Twilio account: at_twilio is refused, not ignored."""
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.EraseRecipient(pb.EraseRecipientRequest(to=ERASED, at_twilio=True))
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
