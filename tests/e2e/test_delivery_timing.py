@@ -76,7 +76,10 @@ async def test_no_one_second_window_exceeds_the_rate(
         await engine.until_status(mid, pb.MESSAGE_STATUS_QUEUED)
     times = sorted(r.monotonic for r in emulator.state.requests)
     assert len(times) == 50
-    worst = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
+    # Windows of 0.95 s, as in test_senders: the limiter keeps sends N apart a second and
+    # a few ms apart, and a loaded machine adds delays between a grant and its arrival
+    # here that no limiter controls; a burst or a rate 20% too high still fails.
+    worst = max(sum(1 for t in times if start <= t < start + 0.95) for start in times)
     assert worst <= 20
     assert times[-1] - times[0] >= 2.0  # 50 at 20/s cannot take less
 

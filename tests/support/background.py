@@ -35,13 +35,16 @@ class LoopThread:
 
 
 def table_counts(db_path: Path) -> dict[str, int]:
-    """Rows per table, read by an outside connection: what "stored something" means."""
+    """Rows per table, read by an outside connection: what "stored something" means.
+    GetMetrics' rollups and their journals are left out: they are derived from the
+    other tables, and the background folder moves journal rows into rollups at any time."""
     with sqlite3.connect(db_path) as conn:
         names = [
             name
             for (name,) in conn.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table'"
                 " AND name NOT LIKE 'sqlite_%' AND name != 'alembic_version'"
+                " AND name NOT LIKE 'rollup_%' AND name NOT LIKE 'journal_%'"
             )
         ]
         return {

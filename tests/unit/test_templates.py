@@ -59,6 +59,7 @@ def problems(variables: dict[str, str]) -> list[tuple[str, str]]:
         ({"name": "Ana"}, [('variables["name"]', NOT_A_NUMBER)]),
         ({"0": "a"}, [('variables["0"]', NOT_A_NUMBER)]),
         ({"01": "a"}, [('variables["01"]', NOT_A_NUMBER)]),
+        ({"¹": "a"}, [('variables["¹"]', NOT_A_NUMBER)]),  # a digit to isdigit(), not to int()
         ({"1": "a", "101": "b"}, [('variables["101"]', "placeholders go up to 100")]),
     ],
     ids=lambda v: repr(v)[:40],

@@ -104,7 +104,8 @@ def check_against(
 
 
 def _natural(key: str) -> tuple[int, str]:
-    return (int(key), "") if key.isdigit() else (1 << 30, key)
+    # isdigit() alone takes "¹" and other Unicode digits, which int() refuses.
+    return (int(key), "") if key.isascii() and key.isdigit() else (1 << 30, key)
 
 
 @dataclass(frozen=True, slots=True)
