@@ -47,6 +47,9 @@ async def test_a_63049_or_63018_callback_sends_the_message_again_until_it_goes_t
         NOTIFIER_DEFERRAL_BASE="1s",
         NOTIFIER_RECONCILE_AFTER="1s",
         NOTIFIER_RECONCILE_GIVE_UP="1h",
+        # A send timing out would be an ordinary failure; after three deferrals it ends
+        # the budget of NOTIFIER_RETRY_MAX_ATTEMPTS=3 (CI, loaded: 0.5 s was too short).
+        NOTIFIER_TWILIO_TIMEOUT_SECONDS=5,
     ) as running:
         eng = running.engine
         validity = {"seconds": 3600}
