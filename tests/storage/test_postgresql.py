@@ -9,6 +9,7 @@ across out-of-order commits, and the rate limit shared by replicas.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -313,3 +314,36 @@ async def test_replicas_share_one_rate_limit(engines: list[Database]) -> None:
     worst = max(sum(1 for t in stamps if start <= t < start + 1.0) for start in stamps)
     assert worst <= rate  # each replica alone would have let 20 a second through
     assert stamps[-1] - stamps[0] >= (3 * rate - 1) / rate * 0.95
+
+
+async def test_late_sends_move_the_shared_grid_on_and_no_window_holds_more(
+    engines: list[Database],
+) -> None:
+    """The event loop blocked 0-12 ms at a time (a busy dispatcher): sends start late,
+    and each late one moves the grid every replica shares instead of giving its slot
+    up; still no one-second window holds more than the rate."""
+    rate = 40
+    limiters = [SharedLimiter(SendSlots(db), "whatsapp:+2", rate) for db in engines]
+    stamps: list[float] = []
+    busy = True
+
+    async def block() -> None:
+        draw = random.Random(7)
+        while busy:
+            time.sleep(draw.uniform(0, 0.012))  # noqa: ASYNC251 - blocking the loop is the point
+            await asyncio.sleep(0.002)
+
+    async def send(limiter: SharedLimiter) -> None:
+        await limiter.acquire()
+        stamps.append(time.monotonic())
+
+    blocker = asyncio.create_task(block())
+    try:
+        await asyncio.gather(*(send(limiters[i % REPLICAS]) for i in range(3 * rate)))
+    finally:
+        busy = False
+        await blocker
+    stamps.sort()
+    worst = max(sum(1 for t in stamps if start <= t < start + 1.0) for start in stamps)
+    assert worst <= rate
+    assert sum(limiter.pushed_seconds for limiter in limiters) > 0  # late sends moved it

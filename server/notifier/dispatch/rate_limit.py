@@ -12,13 +12,17 @@ Twilio counts; it costs N / (1 s + guard), 79.5/s at 80/s.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
 
-from notifier.dispatch.grant_rule import GrantRule
+from notifier.dispatch.grant_rule import GrantRule, grid_push
+from notifier.domain.errors import StorageUnavailable
 from notifier.domain.ports import SlotStore
+
+log = logging.getLogger(__name__)
 
 DEFAULT_GUARD_SECONDS = 0.006
 # Replicas share one grid in the database; each uses a slot at most half the guard late
@@ -64,6 +68,8 @@ class SlidingWindowLimiter:
 # database (ask a little early, then wait locally) even on a loaded machine. Taking a
 # slot early costs nothing in accuracy: the send still waits for the slot's time.
 _SLOT_LEAD_SECONDS = 0.05
+_PUSH_TRIES = 5
+_PUSH_RETRY_SECONDS = 0.05
 _CLOCK_SAMPLES = 16
 _CLOCK_SAMPLE_SECONDS = 10.0
 
@@ -98,13 +104,16 @@ class SharedLimiter:
     """The same bound for all replicas together: the grid lives in shared storage.
 
     Slots are spaced evenly, ``(1 s + guard) / N`` apart across every replica, on a grid
-    the database keeps (one row per sender): a late send never moves the slots after it.
-    A process takes slots only shortly before they start (at most ``_SLOT_LEAD_SECONDS``
-    ahead), for sends waiting for them, and starts each at most half the guard late;
-    a slot it cannot use by then is given up rather than crowd the next one, which may
-    be another replica's. So sends N apart are at least a second and half the guard
-    apart, and no one-second window holds more than N. At high rates one request
-    takes several slots, so the database sees far fewer queries than sends.
+    the database keeps (one row per sender): a late send never moves the slots after it
+    by itself. A process takes slots only shortly before they start (at most
+    ``_SLOT_LEAD_SECONDS`` ahead), for sends waiting for them. A send that starts more
+    than half the guard after its slot moves the shared grid on by the overrun (a
+    one-row UPDATE in the background, landing long before the slot N later is taken,
+    a second ahead), and this process's held slots with it; an overrun of a spacing or
+    more gives the slot up instead (grant_rule.grid_push). So sends N apart are at
+    least a second and half the guard apart, and no one-second window holds more than
+    N. At high rates one request takes several slots, so the database sees far fewer
+    queries than sends.
     """
 
     def __init__(
@@ -131,6 +140,10 @@ class SharedLimiter:
         self._wanted = 0  # callers inside acquire()
         self._refill: asyncio.Task[None] | None = None  # taking more slots
         self._last: float | None = None  # when this process last sent
+        self._owed_us = 0  # grid pushes not yet written
+        self._pushing: asyncio.Task[None] | None = None
+        self.given_up = 0  # slots too late to use (figures for benchmarks and tests)
+        self.pushed_seconds = 0.0  # how far this process moved the shared grid on
 
     async def acquire(self) -> None:
         """Wait for a slot of the sender shared with every replica (raises
@@ -150,21 +163,55 @@ class SharedLimiter:
         are given up, and more are taken before the last one is used."""
         while True:
             now = self._clock()
-            while self._slots and self._slots[0] < now - self._late:
-                self._slots.popleft()
             refill = self._refilling(now)
             if not self._slots:
                 if refill is None:
                     continue
                 await asyncio.shield(refill)  # raises StorageUnavailable: nothing sent
                 continue
-            start = self._slots[0]
+            slot = self._slots[0]
+            start = slot
             if self._last is not None:
                 # Never back to back with our own last send, even after a late wake-up.
                 start = max(start, self._last + self.spacing / 2)
-            if start - self._slots[0] <= self._late:
-                return max(0.0, start - now)
-            self._slots.popleft()
+            if start > now:
+                return start - now
+            push = grid_push(slot, now, self._late, self.spacing)
+            if push is None:
+                self._slots.popleft()
+                self.given_up += 1
+                continue
+            if push > 0:
+                self._push(push)
+            return 0.0
+
+    def _push(self, seconds: float) -> None:
+        """Move the shared grid on by ``seconds``, and the slots held here with it (later
+        is always safe; it keeps the next held slot from being late by the same wait)."""
+        self.pushed_seconds += seconds
+        self._slots = deque(t + seconds for t in self._slots)
+        self._slots[0] -= seconds  # the slot being used now stays where it was
+        self._owed_us += max(1, round(seconds * 1_000_000))
+        if self._pushing is None or self._pushing.done():
+            self._pushing = asyncio.create_task(self._write_pushes())
+
+    async def _write_pushes(self) -> None:
+        """Write the owed pushes, coalesced; storage that fails is asked again (a push
+        must land before the slot N later is taken, a second from now)."""
+        failures = 0
+        while self._owed_us:
+            owed, self._owed_us = self._owed_us, 0
+            try:
+                await self._store.push_slots(self._sender, owed)
+                failures = 0
+            except StorageUnavailable:
+                self._owed_us += owed
+                failures += 1
+                if failures >= _PUSH_TRIES:
+                    log.warning("could not move the shared send grid on by %d us", owed)
+                    self._owed_us = 0
+                    return
+                await asyncio.sleep(_PUSH_RETRY_SECONDS)
 
     def _refilling(self, now: float) -> asyncio.Task[None] | None:
         """The request for more slots, started in the background when the slots held run

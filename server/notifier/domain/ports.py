@@ -225,6 +225,9 @@ class SlotStore(Protocol):
         Returns (first slot or None when not granted, the next slot, now), all on the
         store's clock in microseconds."""
 
+    async def push_slots(self, sender: str, by_us: int) -> None:
+        """Move the sender's next slot on by ``by_us``: a replica used a slot late."""
+
 
 class CallbackStore(StorageProbe, Protocol):
     """What the webhook sidecar needs: Twilio's reports and inbound messages, figures."""

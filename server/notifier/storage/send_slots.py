@@ -47,6 +47,11 @@ _TAKE = text(
 )
 
 
+_PUSH = text(
+    "UPDATE send_slots SET next_slot_us = next_slot_us + :by WHERE sender = :sender"
+).bindparams(bindparam("by", type_=BigInteger))
+
+
 class SendSlots:
     """The shared slot rows; used by dispatch.rate_limit.SharedLimiter."""
 
@@ -85,3 +90,9 @@ class SendSlots:
                 )
             ).one()
         return (None if slot_us is None else int(slot_us)), int(next_us), int(now_us)
+
+    async def push_slots(self, sender: str, by_us: int) -> None:
+        """Move the sender's next slot on by ``by_us`` (one autocommitted UPDATE)."""
+        async with storage_errors(), self._db.writer.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.execute(_PUSH, {"sender": sender, "by": by_us})
