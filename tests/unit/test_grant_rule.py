@@ -155,7 +155,8 @@ def _shared(lags: list[float], limit: int = 80) -> tuple[list[float], int]:
     """Sends of one shared grid (as SharedLimiter uses it): each wait wakes ``lags[i]``
     late; a late slot moves the grid on, or is given up. (sends, slots given up)."""
     spacing = (1.0 + 2 * LATE) / limit
-    grid, clock, sent, given_up = 100.0, 100.0, [], 0
+    grid, clock, given_up = 100.0, 100.0, 0
+    sent: list[float] = []
     for lag in lags:
         slot = grid
         grid += spacing
