@@ -162,8 +162,10 @@ async def test_sent_messages_lose_variables_and_media_then_go_with_their_attempt
         assert len(failed.attempts) == 1
     await heard_from(database, REFUSED, state=False)
     content = "SELECT body, variables, media_urls FROM messages WHERE id = ?"
-    stored = [await asyncio.to_thread(database.rows, content, mid) for mid in ids]
-    assert all(any(row[0]) for row in stored)  # the test can see the content while it is there
+    (template,), (media,) = [await asyncio.to_thread(database.rows, content, mid) for mid in ids]
+    # The test can see the content while it is there: variables, then body and media URL.
+    assert template[1] is not None
+    assert None not in media[0::2]
 
     async def redacted() -> bool:
         replies = [await _status(engine.stub, mid) for mid in ids]
@@ -174,12 +176,15 @@ async def test_sent_messages_lose_variables_and_media_then_go_with_their_attempt
     for mid in ids:
         rows = await asyncio.to_thread(database.rows, content, mid)
         assert rows == [(None, None, None)]
+        reply = await _status(engine.stub, mid)
+        assert reply is not None
+        assert reply.message.error_code == 21211  # the metadata stays
 
     async def gone() -> bool:
-        return all([await _status(engine.stub, mid) is None for mid in ids])
+        inbound = await asyncio.to_thread(database.count, "inbound_messages")
+        return inbound == 0 and all([await _status(engine.stub, mid) is None for mid in ids])
 
-    await eventually(gone, "both failed messages are deleted", within=15)
+    await eventually(gone, "both failed messages and the inbound one are deleted", within=15)
     for mid in ids:
         attempts = "SELECT count(*) FROM delivery_attempts WHERE message_id = ?"
         assert await asyncio.to_thread(database.rows, attempts, mid) == [(0,)]
-    assert await asyncio.to_thread(database.count, "inbound_messages") == 0
