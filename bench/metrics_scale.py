@@ -1,12 +1,13 @@
 """GetMetrics over 1,000,000 messages spread over 30 days (issue 15).
 
 Seeds a SQLite file straight through SQL (the statuses, first-reached times, error codes,
-tags and attempts a month of traffic leaves), builds the rollups the way migration 0009
-does, and times the repository's GetMetrics for the last 1, 7 and 30 days. Run it with
-``python -m bench.metrics_scale [DB [N]] [--recreate]``; run it again over the same file with
-another
-checkout's ``server/`` first on PYTHONPATH to time that version's GetMetrics (the seed
-is kept when DB exists, and the rollups are rebuilt only where the code has them).
+tags and attempts a month of traffic leaves; migration 0011's triggers fire on it), rebuilds
+the rollups from the rows (storage/rollups.py's ``rebuild``, which also empties the journal
+the triggers filled), and times the repository's GetMetrics for the last 1, 7 and 30 days.
+Run it with ``python -m bench.metrics_scale [DB [N]] [--recreate]``; run it again over
+the same file with another checkout's ``server/`` first on PYTHONPATH to time that
+version's GetMetrics (the seed is kept when DB exists, and the rollups are rebuilt only
+where the code has them; ``BENCH_RUNS`` sets the reads per window).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """EraseRecipient through a real server, on both backends (issue 15).
 
-Inbound messages and recipient states are written straight into the database,
-standing in for the webhook sidecar (tested on its own); everything else goes through
-the gRPC API.
+Inbound messages and recipient states are written straight into the database
+(tests/support/inbound.py, standing in for the webhook sidecar); everything else goes
+through the gRPC API.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from google.protobuf import timestamp_pb2
 
 from notifier_proto.v1 import notifier_pb2 as pb
 from tests.support.databases import TestDb
+from tests.support.inbound import heard_from
 from tests.support.rpc import field_violations
 
 if TYPE_CHECKING:
@@ -50,30 +51,6 @@ async def _exists(stub: Stub, mid: str) -> bool:
     return True
 
 
-async def _heard_from(database: TestDb, number: str) -> None:
-    """An inbound message from ``number`` and its recipient state (the sidecar's work)."""
-    now = int(time.time() * 1000)
-    await asyncio.to_thread(
-        database.execute,
-        "INSERT INTO inbound_messages (id, message_sid, from_addr, to_addr, channel, body,"
-        " received_at) VALUES (?, ?, ?, ?, 'whatsapp', 'STOP', ?)",
-        uuid.uuid4().hex[:26],
-        "SM" + uuid.uuid4().hex,
-        number,
-        "+14155238886",
-        now,
-    )
-    await asyncio.to_thread(
-        database.execute,
-        "INSERT INTO recipients (channel, address, opted_out, last_inbound_at, updated_at)"
-        " VALUES ('whatsapp', ?, ?, ?, ?)",
-        number,
-        False,
-        now,
-        now,
-    )
-
-
 async def _erase(stub: Stub, to: str = ERASED) -> pb.EraseRecipientResponse:
     return await stub.EraseRecipient(pb.EraseRecipientRequest(to=to))
 
@@ -91,8 +68,8 @@ async def test_erase_everything_about_a_number(stub: Stub, database: TestDb) -> 
     window = _this_hour()
     mine = [await _send(stub, ERASED), await _send(stub, "whatsapp:" + ERASED, later=True)]
     theirs = await _send(stub, OTHER)
-    await _heard_from(database, ERASED)
-    await _heard_from(database, OTHER)
+    await heard_from(database, ERASED)
+    await heard_from(database, OTHER)
     before = await stub.GetMetrics(window)
 
     erased = await _erase(stub)

@@ -3,7 +3,9 @@
 NOTIFIER_REDACT_AFTER=1s and NOTIFIER_RETENTION=3s: a canceled message (ended) loses
 its body within about a second and a half and is gone within about three and a half,
 while a pending one stays; GetMetrics over the hour says the same before and after. On
-SQLite the body's bytes are then in neither the database file nor its WAL.
+SQLite the body's bytes are then in neither the database file nor its WAL. Through the
+dispatcher and the emulator (retention 5s): messages Twilio refused lose their template
+variables and media URLs too, then go with their attempts, and an inbound message goes.
 """
 
 from __future__ import annotations
@@ -12,15 +14,19 @@ import asyncio
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
 from google.protobuf import timestamp_pb2
 
 from notifier.config import Settings
+from notifier.emulator.faults import Faults
+from notifier.emulator.server import EmulatorServer
 from notifier_proto.v1 import notifier_pb2 as pb
 from tests.support.databases import TestDb
+from tests.support.engine import Engine
+from tests.support.inbound import heard_from
 from tests.support.waiting import eventually
 
 if TYPE_CHECKING:
@@ -28,6 +34,13 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.backends("sqlite", "postgresql")
 HOUR_MS = 3_600_000
+REFUSED = "+14155550199"  # Twilio (the emulator) refuses it: FAILED after one attempt
+
+
+@pytest.fixture
+def engine_env() -> dict[str, Any]:
+    """The engine's limits: retention long enough to look at the redacted rows first."""
+    return {"NOTIFIER_REDACT_AFTER": "1s", "NOTIFIER_RETENTION": "5s"}
 
 
 @pytest.fixture
@@ -132,3 +145,46 @@ async def test_redacted_body_leaves_the_sqlite_files(stub: Stub, db_path: Path) 
         return not await asyncio.to_thread(in_files)
 
     await eventually(scrubbed, f"{secret} leaves {db_path.name} and its WAL", within=5)
+
+
+async def test_sent_messages_lose_variables_and_media_then_go_with_their_attempts(
+    engine: Engine, emulator: EmulatorServer, database: TestDb
+) -> None:
+    emulator.faults = Faults(to_errors={REFUSED: 21211})
+    ids = [
+        await engine.send(
+            to=REFUSED, body=None, content_sid="HX" + "ab" * 16, variables={"1": "Ana"}
+        ),
+        await engine.send(to=REFUSED, body="receipt", media_urls=["https://example.com/r.pdf"]),
+    ]
+    for mid in ids:
+        failed = await engine.until_status(mid, pb.MESSAGE_STATUS_FAILED)
+        assert len(failed.attempts) == 1
+    await heard_from(database, REFUSED, state=False)
+    content = "SELECT body, variables, media_urls FROM messages WHERE id = ?"
+    (template,), (media,) = [await asyncio.to_thread(database.rows, content, mid) for mid in ids]
+    # The test can see the content while it is there: variables, then body and media URL.
+    assert template[1] is not None
+    assert None not in media[0::2]
+
+    async def redacted() -> bool:
+        replies = [await _status(engine.stub, mid) for mid in ids]
+        assert all(r is not None for r in replies), "deleted before it was seen redacted"
+        return all(r is not None and r.message.redacted for r in replies)
+
+    await eventually(redacted, "both failed messages are redacted", within=10)
+    for mid in ids:
+        rows = await asyncio.to_thread(database.rows, content, mid)
+        assert rows == [(None, None, None)]
+        reply = await _status(engine.stub, mid)
+        assert reply is not None
+        assert reply.message.error_code == 21211  # the metadata stays
+
+    async def gone() -> bool:
+        inbound = await asyncio.to_thread(database.count, "inbound_messages")
+        return inbound == 0 and all([await _status(engine.stub, mid) is None for mid in ids])
+
+    await eventually(gone, "both failed messages and the inbound one are deleted", within=15)
+    for mid in ids:
+        attempts = "SELECT count(*) FROM delivery_attempts WHERE message_id = ?"
+        assert await asyncio.to_thread(database.rows, attempts, mid) == [(0,)]

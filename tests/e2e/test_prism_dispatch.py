@@ -15,16 +15,14 @@ from collections.abc import AsyncIterator, Iterator
 import grpc
 import pytest
 
-from notifier.config import load_settings
 from notifier.server import NotifierServer, create_server
 from notifier_proto.v1 import notifier_pb2 as pb
 from notifier_proto.v1 import notifier_pb2_grpc
 from tests.support.databases import TestDb
 from tests.support.metrics import metrics_url, scrape, total
-from tests.support.prism import Prism, running_prism
+from tests.support.prism import Prism, prism_settings, running_prism
 from tests.support.waiting import eventually
 
-ACCOUNT = "AC" + "0123456789abcdef" * 2
 MESSAGES = 5
 
 pytestmark = pytest.mark.backends("sqlite", "postgresql")
@@ -38,18 +36,8 @@ def prism(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prism]:
 
 @pytest.fixture
 async def notifier(database: TestDb, prism: Prism) -> AsyncIterator[NotifierServer]:
-    settings = load_settings(
-        NOTIFIER_DATABASE_URL=database.url,
-        NOTIFIER_GRPC_ADDR="127.0.0.1:0",
-        NOTIFIER_METRICS_ADDR="127.0.0.1:0",
-        NOTIFIER_LEASE_SECONDS=2,  # a resend loop would show within the test
-        NOTIFIER_TWILIO_TIMEOUT_SECONDS=1,
-        TWILIO_ACCOUNT_SID=ACCOUNT,
-        TWILIO_AUTH_TOKEN="t" * 32,
-        TWILIO_WHATSAPP_FROM="whatsapp:+14155238886",
-        TWILIO_API_BASE_URL=prism.url,
-        STATUS_CALLBACK_URL="https://notifier.example.com/api/v1/whatsapp/status",
-    )
+    # A short lease: a resend loop would show within the test.
+    settings = prism_settings(database, prism.url, NOTIFIER_LEASE_SECONDS=2)
     server = await create_server(settings)
     await server.start()
     yield server

@@ -37,6 +37,8 @@ ROWS = [
     "Rate limiter at 80/s (PostgreSQL, 2 processes): achieved rate over",
     "Rate limiter at 80/s (PostgreSQL, 2 processes): most arrivals in any 1-s window",
     "Resident memory, gRPC server",
+    "SendMessage p99 while",  # ... N messages are purged (issue 15)
+    "Retention purge rate beside that load (rows/s)",
     "(a) direct twilio SDK + retry loop",
     "(b) Celery task per message (Redis): enqueued",
     "(b) Celery task per message (Redis): sent end to end",

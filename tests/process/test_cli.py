@@ -22,6 +22,7 @@ from tests.support.certs import Certs, make_certs
 from tests.support.engine import engine_settings, start_engine
 from tests.support.fake_notifier import Recorder, serve
 from tests.support.process import BIN
+from tests.support.waiting import eventually
 
 CLI = str(BIN / "notifier-cli")
 TO = "+14155550100"
@@ -308,3 +309,21 @@ async def test_erase_a_recipient(live: str) -> None:
     bad = await cli(live, "erase", "555-0100")
     assert bad.code != 0
     assert "to" in bad.err
+
+
+async def test_erase_at_twilio(live: str, emulator: EmulatorServer) -> None:
+    """--at-twilio reaches the server: Twilio (the emulator) deletes its finished copy."""
+    number = "+14155550178"
+    mid = await sent_id(live, number, "Your code is 4821")
+    sid = (await until_status(live, mid, "MESSAGE_STATUS_QUEUED"))["message"]["twilio_sid"]
+
+    async def finished_at_twilio() -> bool:
+        message = emulator.state.message(sid)
+        return message is not None and message.status in ("delivered", "read")
+
+    await eventually(finished_at_twilio, "Twilio (the emulator) finishes the message")
+    erased = await cli(live, "erase", number, "--at-twilio")
+    assert erased.code == 0, erased
+    lines = dict(line.rsplit(None, 1) for line in erased.out.strip().splitlines())
+    assert (lines["messages"], lines["twilio deleted"]) == ("1", "1")
+    assert emulator.state.message(sid) is None

@@ -21,6 +21,7 @@ from sqlalchemy import text
 from notifier.dispatch.rate_limit import SharedLimiter
 from notifier.domain.errors import StorageUnavailable
 from notifier.domain.inbound import InboundMessage
+from notifier.domain.lifecycle import Purged
 from notifier.domain.model import (
     AttemptRecord,
     CallbackResult,
@@ -39,6 +40,7 @@ from notifier.storage.engine import (
     create_database,
     storage_errors,
 )
+from notifier.storage.lifecycle import PURGE_LOCK_KEY
 from notifier.storage.listener import Listener
 from notifier.storage.repository import Repository
 from notifier.storage.send_slots import SendSlots
@@ -169,6 +171,22 @@ async def test_concurrent_inbound_repeats_are_stored_once(
 
 
 # -- errors ------------------------------------------------------------------------
+
+
+async def test_one_replica_at_a_time_purges(engines: list[Database]) -> None:
+    """While one replica's purge batch holds the purge lock, another's batch does
+    nothing (it does not wait either); once it ends, the other's turn comes."""
+    mine, theirs = Repository(engines[0]), Repository(engines[1])
+    ids = await _add(mine, 3)
+    for mid in ids:
+        await mine.cancel(mid)  # ended
+    later = int(time.time() * 1000) + 60_000  # every change is older than this
+    async with engines[2].writer.begin() as conn:  # a third replica, mid-batch
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PURGE_LOCK_KEY})
+        assert await theirs.redact_batch(later, 10) == Purged()
+        assert await theirs.purge_batch(later, 10) == Purged()
+    assert await theirs.redact_batch(later, 10) == Purged(redacted=3)
+    assert (await theirs.purge_batch(later, 10)).messages == 3
 
 
 async def test_unreachable_server_is_storage_unavailable() -> None:

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import pytest
+from alembic import command
 from sqlalchemy import text
 
 from notifier.domain.histogram import LOWS
@@ -26,7 +27,7 @@ from notifier.domain.model import (
     Transition,
 )
 from notifier.storage.engine import create_database
-from notifier.storage.migrate import upgrade
+from notifier.storage.migrate import alembic_config, upgrade
 from notifier.storage.repository import Repository
 from notifier.storage.rollups import HOUR_MS, rebuild
 from tests.support.databases import TestDb
@@ -187,6 +188,31 @@ async def _rebuilt_equal_kept(database: TestDb, repo: Repository, batch: int = 5
     rebuilt = await _tables(database)
     for table in ROLLUPS:
         assert _nonzero(kept[table], table) == _nonzero(rebuilt[table], table), table
+
+
+async def test_migration_0011_builds_the_rollups_from_the_stored_rows(
+    repo: tuple[Repository, Clock], database: TestDb
+) -> None:
+    """Rows stored before the triggers (revision 0010, rollups emptied) get the rollups
+    the triggers would have kept, from the migration's own frozen SQL."""
+    await _life(*repo)
+    while await repo[0].fold_rollups(50):
+        pass
+    kept = await _tables(database)
+    db = create_database(database.url)
+    try:
+        async with db.writer.begin() as conn:
+            await conn.run_sync(lambda c: command.downgrade(alembic_config(c), "0010"))
+            for table in (*ROLLUPS, "journal_statuses", "journal_delivery", "journal_attempts"):
+                await conn.execute(text(f"DELETE FROM {table}"))  # noqa: S608 - our names
+        assert await _tables(database) == {t: set() for t in ROLLUPS}
+        await upgrade(db.writer)
+    finally:
+        await db.dispose()
+    built = await _tables(database)
+    for table in ROLLUPS:
+        assert _nonzero(built[table], table) == _nonzero(kept[table], table), table
+    assert _nonzero(built["rollup_statuses"], "rollup_statuses")  # not trivially empty
 
 
 async def test_two_transactions_changing_one_message_keep_the_rollups_exact(

@@ -12,10 +12,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from notifier.config import Settings, load_settings
+from tests.support.databases import TestDb
 from tests.support.paths import ROOT, TWILIO_SPEC
 
 PRISM = ROOT / "node_modules" / ".bin" / "prism"
+ACCOUNT = "AC" + "0123456789abcdef" * 2
 
 
 @dataclass
@@ -83,3 +87,20 @@ def running_prism(folder: Path) -> Iterator[Prism]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def prism_settings(database: TestDb, twilio_url: str, **env: Any) -> Settings:
+    """A Notifier server whose Twilio is ``twilio_url`` (Prism, or a front to it)."""
+    values: dict[str, Any] = {
+        "NOTIFIER_DATABASE_URL": database.url,
+        "NOTIFIER_GRPC_ADDR": "127.0.0.1:0",
+        "NOTIFIER_METRICS_ADDR": "127.0.0.1:0",
+        "NOTIFIER_TWILIO_TIMEOUT_SECONDS": 1,
+        "TWILIO_ACCOUNT_SID": ACCOUNT,
+        "TWILIO_AUTH_TOKEN": "t" * 32,
+        "TWILIO_WHATSAPP_FROM": "whatsapp:+14155238886",
+        "TWILIO_API_BASE_URL": twilio_url,
+        "STATUS_CALLBACK_URL": "https://notifier.example.com/api/v1/whatsapp/status",
+    }
+    values.update(env)
+    return load_settings(**values)
