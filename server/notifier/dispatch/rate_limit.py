@@ -109,8 +109,9 @@ class SharedLimiter:
     ``_SLOT_LEAD_SECONDS`` ahead), for sends waiting for them. A send that starts more
     than half the guard after its slot moves the shared grid on by the overrun (a
     one-row UPDATE in the background, landing long before the slot N later is taken,
-    a second ahead), and this process's held slots with it; an overrun of a spacing or
-    more gives the slot up instead (grant_rule.grid_push). So sends N apart are at
+    a second ahead), which lets every slot held here be that much later too; an
+    overrun of the lead or more (a stall) gives the slot up instead
+    (grant_rule.grid_push). So sends N apart are at
     least a second and half the guard apart, and no one-second window holds more than
     N. At high rates one request takes several slots, so the database sees far fewer
     queries than sends.
@@ -128,7 +129,8 @@ class SharedLimiter:
         self.rate = rate_per_second
         limit, window = limit_and_window(rate_per_second)
         self.spacing = (window + guard_seconds) / limit
-        self._late = guard_seconds / 2  # how late a slot may still be used
+        self._late = guard_seconds / 2  # how late a slot may be used without a push
+        self._most_push = max(self.spacing, _SLOT_LEAD_SECONDS)
         self._spacing_us = max(1, round(self.spacing * 1_000_000))
         self._max_batch = max(1, int(_SLOT_LEAD_SECONDS / self.spacing))
         self._store = store
@@ -136,7 +138,8 @@ class SharedLimiter:
         self._clock = clock
         self._db_clock = DatabaseClock()
         self._lock = asyncio.Lock()
-        self._slots: deque[float] = deque()  # taken, not yet used: local clock times
+        # Taken, not yet used: [start, deadline] on the local clock (grant_rule.grid_push).
+        self._slots: deque[list[float]] = deque()
         self._wanted = 0  # callers inside acquire()
         self._refill: asyncio.Task[None] | None = None  # taking more slots
         self._last: float | None = None  # when this process last sent
@@ -169,14 +172,13 @@ class SharedLimiter:
                     continue
                 await asyncio.shield(refill)  # raises StorageUnavailable: nothing sent
                 continue
-            slot = self._slots[0]
-            start = slot
+            start, deadline = self._slots[0]
             if self._last is not None:
                 # Never back to back with our own last send, even after a late wake-up.
                 start = max(start, self._last + self.spacing / 2)
             if start > now:
                 return start - now
-            push = grid_push(slot, now, self._late, self.spacing)
+            push = grid_push(deadline, now, self._most_push)
             if push is None:
                 self._slots.popleft()
                 self.given_up += 1
@@ -186,11 +188,11 @@ class SharedLimiter:
             return 0.0
 
     def _push(self, seconds: float) -> None:
-        """Move the shared grid on by ``seconds``, and the slots held here with it (later
-        is always safe; it keeps the next held slot from being late by the same wait)."""
+        """Move the shared grid on by ``seconds``: the partners of the slots held here
+        are taken after it, so each held slot may be that much later too."""
         self.pushed_seconds += seconds
-        self._slots = deque(t + seconds for t in self._slots)
-        self._slots[0] -= seconds  # the slot being used now stays where it was
+        for slot in self._slots:
+            slot[1] += seconds
         self._owed_us += max(1, round(seconds * 1_000_000))
         if self._pushing is None or self._pushing.done():
             self._pushing = asyncio.create_task(self._write_pushes())
@@ -224,7 +226,7 @@ class SharedLimiter:
             if failed is not None and not self._slots:
                 raise failed
         wanted = self._wanted - len(self._slots)
-        low = not self._slots or self._slots[-1] < now + _SLOT_LEAD_SECONDS / 2
+        low = not self._slots or self._slots[-1][0] < now + _SLOT_LEAD_SECONDS / 2
         if self._refill is None and wanted > 0 and low:
             self._refill = asyncio.create_task(self._take(min(wanted, self._max_batch)))
         return self._refill
@@ -247,7 +249,8 @@ class SharedLimiter:
             self._db_clock.observe(asked, self._clock(), now_us)
             if slot_us is not None:
                 first = self._db_clock.local(slot_us)
-                self._slots.extend(first + i * self.spacing for i in range(count))
+                starts = (first + i * self.spacing for i in range(count))
+                self._slots.extend([start, start + self._late] for start in starts)
                 return
             if self._slots:
                 return  # others took the next slots: ask again when these run low
