@@ -36,7 +36,13 @@ from tests.support.watching import until
 pytestmark = pytest.mark.backends("sqlite", "postgresql")
 
 T0 = 1_800_000_000_000 // HOUR_MS * HOUR_MS  # an hour boundary
-ROLLUPS = ("rollup_statuses", "rollup_delivery", "rollup_delivery_daily", "rollup_attempts")
+ROLLUPS = (
+    "rollup_statuses",
+    "rollup_statuses_daily",
+    "rollup_delivery",
+    "rollup_delivery_daily",
+    "rollup_attempts",
+)
 DAY_MS = 24 * HOUR_MS
 
 
@@ -93,10 +99,12 @@ async def _life(repo: Repository, clock: Clock) -> list[str]:
     return ids
 
 
-async def _tables(database: TestDb) -> dict[str, set[tuple[object, ...]]]:
+async def _tables(
+    database: TestDb, tables: tuple[str, ...] = ROLLUPS
+) -> dict[str, set[tuple[object, ...]]]:
     def read() -> dict[str, set[tuple[object, ...]]]:
         found = {}
-        for table in ROLLUPS:
+        for table in tables:
             sql = f"SELECT * FROM {table}"  # noqa: S608 - our own table names
             found[table] = {tuple(r) for r in database.rows(sql)}
         return found
@@ -106,7 +114,7 @@ async def _tables(database: TestDb) -> dict[str, set[tuple[object, ...]]]:
 
 def _nonzero(rows: set[tuple[object, ...]], table: str) -> set[tuple[object, ...]]:
     """Rows that count something (a status change leaves its old status's row at 0)."""
-    if table == "rollup_statuses":
+    if table.startswith("rollup_statuses"):
         return {r for r in rows if r[-1] != 0}
     keys = 5  # tag, bucket, channel, owner, sender
     if table.startswith("rollup_delivery"):
@@ -190,11 +198,15 @@ async def _rebuilt_equal_kept(database: TestDb, repo: Repository, batch: int = 5
         assert _nonzero(kept[table], table) == _nonzero(rebuilt[table], table), table
 
 
+AT_0010 = tuple(t for t in ROLLUPS if t != "rollup_statuses_daily")  # 0012 added it
+
+
 async def test_migration_0011_builds_the_rollups_from_the_stored_rows(
     repo: tuple[Repository, Clock], database: TestDb
 ) -> None:
     """Rows stored before the triggers (revision 0010, rollups emptied) get the rollups
-    the triggers would have kept, from the migration's own frozen SQL."""
+    the triggers would have kept, from the migrations' own frozen SQL (0011 the hourly
+    rollups and the delivery days, 0012 the status days from the hourly rows)."""
     await _life(*repo)
     while await repo[0].fold_rollups(50):
         pass
@@ -203,9 +215,9 @@ async def test_migration_0011_builds_the_rollups_from_the_stored_rows(
     try:
         async with db.writer.begin() as conn:
             await conn.run_sync(lambda c: command.downgrade(alembic_config(c), "0010"))
-            for table in (*ROLLUPS, "journal_statuses", "journal_delivery", "journal_attempts"):
+            for table in (*AT_0010, "journal_statuses", "journal_delivery", "journal_attempts"):
                 await conn.execute(text(f"DELETE FROM {table}"))  # noqa: S608 - our names
-        assert await _tables(database) == {t: set() for t in ROLLUPS}
+        assert await _tables(database, AT_0010) == {t: set() for t in AT_0010}
         await upgrade(db.writer)
     finally:
         await db.dispose()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Table, and_, case, exists, func, select
+from sqlalchemy import Table, and_, case, exists, func, literal, select, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from notifier.domain.histogram import Slot, percentile
@@ -113,9 +113,13 @@ async def _window(conn: AsyncConnection, query: MetricsQuery) -> Contribution:
     totals: Contribution = {}
     for kind in KINDS:
         for table, start, end in _spans(kind, first, last):
-            for source in (table, kind.journal):  # the journal holds hourly rows
-                rows = await conn.execute(_rolled(kind, source, query, start, end))
-                fold(totals, kind, rows, kind.dims)
+            # The journal holds hourly rows not yet folded in: one statement reads both
+            # (each statement is a hop to SQLite's thread and back).
+            both = union_all(
+                _rolled(kind, table, query, start, end),
+                _rolled(kind, kind.journal, query, start, end),
+            )
+            fold(totals, kind, await conn.execute(both), kind.dims)
         for start, end in ends:
             if start >= end:
                 continue
@@ -164,9 +168,11 @@ async def _outbox(
     depth, oldest, scheduled = (
         await conn.execute(
             select(
-                func.count(case((due, messages.c.id))),
+                # count(1), not count(id): the index holds no id, and reading it from
+                # each row cost 25 ms per 10,000 pending (migration 0012).
+                func.count(case((due, literal(1)))),
                 func.min(case((due, messages.c.created_at))),
-                func.count(case((messages.c.status == Status.SCHEDULED.value, messages.c.id))),
+                func.count(case((messages.c.status == Status.SCHEDULED.value, literal(1)))),
             ).where(*where, messages.c.status.in_(OUTBOX))
         )
     ).one()

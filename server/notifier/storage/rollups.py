@@ -55,6 +55,7 @@ from notifier.storage.tables import (
     rollup_delivery,
     rollup_delivery_daily,
     rollup_statuses,
+    rollup_statuses_daily,
 )
 
 HOUR_MS = 3_600_000
@@ -186,6 +187,8 @@ STATUSES = Kind(
     journal_statuses,
     ("status", "error_code", "reconciled", "stalled", "fallback"),
     ("n",),
+    (),
+    rollup_statuses_daily,
 )
 DELIVERY = Kind(
     rollup_delivery,
@@ -220,7 +223,8 @@ def _days_from_hours(kind: Kind, daily: Table) -> Executable:
     day = hourly.c.bucket_ms - hourly.c.bucket_ms % literal_column(str(DAY_MS))
     dims = [hourly.c[k] for k in kind.keys[1:]]
     figures: list[Any] = [func.sum(hourly.c[s]) for s in kind.sums]
-    figures += [func.min(hourly.c.min_ms), func.max(hourly.c.max_ms)]
+    if kind.extremes:
+        figures += [func.min(hourly.c.min_ms), func.max(hourly.c.max_ms)]
     query = sa_select(day, *dims, *figures).group_by(day, *dims)
     return insert(daily).from_select([*kind.keys, *kind.names], query)
 
@@ -281,8 +285,9 @@ def _by_day(kind: Kind, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if had is not day:
             for s in kind.sums:
                 had[s] += day[s]
-            had["min_ms"] = min(had["min_ms"], day["min_ms"])
-            had["max_ms"] = max(had["max_ms"], day["max_ms"])
+            if kind.extremes:
+                had["min_ms"] = min(had["min_ms"], day["min_ms"])
+                had["max_ms"] = max(had["max_ms"], day["max_ms"])
     return [days[k] for k in sorted(days)]
 
 

@@ -94,7 +94,9 @@ messages = Table(
     Column("fallback_of", String(26)),
     Column("fallback_reason", String(32)),
     Index(None, "fallback_of", unique=True),
-    Index(None, "status", "next_attempt_at"),
+    # created_at and id too: GetMetrics' backlog figures, with or without a tag, read
+    # the index alone (migration 0012).
+    Index(None, "status", "next_attempt_at", "created_at", "id"),
     Index(None, "status", "updated_at"),
     Index(None, "status", "priority", "next_attempt_at"),
     Index(None, "created_at"),
@@ -263,6 +265,9 @@ def _attempts_table(name: str, journal: bool = False) -> Table:
 
 
 rollup_statuses = _statuses_table("rollup_statuses")
+# The same per UTC day (migration 0012): a month of hours held 21,000 status rows at
+# 1,000,000 messages, 12 ms of a 30-day GetMetrics; whole days are read from here.
+rollup_statuses_daily = _statuses_table("rollup_statuses_daily")
 rollup_delivery = _delivery_table("rollup_delivery")
 # The same per UTC day (bucket_ms: the day's start): a histogram is a few dozen rows per
 # hour, so a month of whole days is read from here and only the ragged hours from above.
