@@ -12,7 +12,9 @@ import pytest
 from notifier.emulator.faults import Faults
 from notifier.emulator.server import EmulatorServer
 from notifier_proto.v1 import notifier_pb2 as pb
+from tests.support.databases import TestDb
 from tests.support.engine import Engine
+from tests.support.sidecar_engine import engine_with_sidecar
 from tests.support.waiting import eventually
 
 if TYPE_CHECKING:
@@ -54,3 +56,29 @@ async def test_at_twilio_without_twilio_is_refused(stub: Stub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.EraseRecipient(pb.EraseRecipientRequest(to=ERASED, at_twilio=True))
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_refused_while_a_send_to_the_number_is_on_its_way_to_twilio(
+    database: TestDb, emulator: EmulatorServer
+) -> None:
+    """A real send in flight (the emulator answers 3 s after the request arrives):
+    EraseRecipient is refused with FAILED_PRECONDITION and erases nothing; once
+    Twilio's answer is recorded, the same call erases the message."""
+    emulator.faults = Faults(latency_seconds=3)
+    async with engine_with_sidecar(
+        database, emulator, NOTIFIER_TWILIO_TIMEOUT_SECONDS=10
+    ) as running:
+        eng = running.engine
+        mid = await eng.send(to=ERASED, body="on its way")
+
+        async def arrived() -> bool:
+            return bool(emulator.state.requests)
+
+        await eventually(arrived, "the send reaches Twilio (the emulator)")
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await eng.stub.EraseRecipient(pb.EraseRecipientRequest(to=ERASED))
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert (await eng.status(mid)).message.message_id == mid  # nothing erased
+        await eng.until(mid, lambda s: s.message.twilio_sid != "", within=30)
+        reply = await eng.stub.EraseRecipient(pb.EraseRecipientRequest(to=ERASED))
+        assert reply.messages == 1
