@@ -204,11 +204,23 @@ async def test_a_replica_killed_mid_run_loses_nothing(database: TestDb, tmp_path
                 await _until_sent(emu, ids, within=240)
                 elapsed = time.monotonic() - start
                 recovered = time.monotonic() - killed_at
+                # A send Twilio did not answer within the timeout is ambiguous, and the
+                # retry policy sends it again (SPEC §3: at-least-once): a loaded machine
+                # makes some on the live replicas too.
+                ambiguous = {
+                    mid
+                    for (mid,) in await asyncio.to_thread(
+                        database.rows,
+                        "SELECT DISTINCT message_id FROM delivery_attempts"
+                        " WHERE outcome = 'ambiguous'",
+                    )
+                }
     sent = _sent_ids(emu)
     assert 0 < at_kill < TOTAL, "the kill did not land mid-run"
     assert set(sent) == set(ids)  # nothing lost
     duplicates = {mid for mid, n in sent.items() if n > 1}
-    assert duplicates <= in_flight  # only what the dead replica had in flight
+    # Only what the dead replica had in flight, or what Twilio left unanswered.
+    assert duplicates <= in_flight | ambiguous, (len(duplicates - in_flight), len(ambiguous))
     assert max(sent.values()) <= 2
     print(
         f"\nkilled replica pid {victim.proc.pid} after {at_kill} sends; it held "
