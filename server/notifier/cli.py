@@ -20,6 +20,7 @@ from notifier.domain.model import DEFAULT_SENDER
 from notifier.emulator import DEV_ACCOUNT_SID, DEV_AUTH_TOKEN, DEV_FROM
 from notifier.emulator.faults import Faults
 from notifier.emulator.server import EmulatorServer, run_emulator
+from notifier.heap import settle_heap
 from notifier.production import report, startup_problems
 from notifier.server import StartupError, create_server, create_sidecar, sidecar_urls
 from notifier.storage.engine import create_database
@@ -161,6 +162,7 @@ async def _serve(settings: Settings, part: str, telemetry: Telemetry) -> int:
             lines.append(_banner(settings, notifier.port, emulator))
             url = notifier.metrics.url if notifier.metrics is not None else None
             lines.append(f"notifier: Prometheus metrics at {url or 'off (NOTIFIER_METRICS_ADDR)'}")
+        settle_heap()
         print("\n".join(lines), flush=True)
         await stop.wait()
         log.info(

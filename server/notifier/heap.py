@@ -1,0 +1,21 @@
+"""The heap of a long-running process, once it has started."""
+
+from __future__ import annotations
+
+import gc
+
+
+def settle_heap() -> None:
+    """Put what the start built out of the garbage collector's reach, once serving.
+
+    Modules, SQLAlchemy's metadata, phonenumbers' tables and the gRPC and OpenTelemetry
+    machinery: about 140,000 objects once a gRPC server has started, which live as long
+    as the process. Left in the oldest generation, every full collection walks them all
+    with the event loop stopped: 90 ms on the 2-core bench machine, 100-250 ms when it
+    was busy. Those showed as holes in the send rate (a shared 80/s limit fell to 73 in
+    that second) and, in the emulator, as bursts of arrivals stamped at once after a
+    pause. Frozen, a full collection took 2-4 ms. Objects made later are collected as
+    before.
+    """
+    gc.collect()
+    gc.freeze()
