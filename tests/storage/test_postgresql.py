@@ -334,12 +334,12 @@ async def test_replicas_share_one_rate_limit(engines: list[Database]) -> None:
     assert stamps[-1] - stamps[0] >= (3 * rate - 1) / rate * 0.95
 
 
-async def test_late_sends_move_the_shared_grid_on_and_no_window_holds_more(
+async def test_late_sends_delay_their_partners_and_no_window_holds_more(
     engines: list[Database],
 ) -> None:
     """The event loop blocked 0-12 ms at a time (a busy dispatcher): sends start late,
-    and each late one moves the grid every replica shares instead of giving its slot
-    up; still no one-second window holds more than the rate."""
+    and each late one delays the slot N after it, whichever replica takes that slot,
+    instead of giving its own up; still no one-second window holds more than the rate."""
     rate = 40
     limiters = [SharedLimiter(SendSlots(db), "whatsapp:+2", rate) for db in engines]
     stamps: list[float] = []
@@ -364,4 +364,23 @@ async def test_late_sends_move_the_shared_grid_on_and_no_window_holds_more(
     stamps.sort()
     worst = max(sum(1 for t in stamps if start <= t < start + 1.0) for start in stamps)
     assert worst <= rate
-    assert sum(limiter.pushed_seconds for limiter in limiters) > 0  # late sends moved it
+    assert sum(limiter.delayed_seconds for limiter in limiters) > 0  # late sends delayed some
+
+
+async def test_a_delay_is_taken_with_its_slot_and_only_once(engines: list[Database]) -> None:
+    """The replica that takes a delayed slot gets its delay and removes it; a delay
+    written twice keeps the later time; the others' slots come without one."""
+    first, other = SendSlots(engines[0]), SendSlots(engines[1])
+    span, lead = 1_000_000, 60_000_000  # a second apart (the grid stays ahead), all due
+    slot, _, _, none = await first.take_slots("whatsapp:+3", span, 2, lead, 1000)
+    assert slot is not None
+    assert none == []
+    place = slot + 3 * span  # the second of the next two
+    await first.delay_slots("whatsapp:+3", [(place, place + 700), (place + span * 9, place)])
+    await first.delay_slots("whatsapp:+3", [(place, place + 400)])
+    got, _, _, delays = await other.take_slots("whatsapp:+3", span, 2, lead, 1000)
+    assert (got, delays) == (slot + 2 * span, [(place, place + 700)])
+    again, _, _, later = await first.take_slots("whatsapp:+3", span, 2, lead, 1000)
+    assert (again, later) == (slot + 4 * span, [])
+    *_, last = await other.take_slots("whatsapp:+3", span, 8, lead, 1000)
+    assert last == [(place + span * 9, place)]

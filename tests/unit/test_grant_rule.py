@@ -11,7 +11,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from notifier.dispatch.grant_rule import CATCH_UP_SLOTS, GrantRule, grid_push
+from notifier.dispatch.grant_rule import CATCH_UP_SLOTS, GrantRule, floors_of, partner_delay
 
 
 def _grants(rule: GrantRule, lateness: list[float], start: float = 100.0) -> list[float]:
@@ -130,79 +130,110 @@ def test_lateness_below_half_the_guard_keeps_the_rate(seed: int) -> None:
     assert _rate(granted) == pytest.approx(80 / 1.006, abs=0.1)
 
 
-# -- replicas: one grid in shared storage, moved on by late sends (grid_push) ----------
+# -- replicas: one grid in shared storage; a late send delays the slot N after it ------
 
 SPACING = 1.008 / 80
 LATE = 0.004
 
 
 @pytest.mark.parametrize(
-    ("now", "push"),
+    ("start", "now", "delay"),
     [
-        (10.0, 0.0),  # by the deadline
-        (10.001, pytest.approx(0.001)),  # 1 ms over: the grid moves 1 ms
-        (10.049, pytest.approx(0.049)),  # cheaper than the slots it covers
-        (10.05, None),  # a stall: given up
-        (11.0, None),
+        (9.996, 10.0, 0.0),  # by the deadline
+        (9.996, 10.001, pytest.approx(0.001)),  # 1 ms over: its partner starts 1 ms late
+        (9.996, 10.045, pytest.approx(0.045)),
+        (9.996, 10.047, None),  # a stall: given up
+        (10.1, 10.101, pytest.approx(0.101)),  # delayed, on time: the delay passes on
+        (10.2, 10.249, pytest.approx(0.249)),
+        (10.2, 10.25, None),  # slid too far behind its place
+        (9.996, 11.0, None),
     ],
 )
-def test_grid_push(now: float, push: float | None) -> None:
-    assert grid_push(10.0, now, 0.05) == push
+def test_partner_delay(start: float, now: float, delay: float | None) -> None:
+    assert partner_delay(10.0, start, now, 0.05) == delay
+
+
+@pytest.mark.parametrize(
+    ("floors", "earliest"),
+    [
+        ([], [0, 0, 0]),
+        ([(200, 205)], [0, 205, 0]),  # on its place
+        ([(260, 270)], [0, 0, 270]),  # just past half a spacing before the third
+        ([(240, 245)], [0, 245, 0]),  # within half a spacing after the second
+        ([(50, 120)], [120, 0, 0]),  # before every slot (the grid started again): the first
+        ([(200, 205), (200, 230), (300, 301)], [0, 230, 301]),  # the latest of two
+    ],
+)
+def test_floors_of(floors: list[tuple[int, int]], earliest: list[int]) -> None:
+    assert floors_of([100, 200, 300], 100, floors) == earliest
 
 
 def _shared(lags: list[float], limit: int = 80) -> tuple[list[float], int]:
     """Sends of one shared grid as SharedLimiter uses it: slots taken a lead ahead in
-    batches, each wait waking ``lags[i]`` late, a late send pushing the grid (which
-    covers the slots held) or, after a stall, giving its slot up. (sends, given up)."""
-    spacing = (1.0 + 2 * LATE) / limit
-    batch, most = max(1, int(0.05 / spacing)), max(spacing, 0.05)
-    grid, clock, given_up = 100.0, 100.0, 0
-    held: list[list[float]] = []
+    batches with the delays left for them, each wait waking ``lags[i]`` late, a late
+    send delaying the slot N after it or, after a stall, giving its slot up.
+    (sends, given up)."""
+    spacing = round((1.0 + 2 * LATE) / limit * 1_000_000)
+    batch, stall = max(1, int(50_000 / spacing)), max(spacing / 1e6, 0.05)
+    grid, clock, given_up = 100_000_000, 100.0, 0
+    delays: dict[int, int] = {}
+    held: list[tuple[float, float, int]] = []
     sent: list[float] = []
     for lag in lags:
-        if not held:
-            held = [[grid + i * spacing, grid + i * spacing + LATE] for i in range(batch)]
+        if not held or held[0][0] > grid / 1e6:  # the grid's next place comes first
+            places = [grid + i * spacing for i in range(batch)]
             grid += batch * spacing
-        start, deadline = held[0]
-        start = start if not sent else max(start, sent[-1] + spacing / 2)
+            due = [(p, delays.pop(p)) for p in sorted(delays) if p <= places[-1] + spacing // 2]
+            floors = floors_of(places, spacing, due)
+            held = sorted(
+                held
+                + [
+                    (max(p, f) / 1e6, p / 1e6 + LATE, p + limit * spacing)
+                    for p, f in zip(places, floors, strict=True)
+                ]
+            )  # a delayed slot holds up none of the others
+        start, deadline, partner = held.pop(0)
+        start = start if not sent else max(start, sent[-1] + spacing / 2e6)
         if start > clock:
             clock = start + lag  # slept until the slot, woke late
-        held.pop(0)
-        push = grid_push(deadline, clock, most)
-        if push is None:
+        delay = partner_delay(deadline, start, clock, stall)
+        if delay is None:
             given_up += 1
             continue
-        grid += push
-        for slot in held:
-            slot[1] += push
+        if delay > 0:
+            delays[partner] = max(delays.get(partner, 0), partner + round(delay * 1e6))
         sent.append(clock)
     return sent, given_up
 
 
 @settings(max_examples=80, deadline=None)
 @given(limit=st.integers(1, 200), lags=_LATENESS)
-# One late send, its partner on time: without the push, 0.978 s apart at 10/s.
+# One late send, its partner on time: without the delay, 0.978 s apart at 10/s.
 @example(limit=10, lags=[0.0] * 5 + [0.03] + [0.0] * 30)
-# Two late sends from one batch: the second is late by more than the first's push covers.
+# Two late sends from one batch, each needing its own partner delayed.
 @example(limit=80, lags=[0.0, 0.010, 0.012] + [0.0] * 200)
-def test_a_shared_grid_moved_on_by_late_sends_never_crowds_a_window(
-    limit: int, lags: list[float]
-) -> None:
+def test_late_sends_on_a_shared_grid_never_crowd_a_window(limit: int, lags: list[float]) -> None:
     """Any lateness, stalls included: sends N apart stay a second and half the guard
     apart."""
     sent, _ = _shared(lags, limit)
-    assert all(sent[i + limit] - sent[i] >= 1.0 + LATE - 1e-9 for i in range(len(sent) - limit))
+    assert all(sent[i + limit] - sent[i] >= 1.0 + LATE - 1e-4 for i in range(len(sent) - limit))
+    assert _busiest(sent, 1.0) <= limit
 
 
 @pytest.mark.parametrize(("seed", "worst"), [(s, w) for s in range(3) for w in (0.006, 0.012)])
-def test_late_timers_cost_the_shared_grid_their_overrun_not_their_slot(
+def test_late_timers_cost_one_slot_their_overrun_not_every_later_slot(
     seed: int, worst: float
 ) -> None:
     """Every timer 0-6 ms or 0-12 ms late at random (harsher than a loaded machine,
-    where most wake on time): giving up every slot more than 4 ms late lost a third or
-    two thirds of them; moving the grid on loses only the overrun not yet covered."""
+    where most wake on time). Giving up every slot more than 4 ms late lost a third or
+    two thirds of them; moving the whole grid on by each overrun kept 77/s or 64/s.
+    Delaying only the slot N after a late one keeps 79.4/s and 75/s: at 0-12 ms a
+    wake-up takes half the spacing on average, and the gap kept after each send the
+    other half, so the sends fall behind their places and some slots are given up."""
     draw = random.Random(seed)
-    sent, given_up = _shared([draw.uniform(0, worst) for _ in range(801)])
-    assert given_up == 0
-    assert _rate(sent) >= (77 if worst < 0.01 else 64)
+    sent, given_up = _shared([draw.uniform(0, worst) for _ in range(1601)])
+    if worst < 0.01:
+        assert (given_up, round(_rate(sent))) == (0, 79)
+    else:
+        assert _rate(sent) >= 74
     assert _busiest(sent, 1.0) <= 80

@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections import deque
 
 CATCH_UP_SLOTS = 4
+MOST_SLIDE = 0.25  # seconds a slot may start past its place (partner_delay)
 
 
 class GrantRule:
@@ -61,25 +62,46 @@ class GrantRule:
         self._granted.append(now)
 
 
-def grid_push(deadline: float, now: float, most: float) -> float | None:
-    """How far a grid shared by replicas must move on for a slot to be used at ``now``.
+def partner_delay(deadline: float, start: float, now: float, stall: float) -> float | None:
+    """How much later than its place the slot N after this one must start, when this
+    slot, which may start at ``start``, is used at ``now``; replicas share one grid, so
+    that partner may be anyone's.
 
-    A slot's ``deadline`` is its time plus half the guard, plus every push made since
-    it was taken: used by then, the slot N after it (perhaps another replica's, taken
-    a second later, after the pushes landed) is still a window and half the guard
-    after it. Used later, the grid must move on by the overrun (0.0: nothing to
-    move); that one push also covers every slot already held, which may then be used
-    at once, so a late wake-up costs the overrun once instead of a slot each. An
-    overrun of ``most`` or more (a stall) gives the slot up instead (None): moving every
-    replica's grid that far would cost more than the slots it saves. Giving up every
-    slot more than half the guard late, as the limiter did, cost 80/s down to 57/s
-    when the event loop's timers woke 0-12 ms late, and at high rates (1,000,000/s,
-    slots a microsecond apart) it gave up nearly every slot: dispatch on PostgreSQL
-    ran at 114/s instead of 276/s.
+    A slot's ``deadline`` is its place plus half the guard: used by then, its partner,
+    N spacings on, is still a window and half the guard after it. Used later, the
+    partner must move by the overrun (0.0: nothing to move), and only the partner: the
+    slots between are less than a window after this one either way, and the slot after
+    the partner is a window after the slot after this one. Moving the whole grid, as
+    the limiter did, let every late send cost every later slot its overrun; the
+    lateness added up (80/s gave 76.9-78.5/s on PostgreSQL).
+
+    A slot delayed by its own partner N before passes its delay on, less the half guard
+    it gives back: so timers that wake late on average slide one slot in N later and
+    later, which costs the rate a little, instead of a slot. The slot is given up
+    (None) after a stall (used ``stall`` or more after it could start), or once its
+    class has slid ``MOST_SLIDE`` behind its place: a delay must reach storage before
+    its partner is taken, a second after the place.
     """
-    over = now - deadline
-    if over <= 0:
-        return 0.0
-    if over >= most:
+    if now - start >= stall:
         return None
-    return over
+    over = now - deadline
+    if over >= MOST_SLIDE:
+        return None
+    return max(0.0, over)
+
+
+def floors_of(starts: list[int], spacing: int, floors: list[tuple[int, int]]) -> list[int]:
+    """The earliest start of each of ``starts`` (consecutive slots ``spacing`` apart),
+    given delays ``(partner's place, not before)`` that late sends left.
+
+    A delay applies to the first slot that is not more than half a spacing before its
+    place; one whose place came before every slot (a place skipped while the grid was
+    behind) goes to the first, so no delay is ever dropped. Returns
+    0 for a slot without one.
+    """
+    earliest = [0] * len(starts)
+    for place, not_before in floors:
+        at = next((i for i, start in enumerate(starts) if start + spacing // 2 >= place), None)
+        if at is not None:
+            earliest[at] = max(earliest[at], not_before)
+    return earliest

@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 
-from notifier.dispatch.grant_rule import GrantRule, grid_push
+from notifier.dispatch.grant_rule import GrantRule, floors_of, partner_delay
 from notifier.domain.errors import StorageUnavailable
 from notifier.domain.ports import SlotStore
 
@@ -68,53 +68,80 @@ class SlidingWindowLimiter:
 # database (ask a little early, then wait locally) even on a loaded machine. Taking a
 # slot early costs nothing in accuracy: the send still waits for the slot's time.
 _SLOT_LEAD_SECONDS = 0.05
-_PUSH_TRIES = 5
-_PUSH_RETRY_SECONDS = 0.05
-_CLOCK_SAMPLES = 16
-_CLOCK_SAMPLE_SECONDS = 10.0
+_DELAY_TRIES = 5
+_DELAY_RETRY_SECONDS = 0.05
+# How fast an answer loses its worth: a thousandth, ten times what two clocks disciplined
+# by NTP drift apart, so an estimate from a quick answer lasts ~10 s against one from an
+# answer 20 ms slower. Seconds of error per second of age.
+_CLOCK_DRIFT = 0.001
+# How fast the slots may move earlier when the estimate improves: seconds per second.
+_CLOCK_SLEW = 0.001
 
 
 class DatabaseClock:
     """This process's estimate of the database's clock, which times the shared slots.
 
     The database reads its clock somewhere between asking and answering: the midpoint
-    is off by at most half the round trip. Of the recent answers, the quickest bounds
-    that error best (as NTP does), so a slow answer on a loaded machine does not move a
-    slot by its delay; old answers age out, as the two clocks drift apart.
+    is off by at most half the round trip. The two clocks keep a fixed offset (they
+    drift apart by parts per million), so the estimate is the answer that bounds it
+    best, a quick one (as NTP does), trusted a little less as it ages: a slow answer
+    on a loaded machine does not move the slots, and a better one replaces it. Taking
+    the quickest of the last 16 answers instead moved the slots by 5.5 ms within a
+    second when the event loop was blocked 0-12 ms at a time (every answer was slow,
+    and the quickest aged out): sends a window apart on the grid came 0.9996 s apart.
+
+    A better estimate still moves the slots. Later is safe; earlier would bring a slot
+    closer to the one a window before it, placed by the older estimate. So the slots
+    move later at once and earlier by at most ``_CLOCK_SLEW`` (1 ms a second, as NTP
+    slews a clock), which the half guard absorbs.
     """
 
     def __init__(self) -> None:
-        self._samples: deque[tuple[float, float, float]] = deque(maxlen=_CLOCK_SAMPLES)
+        self._best: tuple[float, float, float] | None = None  # error bound, offset, when
+        self._offset: float | None = None  # the one in use, slewing towards the best
+        self._slewed_at = 0.0
         self.round_trip: float | None = None  # the last one
 
     def observe(self, asked: float, answered: float, db_now_us: int) -> None:
         self.round_trip = answered - asked
-        middle = (asked + answered) / 2
-        self._samples.append((self.round_trip, db_now_us / 1_000_000 - middle, answered))
+        offset = db_now_us / 1_000_000 - (asked + answered) / 2
+        if self._best is None or self.round_trip / 2 <= self._bound(answered):
+            self._best = (self.round_trip / 2, offset, answered)
+        target = self._best[1]
+        if self._offset is None or target <= self._offset:
+            self._offset = target  # slots later (or the first estimate)
+        else:
+            step = (answered - self._slewed_at) * _CLOCK_SLEW
+            self._offset = min(target, self._offset + step)
+        self._slewed_at = answered
+
+    def _bound(self, now: float) -> float:
+        """How far off the best estimate may be by ``now``."""
+        assert self._best is not None
+        error, _, at = self._best
+        return error + (now - at) * _CLOCK_DRIFT
 
     def local(self, db_us: int) -> float:
         """A database time (microseconds) on this process's clock."""
-        newest = self._samples[-1][2]
-        fresh = [s for s in self._samples if s[2] > newest - _CLOCK_SAMPLE_SECONDS]
-        _, offset, _ = min(fresh)
-        return db_us / 1_000_000 - offset
+        assert self._offset is not None, "observe an answer first"
+        return db_us / 1_000_000 - self._offset
 
 
 class SharedLimiter:
     """The same bound for all replicas together: the grid lives in shared storage.
 
     Slots are spaced evenly, ``(1 s + guard) / N`` apart across every replica, on a grid
-    the database keeps (one row per sender): a late send never moves the slots after it
-    by itself. A process takes slots only shortly before they start (at most
+    the database keeps (one row per sender): a late send never moves the slots after it.
+    A process takes slots only shortly before they start (at most
     ``_SLOT_LEAD_SECONDS`` ahead), for sends waiting for them. A send that starts more
-    than half the guard after its slot moves the shared grid on by the overrun (a
-    one-row UPDATE in the background, landing long before the slot N later is taken,
-    a second ahead), which lets every slot held here be that much later too; an
-    overrun of the lead or more (a stall) gives the slot up instead
-    (grant_rule.grid_push). So sends N apart are at
-    least a second and half the guard apart, and no one-second window holds more than
-    N. At high rates one request takes several slots, so the database sees far fewer
-    queries than sends.
+    than half the guard after its place delays the slot N after it by the overrun (a
+    row written in the background, long before that slot is taken a second later, and
+    taken with it); an overrun of the lead or more (a stall) gives the slot up instead
+    (grant_rule.partner_delay). So sends N apart are at least a second and half the
+    guard apart, and no one-second window holds more than N, while a late send costs
+    one slot its overrun, not every later slot (the grid moved on by each overrun gave
+    76.9-78.5/s at 80/s with two replicas). At high rates one request takes several
+    slots, so the database sees far fewer queries than sends.
     """
 
     def __init__(
@@ -129,8 +156,9 @@ class SharedLimiter:
         self.rate = rate_per_second
         limit, window = limit_and_window(rate_per_second)
         self.spacing = (window + guard_seconds) / limit
-        self._late = guard_seconds / 2  # how late a slot may be used without a push
-        self._most_push = max(self.spacing, _SLOT_LEAD_SECONDS)
+        self._limit = limit
+        self._late = guard_seconds / 2  # how late past its place a slot may be used
+        self._stall = max(self.spacing, _SLOT_LEAD_SECONDS)
         self._spacing_us = max(1, round(self.spacing * 1_000_000))
         self._max_batch = max(1, int(_SLOT_LEAD_SECONDS / self.spacing))
         self._store = store
@@ -138,15 +166,17 @@ class SharedLimiter:
         self._clock = clock
         self._db_clock = DatabaseClock()
         self._lock = asyncio.Lock()
-        # Taken, not yet used: [start, deadline] on the local clock (grant_rule.grid_push).
-        self._slots: deque[list[float]] = deque()
+        # Taken, not yet used: (start, deadline, the partner's place): the earliest start
+        # and the latest one that needs no delay, on the local clock; the place of the
+        # slot N later on the store's (grant_rule.partner_delay).
+        self._slots: deque[tuple[float, float, int]] = deque()
         self._wanted = 0  # callers inside acquire()
         self._refill: asyncio.Task[None] | None = None  # taking more slots
         self._last: float | None = None  # when this process last sent
-        self._owed_us = 0  # grid pushes not yet written
-        self._pushing: asyncio.Task[None] | None = None
+        self._owed: list[tuple[int, int]] = []  # delays not yet written
+        self._writing: asyncio.Task[None] | None = None
         self.given_up = 0  # slots too late to use (figures for benchmarks and tests)
-        self.pushed_seconds = 0.0  # how far this process moved the shared grid on
+        self.delayed_seconds = 0.0  # the slots N after late sends were delayed this much
 
     async def acquire(self) -> None:
         """Wait for a slot of the sender shared with every replica (raises
@@ -172,48 +202,45 @@ class SharedLimiter:
                     continue
                 await asyncio.shield(refill)  # raises StorageUnavailable: nothing sent
                 continue
-            start, deadline = self._slots[0]
+            start, deadline, partner = self._slots[0]
             if self._last is not None:
                 # Never back to back with our own last send, even after a late wake-up.
                 start = max(start, self._last + self.spacing / 2)
             if start > now:
                 return start - now
-            push = grid_push(deadline, now, self._most_push)
-            if push is None:
+            delay = partner_delay(deadline, start, now, self._stall)
+            if delay is None:
                 self._slots.popleft()
                 self.given_up += 1
                 continue
-            if push > 0:
-                self._push(push)
+            if delay > 0:
+                self._delay(partner, delay)
             return 0.0
 
-    def _push(self, seconds: float) -> None:
-        """Move the shared grid on by ``seconds``: the partners of the slots held here
-        are taken after it, so each held slot may be that much later too."""
-        self.pushed_seconds += seconds
-        for slot in self._slots:
-            slot[1] += seconds
-        self._owed_us += max(1, round(seconds * 1_000_000))
-        if self._pushing is None or self._pushing.done():
-            self._pushing = asyncio.create_task(self._write_pushes())
+    def _delay(self, partner: int, seconds: float) -> None:
+        """The slot at ``partner`` (N after the one used now) starts ``seconds`` late."""
+        self.delayed_seconds += seconds
+        self._owed.append((partner, partner + max(1, round(seconds * 1_000_000))))
+        if self._writing is None or self._writing.done():
+            self._writing = asyncio.create_task(self._write_delays())
 
-    async def _write_pushes(self) -> None:
-        """Write the owed pushes, coalesced; storage that fails is asked again (a push
-        must land before the slot N later is taken, a second from now)."""
+    async def _write_delays(self) -> None:
+        """Write the owed delays, coalesced; storage that fails is asked again (a delay
+        must land before its slot is taken, a second from now)."""
         failures = 0
-        while self._owed_us:
-            owed, self._owed_us = self._owed_us, 0
+        while self._owed:
+            owed, self._owed = self._owed, []
             try:
-                await self._store.push_slots(self._sender, owed)
+                await self._store.delay_slots(self._sender, owed)
                 failures = 0
             except StorageUnavailable:
-                self._owed_us += owed
+                self._owed[:0] = owed
                 failures += 1
-                if failures >= _PUSH_TRIES:
-                    log.warning("could not move the shared send grid on by %d us", owed)
-                    self._owed_us = 0
+                if failures >= _DELAY_TRIES:
+                    log.warning("could not delay %d shared send slots", len(self._owed))
+                    self._owed = []
                     return
-                await asyncio.sleep(_PUSH_RETRY_SECONDS)
+                await asyncio.sleep(_DELAY_RETRY_SECONDS)
 
     def _refilling(self, now: float) -> asyncio.Task[None] | None:
         """The request for more slots, started in the background when the slots held run
@@ -226,10 +253,26 @@ class SharedLimiter:
             if failed is not None and not self._slots:
                 raise failed
         wanted = self._wanted - len(self._slots)
-        low = not self._slots or self._slots[-1][0] < now + _SLOT_LEAD_SECONDS / 2
+        # By places: a slot delayed (its start later than its place) is no reason to
+        # wait for it before taking the next places.
+        last = max((deadline for _, deadline, _ in self._slots), default=None)
+        low = last is None or last - self._late < now + _SLOT_LEAD_SECONDS / 2
         if self._refill is None and wanted > 0 and low:
             self._refill = asyncio.create_task(self._take(min(wanted, self._max_batch)))
         return self._refill
+
+    def _hold(self, places: list[int], delays: list[tuple[int, int]]) -> None:
+        """Keep the slots taken at ``places``, each starting no earlier than its delay."""
+        local = self._db_clock.local
+        partner = self._limit * self._spacing_us
+        for place, not_before in zip(
+            places, floors_of(places, self._spacing_us, delays), strict=True
+        ):
+            self._slots.append(
+                (local(max(place, not_before)), local(place) + self._late, place + partner)
+            )
+        # Earliest start first: a delayed slot holds up none of the others.
+        self._slots = deque(sorted(self._slots))
 
     async def _take(self, count: int) -> None:
         lead_us = round(_SLOT_LEAD_SECONDS * 1_000_000)
@@ -239,7 +282,7 @@ class SharedLimiter:
             trip = self._db_clock.round_trip
             restart = _SLOT_LEAD_SECONDS / 2 if trip is None else 2 * trip + 0.001
             asked = self._clock()
-            slot_us, next_us, now_us = await self._store.take_slots(
+            slot_us, next_us, now_us, delays = await self._store.take_slots(
                 self._sender,
                 self._spacing_us,
                 count,
@@ -248,9 +291,7 @@ class SharedLimiter:
             )
             self._db_clock.observe(asked, self._clock(), now_us)
             if slot_us is not None:
-                first = self._db_clock.local(slot_us)
-                starts = (first + i * self.spacing for i in range(count))
-                self._slots.extend([start, start + self._late] for start in starts)
+                self._hold([slot_us + i * self._spacing_us for i in range(count)], delays)
                 return
             if self._slots:
                 return  # others took the next slots: ask again when these run low

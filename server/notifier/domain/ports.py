@@ -218,15 +218,18 @@ class OutboxStore(AttemptStore, Protocol):
 class SlotStore(Protocol):
     async def take_slots(
         self, sender: str, spacing_us: int, count: int, lead_us: int, restart_us: int
-    ) -> tuple[int | None, int, int]:
+    ) -> tuple[int | None, int, int, list[tuple[int, int]]]:
         """Take ``count`` consecutive slots of the sender if the next one is due within
         ``lead_us``; the sender's next slot then comes one spacing after the last of
-        them; a next slot earlier than ``restart_us`` from now first moves up to there.
-        Returns (first slot or None when not granted, the next slot, now), all on the
+        them; a next slot earlier than ``restart_us`` from now first moves on along its grid
+        to the first place at least that far ahead.
+        Returns (first slot or None when not granted, the next slot, now, the delays
+        of the slots taken as (place, not before), removed from the store), all on the
         store's clock in microseconds."""
 
-    async def push_slots(self, sender: str, by_us: int) -> None:
-        """Move the sender's next slot on by ``by_us``: a replica used a slot late."""
+    async def delay_slots(self, sender: str, delays: Sequence[tuple[int, int]]) -> None:
+        """The slots at these places start no earlier than given (place, not before):
+        a replica used the slot N before each late."""
 
 
 class CallbackStore(StorageProbe, Protocol):

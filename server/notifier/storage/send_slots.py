@@ -4,19 +4,25 @@ The row holds the sender's next slot on a fixed grid: a replica ready to send ta
 the next few slots when the first is due within its lead, and the row moves on by one
 spacing per slot taken, in one atomic UPDATE, whatever time the replica asked at. A
 send that starts late therefore never moves the slots after it (spacing each slot from
-the moment it was taken let lateness add up: 80/s gave 76/s). A grid that fell behind
+the moment it was taken let lateness add up: 80/s gave 76/s); it delays only the slot
+N after it, through a row of ``send_slot_delays`` that the replica taking that slot
+takes with it, in the same statement. A grid that fell behind
 (nobody sent for a while) starts again a little ahead of now, never in the past: its
-first slot must still be usable when the answer arrives. Times are the database's
+first slot must still be usable when the answer arrives; it starts again on its own
+places, skipping those gone by, so that the delay left for a place (the slot N after
+a late one) meets that place and no other. Times are the database's
 clock, so replicas on hosts whose clocks disagree still share one timeline.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, bindparam, text
+from collections.abc import Sequence
+
+from sqlalchemy import BigInteger, bindparam, func, text
 from sqlalchemy.dialects.postgresql import insert
 
 from notifier.storage.engine import Database, storage_errors
-from notifier.storage.tables import send_slots
+from notifier.storage.tables import send_slot_delays, send_slots
 
 # The UPDATE sees the row as it is after waiting for its lock (READ COMMITTED re-checks
 # the WHERE); the outer SELECT sees the snapshot before it, which is good enough to say
@@ -30,14 +36,25 @@ _TAKE = text(
         UPDATE send_slots
         SET next_slot_us = :span * :count + CASE
             WHEN next_slot_us >= (SELECT now_us FROM clock) THEN next_slot_us
-            ELSE (SELECT now_us FROM clock) + :restart END
+            -- Behind: on to the first place at least :restart ahead, still on the grid,
+            -- so a delay left for a place meets that very place (0013).
+            ELSE next_slot_us + :span * (
+                ((SELECT now_us FROM clock) + :restart - next_slot_us + :span - 1) / :span
+            ) END
         WHERE sender = :sender AND next_slot_us <= (SELECT now_us FROM clock) + :lead
         RETURNING next_slot_us - :span * :count AS slot_us
+    ),
+    delayed AS (
+        DELETE FROM send_slot_delays AS d USING granted AS g
+        WHERE d.sender = :sender AND d.place_us <= g.slot_us + :span * :count - :span / 2
+        RETURNING d.place_us, d.not_before_us
     )
     SELECT
         (SELECT slot_us FROM granted) AS slot_us,
         (SELECT next_slot_us FROM send_slots WHERE sender = :sender) AS next_us,
-        (SELECT now_us FROM clock) AS now_us
+        (SELECT now_us FROM clock) AS now_us,
+        (SELECT array_agg(place_us ORDER BY place_us) FROM delayed) AS places,
+        (SELECT array_agg(not_before_us ORDER BY place_us) FROM delayed) AS not_befores
     """
 ).bindparams(
     bindparam("span", type_=BigInteger),
@@ -45,11 +62,6 @@ _TAKE = text(
     bindparam("restart", type_=BigInteger),
     bindparam("lead", type_=BigInteger),
 )
-
-
-_PUSH = text(
-    "UPDATE send_slots SET next_slot_us = next_slot_us + :by WHERE sender = :sender"
-).bindparams(bindparam("by", type_=BigInteger))
 
 
 class SendSlots:
@@ -63,9 +75,10 @@ class SendSlots:
 
     async def take_slots(
         self, sender: str, spacing_us: int, count: int, lead_us: int, restart_us: int
-    ) -> tuple[int | None, int, int]:
+    ) -> tuple[int | None, int, int, list[tuple[int, int]]]:
         """Take ``count`` consecutive slots of ``sender`` if the first is due within
-        ``lead_us``: (first slot or None, next slot, now), the database's microseconds."""
+        ``lead_us``: (first slot or None, next slot, now, the delays taken with the
+        slots as (place, not before)), the database's microseconds."""
         # One statement, atomic by itself: autocommit spares the BEGIN and COMMIT round
         # trips, which count at a few hundred grants a second.
         async with storage_errors(), self._db.writer.connect() as conn:
@@ -77,7 +90,7 @@ class SendSlots:
                     .on_conflict_do_nothing(index_elements=["sender"])
                 )
                 self._known.add(sender)
-            slot_us, next_us, now_us = (
+            slot_us, next_us, now_us, places, not_befores = (
                 await conn.execute(
                     _TAKE,
                     {
@@ -89,10 +102,23 @@ class SendSlots:
                     },
                 )
             ).one()
-        return (None if slot_us is None else int(slot_us)), int(next_us), int(now_us)
+        delays = list(zip(places or [], not_befores or [], strict=True))
+        first = None if slot_us is None else int(slot_us)
+        return first, int(next_us), int(now_us), delays
 
-    async def push_slots(self, sender: str, by_us: int) -> None:
-        """Move the sender's next slot on by ``by_us`` (one autocommitted UPDATE)."""
+    async def delay_slots(self, sender: str, delays: Sequence[tuple[int, int]]) -> None:
+        """Slots at these places may start no earlier than given (place, not before):
+        one autocommitted INSERT; two delays of one slot keep the later."""
+        rows = [{"sender": sender, "place_us": p, "not_before_us": n} for p, n in delays]
+        stmt = insert(send_slot_delays).values(rows)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["sender", "place_us"],
+            set_={
+                "not_before_us": func.greatest(
+                    send_slot_delays.c.not_before_us, stmt.excluded.not_before_us
+                )
+            },
+        )
         async with storage_errors(), self._db.writer.connect() as conn:
             conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            await conn.execute(_PUSH, {"sender": sender, "by": by_us})
+            await conn.execute(stmt)

@@ -192,6 +192,16 @@ send_slots = Table(
     Column("next_slot_us", BigInteger, nullable=False),
 )
 
+# A slot that must start later than its place on the grid: the slot N before it was
+# used late (migration 0013). Taken, and deleted, with the slot.
+send_slot_delays = Table(
+    "send_slot_delays",
+    metadata,
+    Column("sender", String(64), primary_key=True),
+    Column("place_us", BigInteger, primary_key=True),  # the slot's place on the grid
+    Column("not_before_us", BigInteger, nullable=False),
+)
+
 
 # GetMetrics' rollups (issue 15): per hour of creation, channel, owner (the caller that
 # stored the message), sender profile and tag ("" = every message; a tagged message also
