@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -17,6 +18,7 @@ from notifier.domain.errors import DomainError, IdempotencyConflict
 from notifier.domain.fallback import NOT_ON_WHATSAPP, NOT_ON_WHATSAPP_REASON, skips_whatsapp
 from notifier.domain.inbound import RecipientState, refusal
 from notifier.domain.model import Accepted, Channel, EventSource, NewMessage, Status
+from notifier.storage.driver import fetch_all, insert_rows
 from notifier.storage.engine import DUE_CHANNEL, EVENTS_CHANNEL, Database, notify
 from notifier.storage.fallbacks import fallback_row
 from notifier.storage.rows import chunks, event_row, load_many, message_row, new_message_id, record
@@ -239,16 +241,15 @@ class _Rows:
 
     async def insert(self, conn: AsyncConnection) -> None:
         if self.messages:
-            await conn.execute(insert(messages), self.messages)
-            await conn.execute(insert(status_events), self.events)
+            await insert_rows(conn, messages, self.messages)
+            await insert_rows(conn, status_events, self.events)
             await notify(conn, DUE_CHANNEL, EVENTS_CHANNEL)
-        if self.tags:
-            await conn.execute(insert(message_tags), self.tags)
+        await insert_rows(conn, message_tags, self.tags)
         if self.keys:
             # In key order: two batches inserting the same keys (replicas) wait on each
             # other's unique index entries in one order, never in a cycle.
             self.keys.sort(key=lambda k: (k["caller"], k["key"]))
-            await conn.execute(insert(idempotency_keys), self.keys)
+            await insert_rows(conn, idempotency_keys, self.keys)
 
 
 async def _known_keys(
@@ -280,21 +281,34 @@ async def _known_keys(
     return live
 
 
+_STATES = select(
+    recipients.c.channel,
+    recipients.c.address,
+    recipients.c.opted_out,
+    recipients.c.last_inbound_at,
+    recipients.c.not_on_whatsapp_until,
+)
+
+
+@functools.lru_cache(maxsize=32)
+def _states_sql(count: int) -> str:
+    """``_STATES`` for ``count`` addresses, as SQLite text with qmark placeholders."""
+    marks = ", ".join("?" * count)
+    columns = "channel, address, opted_out, last_inbound_at, not_on_whatsapp_until"
+    return f"SELECT {columns} FROM recipients WHERE address IN ({marks})"  # noqa: S608
+
+
 async def _recipient_states(
     conn: AsyncConnection, batch: list[NewMessage]
 ) -> dict[tuple[str, str], RecipientState]:
     addresses = sorted({m.to for m in batch})
     states: dict[tuple[str, str], RecipientState] = {}
     for chunk in chunks(addresses):
-        rows = await conn.execute(
-            select(
-                recipients.c.channel,
-                recipients.c.address,
-                recipients.c.opted_out,
-                recipients.c.last_inbound_at,
-                recipients.c.not_on_whatsapp_until,
-            ).where(recipients.c.address.in_(chunk))
-        )
+        rows: Sequence[Sequence[Any]]
+        if conn.dialect.name == "sqlite":  # one trip to the driver (storage/driver.py)
+            rows = await fetch_all(conn, _states_sql(len(chunk)), chunk)
+        else:
+            rows = (await conn.execute(_STATES.where(recipients.c.address.in_(chunk)))).all()
         for channel, address, opted_out, last_inbound, not_on_whatsapp in rows:
             states[(channel, address)] = RecipientState(
                 bool(opted_out), last_inbound, not_on_whatsapp
