@@ -252,6 +252,22 @@ class _Rows:
             await insert_rows(conn, idempotency_keys, self.keys)
 
 
+_KEYS = select(
+    idempotency_keys.c.key,
+    idempotency_keys.c.message_id,
+    idempotency_keys.c.request_hash,
+    idempotency_keys.c.expires_at,
+)
+
+
+@functools.lru_cache(maxsize=32)
+def _keys_sql(count: int) -> str:
+    """``_KEYS`` for one caller and ``count`` keys, as SQLite text (qmark placeholders)."""
+    marks = ", ".join("?" * count)
+    columns = "key, message_id, request_hash, expires_at"
+    return f"SELECT {columns} FROM idempotency_keys WHERE caller = ? AND key IN ({marks})"  # noqa: S608
+
+
 async def _known_keys(
     conn: AsyncConnection, items: list[Accept], now: int
 ) -> dict[tuple[str, str], tuple[str, str | None]]:
@@ -266,12 +282,18 @@ async def _known_keys(
     live: dict[tuple[str, str], tuple[str, str | None]] = {}
     for caller, keys in sorted(by_caller.items()):
         for chunk in chunks(sorted(keys)):
-            where = (idempotency_keys.c.caller == caller, idempotency_keys.c.key.in_(chunk))
-            rows = (await conn.execute(select(idempotency_keys).where(*where))).all()
+            rows: Sequence[Sequence[Any]]
+            if conn.dialect.name == "sqlite":  # one trip to the driver (storage/driver.py)
+                rows = await fetch_all(conn, _keys_sql(len(chunk)), [caller, *chunk])
+            else:
+                where = (idempotency_keys.c.caller == caller, idempotency_keys.c.key.in_(chunk))
+                rows = (await conn.execute(_KEYS.where(*where))).all()
             live |= {
-                (caller, r.key): (r.message_id, r.request_hash) for r in rows if r.expires_at > now
+                (caller, key): (message_id, request_hash)
+                for key, message_id, request_hash, expires_at in rows
+                if expires_at > now
             }
-            expired = [r.key for r in rows if r.expires_at <= now]
+            expired = [key for key, _, _, expires_at in rows if expires_at <= now]
             if expired:
                 await conn.execute(
                     delete(idempotency_keys).where(
