@@ -18,7 +18,7 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Table, insert
+from sqlalchemy import Column, Table, insert, select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -59,13 +59,40 @@ async def insert_rows(
         raise _wrapped(sql, error) from error
 
 
-async def fetch_all(
-    conn: AsyncConnection, sql: str, params: Sequence[Any]
-) -> list[tuple[Any, ...]]:
-    """SQLite only: the rows of ``sql`` (qmark placeholders) in one trip to the driver."""
+@functools.lru_cache(maxsize=64)
+def _select_sql(
+    table: str, columns: tuple[str, ...], equal: tuple[str, ...], within: str, count: int
+) -> str:
+    conditions = [f"{name} = ?" for name in equal]
+    conditions.append(f"{within} IN ({', '.join('?' * count)})")
+    where = " AND ".join(conditions)
+    return f"SELECT {', '.join(columns)} FROM {table} WHERE {where}"  # noqa: S608 (our own names)
+
+
+async def select_in(
+    conn: AsyncConnection,
+    columns: Sequence[Column[Any]],
+    within: Column[Any],
+    values: Sequence[Any],
+    equal: Sequence[tuple[Column[Any], Any]] = (),
+) -> Sequence[Sequence[Any]]:
+    """``SELECT columns FROM within's table WHERE within IN values`` (and each of
+    ``equal``'s columns equal to its value): the rows, as tuples in ``columns``'s order.
+    Keep ``values`` under SQLite's limit on bound parameters (rows.chunks)."""
+    if conn.dialect.name != "sqlite":
+        where = [column == value for column, value in equal]
+        stmt = select(*columns).where(*where, within.in_(values))
+        return (await conn.execute(stmt)).all()
+    sql = _select_sql(
+        within.table.name,
+        tuple(c.name for c in columns),
+        tuple(c.name for c, _ in equal),
+        within.name,
+        len(values),
+    )
     driver = await _driver(conn)
     try:
-        rows = await driver.execute_fetchall(sql, params)
+        rows = await driver.execute_fetchall(sql, [*(v for _, v in equal), *values])
     except sqlite3.Error as error:
         raise _wrapped(sql, error) from error
     return [tuple(r) for r in rows]

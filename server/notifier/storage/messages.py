@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -18,7 +17,7 @@ from notifier.domain.errors import DomainError, IdempotencyConflict
 from notifier.domain.fallback import NOT_ON_WHATSAPP, NOT_ON_WHATSAPP_REASON, skips_whatsapp
 from notifier.domain.inbound import RecipientState, refusal
 from notifier.domain.model import Accepted, Channel, EventSource, NewMessage, Status
-from notifier.storage.driver import fetch_all, insert_rows
+from notifier.storage.driver import insert_rows, select_in
 from notifier.storage.engine import DUE_CHANNEL, EVENTS_CHANNEL, Database, notify
 from notifier.storage.fallbacks import fallback_row
 from notifier.storage.rows import chunks, event_row, load_many, message_row, new_message_id, record
@@ -252,22 +251,6 @@ class _Rows:
             await insert_rows(conn, idempotency_keys, self.keys)
 
 
-_KEYS = select(
-    idempotency_keys.c.key,
-    idempotency_keys.c.message_id,
-    idempotency_keys.c.request_hash,
-    idempotency_keys.c.expires_at,
-)
-
-
-@functools.lru_cache(maxsize=32)
-def _keys_sql(count: int) -> str:
-    """``_KEYS`` for one caller and ``count`` keys, as SQLite text (qmark placeholders)."""
-    marks = ", ".join("?" * count)
-    columns = "key, message_id, request_hash, expires_at"
-    return f"SELECT {columns} FROM idempotency_keys WHERE caller = ? AND key IN ({marks})"  # noqa: S608
-
-
 async def _known_keys(
     conn: AsyncConnection, items: list[Accept], now: int
 ) -> dict[tuple[str, str], tuple[str, str | None]]:
@@ -282,12 +265,9 @@ async def _known_keys(
     live: dict[tuple[str, str], tuple[str, str | None]] = {}
     for caller, keys in sorted(by_caller.items()):
         for chunk in chunks(sorted(keys)):
-            rows: Sequence[Sequence[Any]]
-            if conn.dialect.name == "sqlite":  # one trip to the driver (storage/driver.py)
-                rows = await fetch_all(conn, _keys_sql(len(chunk)), [caller, *chunk])
-            else:
-                where = (idempotency_keys.c.caller == caller, idempotency_keys.c.key.in_(chunk))
-                rows = (await conn.execute(_KEYS.where(*where))).all()
+            c = idempotency_keys.c
+            columns = (c.key, c.message_id, c.request_hash, c.expires_at)
+            rows = await select_in(conn, columns, c.key, chunk, equal=[(c.caller, caller)])
             live |= {
                 (caller, key): (message_id, request_hash)
                 for key, message_id, request_hash, expires_at in rows
@@ -303,7 +283,7 @@ async def _known_keys(
     return live
 
 
-_STATES = select(
+_STATE_COLUMNS = (
     recipients.c.channel,
     recipients.c.address,
     recipients.c.opted_out,
@@ -312,25 +292,13 @@ _STATES = select(
 )
 
 
-@functools.lru_cache(maxsize=32)
-def _states_sql(count: int) -> str:
-    """``_STATES`` for ``count`` addresses, as SQLite text with qmark placeholders."""
-    marks = ", ".join("?" * count)
-    columns = "channel, address, opted_out, last_inbound_at, not_on_whatsapp_until"
-    return f"SELECT {columns} FROM recipients WHERE address IN ({marks})"  # noqa: S608
-
-
 async def _recipient_states(
     conn: AsyncConnection, batch: list[NewMessage]
 ) -> dict[tuple[str, str], RecipientState]:
     addresses = sorted({m.to for m in batch})
     states: dict[tuple[str, str], RecipientState] = {}
     for chunk in chunks(addresses):
-        rows: Sequence[Sequence[Any]]
-        if conn.dialect.name == "sqlite":  # one trip to the driver (storage/driver.py)
-            rows = await fetch_all(conn, _states_sql(len(chunk)), chunk)
-        else:
-            rows = (await conn.execute(_STATES.where(recipients.c.address.in_(chunk)))).all()
+        rows = await select_in(conn, _STATE_COLUMNS, recipients.c.address, chunk)
         for channel, address, opted_out, last_inbound, not_on_whatsapp in rows:
             states[(channel, address)] = RecipientState(
                 bool(opted_out), last_inbound, not_on_whatsapp
