@@ -8,7 +8,9 @@ one trip per statement. Errors are wrapped as SQLAlchemy wraps them (IntegrityEr
 OperationalError...), so callers and ``storage_errors`` see no difference.
 
 PostgreSQL keeps SQLAlchemy's path: there a statement is one round trip either way,
-and a multi-row INSERT goes as one.
+and a multi-row INSERT goes as one. So does an engine whose statements someone watches
+(the OpenTelemetry instrumentation listens to ``before_cursor_execute``): the traces
+keep their INSERT spans inside the call that stored the message.
 """
 
 from __future__ import annotations
@@ -30,6 +32,11 @@ def _insert_sql(table: str, columns: tuple[str, ...]) -> str:
     return f"INSERT INTO {table} ({names}) VALUES ({values})"  # noqa: S608 (our own names)
 
 
+def _direct(conn: AsyncConnection) -> bool:
+    """Whether to go straight to the driver: SQLite, and nobody listening to statements."""
+    return conn.dialect.name == "sqlite" and not conn.sync_connection.dispatch.before_cursor_execute  # type: ignore[union-attr]
+
+
 async def _driver(conn: AsyncConnection) -> Any:
     """The aiosqlite connection under ``conn`` (its transaction already begun)."""
     raw = await conn.get_raw_connection()
@@ -48,7 +55,7 @@ async def insert_rows(
     str, int, bool, None) into ``table``."""
     if not rows:
         return
-    if conn.dialect.name != "sqlite":
+    if not _direct(conn):
         await conn.execute(insert(table), list(rows))
         return
     sql = _insert_sql(table.name, tuple(rows[0]))
@@ -79,7 +86,7 @@ async def select_in(
     """``SELECT columns FROM within's table WHERE within IN values`` (and each of
     ``equal``'s columns equal to its value): the rows, as tuples in ``columns``'s order.
     Keep ``values`` under SQLite's limit on bound parameters (rows.chunks)."""
-    if conn.dialect.name != "sqlite":
+    if not _direct(conn):
         where = [column == value for column, value in equal]
         stmt = select(*columns).where(*where, within.in_(values))
         return (await conn.execute(stmt)).all()
