@@ -21,6 +21,7 @@ from sqlalchemy import event, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.util import await_
 
 from notifier.domain.errors import StorageUnavailable
 
@@ -126,10 +127,19 @@ def _sqlite_engine(url: str, *, immediate: bool, pool_size: int) -> AsyncEngine:
 
     begin = "BEGIN IMMEDIATE" if immediate else "BEGIN"
 
-    @event.listens_for(engine.sync_engine, "begin")
-    def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql(begin)
+    def _do_begin(dbapi_conn: Any) -> None:
+        # Straight to aiosqlite's thread in one hop: through a SQLAlchemy cursor (the
+        # "begin" event's exec_driver_sql) it took three (cursor, execute, close), and
+        # each hop costs a thread switch; a SQLite write transaction (SendMessage's
+        # accepted batch) makes only a handful. SQLAlchemy calls do_begin inside its
+        # error handling, so a failure (SQLITE_BUSY, a read-only disk) still reaches
+        # us as an OperationalError, as it did from the event.
+        try:
+            await_(dbapi_conn.driver_connection.execute(begin))
+        except Exception as error:
+            dbapi_conn._handle_exception(error)
 
+    engine.sync_engine.dialect.do_begin = _do_begin  # type: ignore[method-assign,assignment]
     return engine
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -17,6 +17,7 @@ from notifier.domain.errors import DomainError, IdempotencyConflict
 from notifier.domain.fallback import NOT_ON_WHATSAPP, NOT_ON_WHATSAPP_REASON, skips_whatsapp
 from notifier.domain.inbound import RecipientState, refusal
 from notifier.domain.model import Accepted, Channel, EventSource, NewMessage, Status
+from notifier.storage.driver import insert_rows, select_in
 from notifier.storage.engine import DUE_CHANNEL, EVENTS_CHANNEL, Database, notify
 from notifier.storage.fallbacks import fallback_row
 from notifier.storage.rows import chunks, event_row, load_many, message_row, new_message_id, record
@@ -239,16 +240,15 @@ class _Rows:
 
     async def insert(self, conn: AsyncConnection) -> None:
         if self.messages:
-            await conn.execute(insert(messages), self.messages)
-            await conn.execute(insert(status_events), self.events)
+            await insert_rows(conn, messages, self.messages)
+            await insert_rows(conn, status_events, self.events)
             await notify(conn, DUE_CHANNEL, EVENTS_CHANNEL)
-        if self.tags:
-            await conn.execute(insert(message_tags), self.tags)
+        await insert_rows(conn, message_tags, self.tags)
         if self.keys:
             # In key order: two batches inserting the same keys (replicas) wait on each
             # other's unique index entries in one order, never in a cycle.
             self.keys.sort(key=lambda k: (k["caller"], k["key"]))
-            await conn.execute(insert(idempotency_keys), self.keys)
+            await insert_rows(conn, idempotency_keys, self.keys)
 
 
 async def _known_keys(
@@ -265,12 +265,15 @@ async def _known_keys(
     live: dict[tuple[str, str], tuple[str, str | None]] = {}
     for caller, keys in sorted(by_caller.items()):
         for chunk in chunks(sorted(keys)):
-            where = (idempotency_keys.c.caller == caller, idempotency_keys.c.key.in_(chunk))
-            rows = (await conn.execute(select(idempotency_keys).where(*where))).all()
+            c = idempotency_keys.c
+            columns = (c.key, c.message_id, c.request_hash, c.expires_at)
+            rows = await select_in(conn, columns, c.key, chunk, equal=[(c.caller, caller)])
             live |= {
-                (caller, r.key): (r.message_id, r.request_hash) for r in rows if r.expires_at > now
+                (caller, key): (message_id, request_hash)
+                for key, message_id, request_hash, expires_at in rows
+                if expires_at > now
             }
-            expired = [r.key for r in rows if r.expires_at <= now]
+            expired = [key for key, _, _, expires_at in rows if expires_at <= now]
             if expired:
                 await conn.execute(
                     delete(idempotency_keys).where(
@@ -280,21 +283,22 @@ async def _known_keys(
     return live
 
 
+_STATE_COLUMNS = (
+    recipients.c.channel,
+    recipients.c.address,
+    recipients.c.opted_out,
+    recipients.c.last_inbound_at,
+    recipients.c.not_on_whatsapp_until,
+)
+
+
 async def _recipient_states(
     conn: AsyncConnection, batch: list[NewMessage]
 ) -> dict[tuple[str, str], RecipientState]:
     addresses = sorted({m.to for m in batch})
     states: dict[tuple[str, str], RecipientState] = {}
     for chunk in chunks(addresses):
-        rows = await conn.execute(
-            select(
-                recipients.c.channel,
-                recipients.c.address,
-                recipients.c.opted_out,
-                recipients.c.last_inbound_at,
-                recipients.c.not_on_whatsapp_until,
-            ).where(recipients.c.address.in_(chunk))
-        )
+        rows = await select_in(conn, _STATE_COLUMNS, recipients.c.address, chunk)
         for channel, address, opted_out, last_inbound, not_on_whatsapp in rows:
             states[(channel, address)] = RecipientState(
                 bool(opted_out), last_inbound, not_on_whatsapp
