@@ -276,3 +276,17 @@ async def test_call_deadline_becomes_the_expiry(database: TestDb, emulator: Emul
         await server.stop(grace=1)
     expires = got.message.expires_at.ToMilliseconds()
     assert before + 4_000 < expires <= before + 5_100
+
+
+@pytest.mark.parametrize("engine_env", [{"NOTIFIER_RATE_LIMIT_PER_SECOND": 1}])
+async def test_validity_ending_while_waiting_for_the_rate_limit_expires_it_unsent(
+    engine: Engine, emulator: EmulatorServer
+) -> None:
+    """One send a second: the second message's turn comes a second after the first was
+    sent, past its one-second validity; it expires without reaching Twilio."""
+    first = await engine.send(body="first", validity=duration_pb2.Duration(seconds=1))
+    second = await engine.send(body="second", validity=duration_pb2.Duration(seconds=1))
+    await engine.until_status(first, pb.MESSAGE_STATUS_QUEUED)
+    got = await engine.until_status(second, pb.MESSAGE_STATUS_EXPIRED, within=10)
+    assert list(got.attempts) == []
+    assert [a.body for a in emulator.state.accepted] == ["first"]

@@ -222,12 +222,7 @@ class Dispatcher:
 
     async def _deliver(self, msg: MessageRecord, opted_out: bool = False) -> None:
         try:
-            if msg.expires_at_ms is not None and self._clock() >= msg.expires_at_ms:
-                expired = Transition(
-                    Status.EXPIRED,
-                    error_code=msg.error_code,  # keep the last failure: it says why it is late
-                    error_message=msg.error_message or "validity ended before it could be sent",
-                )
+            if (expired := self._expired(msg)) is not None:
                 await self._record(msg, None, expired)
                 return
             if opted_out:
@@ -274,8 +269,22 @@ class Dispatcher:
         if self._clock() > lease_ends - self._lease_margin_ms():
             log.warning("lease of %s ran low while waiting to send; leaving it", msg.id)
             return  # another claim takes it: never two sends under one lease
+        if (expired := self._expired(msg)) is not None:
+            # Its validity ended while it waited for its turn: never sent after it.
+            await self._record(msg, None, expired)
+            return
         self._started.add(msg.id)
         await self._attempt(msg)
+
+    def _expired(self, msg: MessageRecord) -> Transition | None:
+        """EXPIRED, when the message's validity has ended (None while it may be sent)."""
+        if msg.expires_at_ms is None or self._clock() < msg.expires_at_ms:
+            return None
+        return Transition(
+            Status.EXPIRED,
+            error_code=msg.error_code,  # keep the last failure: it says why it is late
+            error_message=msg.error_message or "validity ended before it could be sent",
+        )
 
     def _free_slot(self, message_id: str) -> None:
         """The message is done (its result committed) or never sent: another may start."""
