@@ -158,11 +158,18 @@ class Callbacks(Store):
         """
         ids = {r.message_id for r in reports if r.message_id}
         sids = {r.twilio_sid for r in reports if not r.message_id}
+        found: dict[str, dict[str, Any]] = {}
+        if self._db.is_sqlite:
+            # SQLite's single writer holds the lock from the first read: no lock order
+            # to keep, so the messages named by SID are read whole in one pass.
+            for chunk in chunks(sorted(sids)):
+                stmt = select(messages).where(messages.c.twilio_sid.in_(chunk))
+                found |= {r.id: dict(r._mapping) for r in await conn.execute(stmt)}
+            sids = set()
         for chunk in chunks(sorted(sids)):
             where = messages.c.twilio_sid.in_(chunk)
             ids |= set((await conn.execute(select(messages.c.id).where(where))).scalars())
-        found: dict[str, dict[str, Any]] = {}
-        for chunk in chunks(sorted(ids)):
+        for chunk in chunks(sorted(ids - found.keys())):
             stmt = select(messages).where(messages.c.id.in_(chunk)).order_by(messages.c.id)
             found |= {r.id: dict(r._mapping) for r in await conn.execute(self._locked(stmt))}
         by_sid = {m["twilio_sid"]: i for i, m in found.items() if m["twilio_sid"]}
