@@ -173,13 +173,15 @@ class Callbacks(Store):
             # One statement, one round trip: the SIDs are resolved to ids inside it,
             # and every row is locked in id order. A batch holds at most MAX_BATCH
             # reports, far under PostgreSQL's limit on bound parameters.
-            named = []
-            if ids:
-                named.append(messages.c.id.in_(sorted(ids)))
+            # The OR stays inside the subquery, where both columns' indexes serve it
+            # (BitmapOr); outside, it made PostgreSQL walk the whole primary key.
+            by_id = messages.c.id.in_(sorted(ids))
+            named = by_id
             if sids:
-                by_sids = select(messages.c.id).where(messages.c.twilio_sid.in_(sorted(sids)))
-                named.append(messages.c.id.in_(by_sids.scalar_subquery()))
-            stmt = select(messages).where(or_(*named)).order_by(messages.c.id)
+                sid_in = messages.c.twilio_sid.in_(sorted(sids))
+                resolved = select(messages.c.id).where(or_(by_id, sid_in) if ids else sid_in)
+                named = messages.c.id.in_(resolved.scalar_subquery())
+            stmt = select(messages).where(named).order_by(messages.c.id)
             found = {r.id: dict(r._mapping) for r in await conn.execute(self._locked(stmt))}
         by_sid = {m["twilio_sid"]: i for i, m in found.items() if m["twilio_sid"]}
         # Rare: an id we do not know (the SID may still name a message), or a SID
