@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, insert, or_, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -153,18 +153,36 @@ class Callbacks(Store):
 
         Every row is locked in one pass in id order, whichever way the report named it:
         two batches (or a batch and the attempt recorder, which also locks in id order)
-        then wait for each other in one order and never deadlock. The SIDs are resolved
-        to ids first without locks; a SID a message adopts meanwhile is looked up again.
+        then wait for each other in one order and never deadlock. PostgreSQL resolves
+        the SIDs to ids inside the locking statement (one round trip); a SID a message
+        adopts meanwhile is looked up again.
         """
         ids = {r.message_id for r in reports if r.message_id}
         sids = {r.twilio_sid for r in reports if not r.message_id}
-        for chunk in chunks(sorted(sids)):
-            where = messages.c.twilio_sid.in_(chunk)
-            ids |= set((await conn.execute(select(messages.c.id).where(where))).scalars())
         found: dict[str, dict[str, Any]] = {}
-        for chunk in chunks(sorted(ids)):
-            stmt = select(messages).where(messages.c.id.in_(chunk)).order_by(messages.c.id)
-            found |= {r.id: dict(r._mapping) for r in await conn.execute(self._locked(stmt))}
+        if self._db.is_sqlite:
+            # SQLite's single writer holds the lock from the first read: no lock order
+            # to keep, so the messages named by SID are read whole in one pass.
+            for chunk in chunks(sorted(sids)):
+                stmt = select(messages).where(messages.c.twilio_sid.in_(chunk))
+                found |= {r.id: dict(r._mapping) for r in await conn.execute(stmt)}
+            for chunk in chunks(sorted(ids - found.keys())):
+                stmt = select(messages).where(messages.c.id.in_(chunk))
+                found |= {r.id: dict(r._mapping) for r in await conn.execute(stmt)}
+        elif ids or sids:
+            # One statement, one round trip: the SIDs are resolved to ids inside it,
+            # and every row is locked in id order. A batch holds at most MAX_BATCH
+            # reports, far under PostgreSQL's limit on bound parameters.
+            # The OR stays inside the subquery, where both columns' indexes serve it
+            # (BitmapOr); outside, it made PostgreSQL walk the whole primary key.
+            by_id = messages.c.id.in_(sorted(ids))
+            named = by_id
+            if sids:
+                sid_in = messages.c.twilio_sid.in_(sorted(sids))
+                resolved = select(messages.c.id).where(or_(by_id, sid_in) if ids else sid_in)
+                named = messages.c.id.in_(resolved.scalar_subquery())
+            stmt = select(messages).where(named).order_by(messages.c.id)
+            found = {r.id: dict(r._mapping) for r in await conn.execute(self._locked(stmt))}
         by_sid = {m["twilio_sid"]: i for i, m in found.items() if m["twilio_sid"]}
         # Rare: an id we do not know (the SID may still name a message), or a SID
         # adopted since it was resolved; these few are locked after the others.
