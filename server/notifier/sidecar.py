@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import gc
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,11 +46,6 @@ class Sidecar:
 
     async def start(self) -> None:
         await self.http.start()
-        # What exists now (modules, SQLAlchemy's compiled statements, the app) lives as
-        # long as the process: out of the collector's sight, the full collections that
-        # every callback's garbage triggers no longer walk it (11 % of the sidecar's
-        # CPU under load went to gc before).
-        gc.freeze()
 
     async def stop(self) -> None:
         await self.cleanup.aclose()
