@@ -73,7 +73,7 @@ _LEASE = (
     .returning(*messages.c)
 )
 _ROWS = select(messages).where(messages.c.id.in_(_IDS))
-_STATE = select(
+_STATE_COLUMNS = (
     messages.c.id,
     messages.c.status,
     messages.c.twilio_sid,
@@ -81,13 +81,27 @@ _STATE = select(
     messages.c.error_code,
     messages.c.error_message,
     messages.c.expires_at,
-).where(messages.c.id.in_(_IDS))
-# FOR NO KEY UPDATE on PostgreSQL (Store._locked): a callback waits for this record.
-_STATE_LOCKED = _STATE.with_for_update(key_share=True)
+)
 _COUNTED = (
     select(delivery_attempts.c.message_id, func.count())
     .where(delivery_attempts.c.message_id.in_(_IDS))
     .group_by(delivery_attempts.c.message_id)
+)
+# SQLite (one writer: nothing changes between the statement and the write): the
+# attempts stored so far come with the state, in the same statement.
+_STATE_COUNTED = select(
+    *_STATE_COLUMNS,
+    select(func.count())
+    .where(delivery_attempts.c.message_id == messages.c.id)
+    .scalar_subquery()
+    .label("stored"),
+).where(messages.c.id.in_(_IDS))
+# PostgreSQL: FOR NO KEY UPDATE (Store._locked), so a callback waits for this record.
+# The count is a statement of its own, after the lock: READ COMMITTED gives it a fresh
+# snapshot, which sees the attempts of a record that held the lock before us (a
+# subquery of the locking statement would not, and two numbers would clash).
+_STATE_LOCKED = (
+    select(*_STATE_COLUMNS).where(messages.c.id.in_(_IDS)).with_for_update(key_share=True)
 )
 _HOLDERS = select(messages.c.twilio_sid, messages.c.id).where(
     messages.c.twilio_sid.in_(bindparam("sids", expanding=True))
@@ -201,10 +215,13 @@ class Outbox(Store):
     ) -> None:
         ids = sorted({message_id for message_id, _, _ in results})
         plan = _AttemptPlan(now, self._retry)
-        state = _STATE if self._db.is_sqlite else _STATE_LOCKED
         for chunk in chunks(ids):
-            # PostgreSQL: a callback on another connection waits for this record.
-            found = await conn.execute(state, {"ids": chunk})
+            if self._db.is_sqlite:
+                for row in await conn.execute(_STATE_COUNTED, {"ids": chunk}):
+                    plan.state[row.id] = dict(row._mapping)
+                    plan.numbers[row.id] = int(row.stored)
+                continue
+            found = await conn.execute(_STATE_LOCKED, {"ids": chunk})
             plan.state |= {row.id: dict(row._mapping) for row in found}
             counted = await conn.execute(_COUNTED, {"ids": chunk})
             plan.numbers |= {message_id: int(n) for message_id, n in counted}
