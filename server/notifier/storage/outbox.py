@@ -36,7 +36,7 @@ from notifier.domain.retry import RetryPolicy
 from notifier.storage.engine import DUE_CHANNEL, EVENTS_CHANNEL, notify
 from notifier.storage.fallbacks import FAILURES, follow_failures
 from notifier.storage.quarantine import quarantine
-from notifier.storage.rows import OUTBOX, STAMP_COLUMNS, chunks, event_row, record
+from notifier.storage.rows import CHUNK, OUTBOX, STAMP_COLUMNS, chunks, event_row, record
 from notifier.storage.store import Store
 from notifier.storage.tables import delivery_attempts, messages, status_events
 
@@ -89,13 +89,20 @@ _COUNTED = (
 )
 # SQLite (one writer: nothing changes between the statement and the write): the
 # attempts stored so far come with the state, in the same statement.
-_STATE_COUNTED = select(
-    *_STATE_COLUMNS,
+_STORED = (
     select(func.count())
     .where(delivery_attempts.c.message_id == messages.c.id)
     .scalar_subquery()
-    .label("stored"),
-).where(messages.c.id.in_(_IDS))
+    .label("stored")
+)
+_SIDS: BindParameter[str] = bindparam("sids", expanding=True)
+# SQLite (one writer: nothing changes between the statement and the write): the
+# attempts stored so far come with the state, in the same statement; and for a batch
+# that fits one statement, so do the messages holding the batch's SIDs.
+_STATE_COUNTED = select(*_STATE_COLUMNS, _STORED).where(messages.c.id.in_(_IDS))
+_STATE_AND_HOLDERS = select(*_STATE_COLUMNS, _STORED).where(
+    or_(messages.c.id.in_(_IDS), messages.c.twilio_sid.in_(_SIDS))
+)
 # PostgreSQL: FOR NO KEY UPDATE (Store._locked), so a callback waits for this record.
 # The count is a statement of its own, after the lock: READ COMMITTED gives it a fresh
 # snapshot, which sees the attempts of a record that held the lock before us (a
@@ -103,9 +110,7 @@ _STATE_COUNTED = select(
 _STATE_LOCKED = (
     select(*_STATE_COLUMNS).where(messages.c.id.in_(_IDS)).with_for_update(key_share=True)
 )
-_HOLDERS = select(messages.c.twilio_sid, messages.c.id).where(
-    messages.c.twilio_sid.in_(bindparam("sids", expanding=True))
-)
+_HOLDERS = select(messages.c.twilio_sid, messages.c.id).where(messages.c.twilio_sid.in_(_SIDS))
 _ADD_ATTEMPTS = insert(delivery_attempts)
 _ADD_EVENTS = insert(status_events)
 
@@ -214,7 +219,22 @@ class Outbox(Store):
         self, conn: AsyncConnection, results: list[AttemptResult], now: int
     ) -> None:
         ids = sorted({message_id for message_id, _, _ in results})
+        sids = sorted({t.twilio_sid for _, _, t in results if t.twilio_sid is not None})
         plan = _AttemptPlan(now, self._retry)
+        if self._db.is_sqlite and len(ids) + len(sids) <= CHUNK:
+            await _read_at_once(conn, plan, ids, sids)
+        else:
+            await self._read_in_chunks(conn, plan, ids, sids)
+        for result in results:
+            plan.add(*result)
+        await plan.write(conn)
+        await follow_failures(conn, plan.failed, now, self._fallback)
+
+    async def _read_in_chunks(
+        self, conn: AsyncConnection, plan: _AttemptPlan, ids: list[str], sids: list[str]
+    ) -> None:
+        """The messages' state, their attempts so far and the SIDs' holders, a chunk of
+        ids (or SIDs) per statement."""
         for chunk in chunks(ids):
             if self._db.is_sqlite:
                 for row in await conn.execute(_STATE_COUNTED, {"ids": chunk}):
@@ -225,14 +245,9 @@ class Outbox(Store):
             plan.state |= {row.id: dict(row._mapping) for row in found}
             counted = await conn.execute(_COUNTED, {"ids": chunk})
             plan.numbers |= {message_id: int(n) for message_id, n in counted}
-        sids = sorted({t.twilio_sid for _, _, t in results if t.twilio_sid is not None})
         for chunk in chunks(sids):
             holders = await conn.execute(_HOLDERS, {"sids": chunk})
             plan.held |= {str(sid): str(holder) for sid, holder in holders}
-        for result in results:
-            plan.add(*result)
-        await plan.write(conn)
-        await follow_failures(conn, plan.failed, now, self._fallback)
 
     async def release(self, owner: str, ids: Sequence[str]) -> int:
         """Give back leases that were never used, so another worker takes them now."""
@@ -418,6 +433,19 @@ class _AttemptPlan:
         if self.events:
             await conn.execute(_ADD_EVENTS, self.events)
             await notify(conn, EVENTS_CHANNEL)
+
+
+async def _read_at_once(
+    conn: AsyncConnection, plan: _AttemptPlan, ids: list[str], sids: list[str]
+) -> None:
+    """SQLite, a batch that fits one statement: what ``_read_in_chunks`` reads, at once."""
+    wanted, held = set(ids), set(sids)
+    for row in await conn.execute(_STATE_AND_HOLDERS, {"ids": ids, "sids": sids}):
+        if row.twilio_sid in held:
+            plan.held[str(row.twilio_sid)] = str(row.id)
+        if row.id in wanted:
+            plan.state[row.id] = dict(row._mapping)
+            plan.numbers[row.id] = int(row.stored)
 
 
 async def _update_many(
