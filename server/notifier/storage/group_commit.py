@@ -44,11 +44,6 @@ class GroupCommit(Coalescer[Work, Any]):
                 return [await items[0](conn)]
         outcomes: list[Any] = []
         async with self._engine.begin() as conn:
-            if len(items) == 1:
-                # Alone in its transaction: no savepoint to keep it apart from others
-                # (two statements saved). If it fails, the transaction rolls back and
-                # the error is its own, exactly as it would be behind a savepoint.
-                return [await items[0](conn)]
             for work in items:
                 try:
                     async with conn.begin_nested():
