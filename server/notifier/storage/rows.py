@@ -31,7 +31,11 @@ OUTBOX = (Status.PENDING.value, Status.SCHEDULED.value)
 """Statuses of messages waiting in the outbox (not yet handed to Twilio)."""
 
 
-def chunks(values: Sequence[str], size: int = 500) -> list[Sequence[str]]:
+CHUNK = 500
+"""Bound parameters per IN (...) list: well under SQLite's limit on them."""
+
+
+def chunks(values: Sequence[str], size: int = CHUNK) -> list[Sequence[str]]:
     """Keep IN (...) lists under SQLite's limit on bound parameters."""
     return [values[i : i + size] for i in range(0, len(values), size)]
 
