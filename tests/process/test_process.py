@@ -61,7 +61,7 @@ def test_sigterm_and_sigint_stop_gracefully(tmp_path: Path) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         server = start_server(env)
         server.proc.send_signal(sig)
-        out, _ = server.proc.communicate(timeout=15)
+        out = server.output()
         assert server.proc.returncode == 0
         assert "notifier: stopped" in out
         assert "Traceback" not in out

@@ -117,7 +117,7 @@ def test_production_starts_with_tls_and_tokens_and_prints_no_secret(
         assert sent.returncode == 0, sent.stderr
     finally:
         code = server.stop()
-        rest = server.proc.stdout.read() if server.proc.stdout else ""
+        rest = server.output()
     assert code == 0
     _no_secrets(server.banner, rest)
 

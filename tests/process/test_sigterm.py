@@ -72,7 +72,7 @@ async def test_sigterm_under_load_finishes_or_releases_and_loses_nothing(tmp_pat
             assert time.monotonic() < deadline, "dispatch did not get going"
             await asyncio.sleep(0.02)
         first.proc.send_signal(signal.SIGTERM)
-        out, _ = await asyncio.to_thread(first.proc.communicate, timeout=30)
+        out = await asyncio.to_thread(first.output, 30)
         assert first.proc.returncode == 0, out
         assert "Traceback" not in out
         statuses, leased, cut = await asyncio.to_thread(_state, db)

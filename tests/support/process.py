@@ -7,8 +7,9 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -30,15 +31,34 @@ class ServerProcess:
     proc: subprocess.Popen[str]
     port: int
     banner: str
+    _drained: list[str] = field(default_factory=list)
+    _drain: threading.Thread | None = None
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    def drain(self) -> None:
+        """Read the process's output from now on into memory: a pipe nobody reads fills
+        (64 KiB), and a chatty server then blocks on its next log line (test_crash hung
+        so on a loaded machine, its lease warnings unread)."""
+        out = self.proc.stdout
+        if out is None or self._drain is not None:
+            return
+        self._drain = threading.Thread(target=lambda: self._drained.extend(out), daemon=True)
+        self._drain.start()
+
     def stop(self, timeout: float = 15) -> int:
         if self.proc.poll() is None:
             self.proc.terminate()
         return self.proc.wait(timeout)
+
+    def output(self, timeout: float = 15) -> str:
+        """Everything it wrote after the banner, once it has exited."""
+        self.proc.wait(timeout)
+        if self._drain is not None:
+            self._drain.join(timeout)
+        return "".join(self._drained)
 
 
 def notifier_env(db: Path | TestDb, **extra: str) -> dict[str, str]:
@@ -91,8 +111,9 @@ def start_server(env: dict[str, str], *args: str, timeout: float = 30) -> Server
         lines.append(line)
         found = _SERVING.search(line)
         if found:
-            # Collect the rest of the banner without blocking on later output.
-            return ServerProcess(proc, int(found.group(1)), "".join(lines))
+            server = ServerProcess(proc, int(found.group(1)), "".join(lines))
+            server.drain()
+            return server
     proc.kill()
     raise AssertionError("server did not start:\n" + "".join(lines))
 

@@ -68,3 +68,12 @@ def test_an_old_estimate_gives_way_to_a_fresh_slower_one() -> None:
     _answer(clock, 70.0, 0.011, read_at=0.5)
     _answer(clock, 71.0, 0.05, read_at=0.0)  # the slew: 0.5 ms in a second at most
     assert _error_ms(clock) < 0.01  # the fresh one (read at its middle) is exact here
+
+
+def test_before_the_first_slot_the_best_answer_is_taken_at_once() -> None:
+    """Calibrating: a slow first answer 6 ms off, then a quick one, before any slot is
+    placed: nothing to keep consistent with yet, so no slew."""
+    clock = DatabaseClock()
+    _answer(clock, 10.0, 0.012, read_at=1.0)
+    _answer(clock, 10.02, 0.0004, read_at=0.5)
+    assert _error_ms(clock) < 0.01

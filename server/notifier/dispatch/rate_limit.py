@@ -76,6 +76,7 @@ _DELAY_RETRY_SECONDS = 0.05
 _CLOCK_DRIFT = 0.001
 # How fast the slots may move earlier when the estimate improves: seconds per second.
 _CLOCK_SLEW = 0.001
+_CLOCK_READS = 8  # before the first slots
 
 
 class DatabaseClock:
@@ -93,12 +94,16 @@ class DatabaseClock:
     A better estimate still moves the slots. Later is safe; earlier would bring a slot
     closer to the one a window before it, placed by the older estimate. So the slots
     move later at once and earlier by at most ``_CLOCK_SLEW`` (1 ms a second, as NTP
-    slews a clock), which the half guard absorbs.
+    slews a clock), which the half guard absorbs. Before the first slot is placed the
+    best estimate is taken as it is: on a blocked loop the first answers erred by 6 ms,
+    and slewing that away took six seconds, in which the other replicas' slots a
+    window later came that much too close.
     """
 
     def __init__(self) -> None:
         self._best: tuple[float, float, float] | None = None  # error bound, offset, when
-        self._offset: float | None = None  # the one in use, slewing towards the best
+        self._offset = 0.0  # the one in use, slewing towards the best
+        self._placed = False  # whether a slot was placed by it yet
         self._slewed_at = 0.0
         self.round_trip: float | None = None  # the last one
 
@@ -108,8 +113,8 @@ class DatabaseClock:
         if self._best is None or self.round_trip / 2 <= self._bound(answered):
             self._best = (self.round_trip / 2, offset, answered)
         target = self._best[1]
-        if self._offset is None or target <= self._offset:
-            self._offset = target  # slots later (or the first estimate)
+        if not self._placed or target <= self._offset:
+            self._offset = target  # slots later, or no slot placed yet
         else:
             step = (answered - self._slewed_at) * _CLOCK_SLEW
             self._offset = min(target, self._offset + step)
@@ -123,7 +128,8 @@ class DatabaseClock:
 
     def local(self, db_us: int) -> float:
         """A database time (microseconds) on this process's clock."""
-        assert self._offset is not None, "observe an answer first"
+        assert self._best is not None, "observe an answer first"
+        self._placed = True
         return db_us / 1_000_000 - self._offset
 
 
@@ -274,8 +280,21 @@ class SharedLimiter:
         # Earliest start first: a delayed slot holds up none of the others.
         self._slots = deque(sorted(self._slots))
 
+    async def _calibrate(self) -> None:
+        """Read the database's clock a few times before the first slots: the first
+        answer alone may be slow (a busy loop), and an estimate placed late is slewed
+        back only 1 ms a second, while the other replicas' estimates are right: their
+        slots a window after this one's then came 5-6 ms too close (the event loop
+        blocked 0-12 ms at a time)."""
+        for _ in range(_CLOCK_READS):
+            asked = self._clock()
+            now_us = await self._store.clock_us()
+            self._db_clock.observe(asked, self._clock(), now_us)
+
     async def _take(self, count: int) -> None:
         lead_us = round(_SLOT_LEAD_SECONDS * 1_000_000)
+        if self._db_clock.round_trip is None:
+            await self._calibrate()
         while True:
             # A grid that fell behind starts again a little ahead of the database's
             # now: far enough for the answer to get here before its first slot.

@@ -227,6 +227,9 @@ class SlotStore(Protocol):
         of the slots taken as (place, not before), removed from the store), all on the
         store's clock in microseconds."""
 
+    async def clock_us(self) -> int:
+        """The store's clock, in microseconds."""
+
     async def delay_slots(self, sender: str, delays: Sequence[tuple[int, int]]) -> None:
         """The slots at these places start no earlier than given (place, not before):
         a replica used the slot N before each late."""

@@ -64,6 +64,9 @@ _TAKE = text(
 )
 
 
+_CLOCK = text("SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint")
+
+
 class SendSlots:
     """The shared slot rows; used by dispatch.rate_limit.SharedLimiter."""
 
@@ -105,6 +108,12 @@ class SendSlots:
         delays = list(zip(places or [], not_befores or [], strict=True))
         first = None if slot_us is None else int(slot_us)
         return first, int(next_us), int(now_us), delays
+
+    async def clock_us(self) -> int:
+        """The database's clock, microseconds (one autocommitted SELECT)."""
+        async with storage_errors(), self._db.writer.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            return int((await conn.execute(_CLOCK)).scalar_one())
 
     async def delay_slots(self, sender: str, delays: Sequence[tuple[int, int]]) -> None:
         """Slots at these places may start no earlier than given (place, not before):
