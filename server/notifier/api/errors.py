@@ -170,6 +170,7 @@ class ErrorInterceptor(WrappingInterceptor):
     """Aborts with the mapped status; calls ``on_storage_down`` so health follows."""
 
     def __init__(self, on_storage_down: Callable[[], Awaitable[None]] | None = None) -> None:
+        super().__init__()
         self._on_storage_down = on_storage_down
 
     def deserializer(self, original: Deserializer) -> Deserializer:

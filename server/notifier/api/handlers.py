@@ -63,14 +63,16 @@ class WrappingInterceptor(HandlerInterceptor):
     wrapped afresh, as before; one entry per method bounds the memory.
     """
 
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[Any, Any]] = {}  # method -> (handler, wrapped)
+
     def handler_for(self, handler: Any, call: grpc.HandlerCallDetails) -> Any:
         method = call.method
-        cache: dict[str, tuple[Any, Any]] = self.__dict__.setdefault("_wrapped", {})
-        known = cache.get(method)
+        known = self._wrapped.get(method)
         if known is not None and known[0] is handler:
             return known[1]
         wrapped = self._wrap(handler, method)
-        cache[method] = (handler, wrapped)
+        self._wrapped[method] = (handler, wrapped)
         return wrapped
 
     def _wrap(self, handler: Any, method: str) -> Any:

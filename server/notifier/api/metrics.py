@@ -35,6 +35,7 @@ def _code(context: grpc.aio.ServicerContext[Any, Any], failed: bool | str) -> st
 
 class MetricsInterceptor(WrappingInterceptor):
     def __init__(self, metrics: ServerMetrics) -> None:
+        super().__init__()
         self._metrics = metrics
 
     def _done(

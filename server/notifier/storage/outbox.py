@@ -87,8 +87,7 @@ _COUNTED = (
     .where(delivery_attempts.c.message_id.in_(_IDS))
     .group_by(delivery_attempts.c.message_id)
 )
-# SQLite (one writer: nothing changes between the statement and the write): the
-# attempts stored so far come with the state, in the same statement.
+# The attempts a message has stored so far, as a column of a statement about it.
 _STORED = (
     select(func.count())
     .where(delivery_attempts.c.message_id == messages.c.id)
