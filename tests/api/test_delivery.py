@@ -198,7 +198,8 @@ async def test_graceful_stop_finishes_in_flight_sends(
     )
     eng = Engine(server, chan)
     ids = [await eng.send(body=f"g{i}") for i in range(5)]
-    await asyncio.sleep(0.2)  # all five are at the emulator now
+    # Each is in flight once it reaches the emulator, which holds it 0.4 s.
+    await emulator.state.wait_for(lambda s: len(s.requests) == 5)
     await server.stop(grace=3)
     await chan.close()
     server, chan = await start_engine(
