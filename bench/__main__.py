@@ -13,7 +13,18 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from bench import alternatives, bulk, callbacks, dispatch, memory, purge, ratelimit, replicas, send
+from bench import (
+    alternatives,
+    bulk,
+    callbacks,
+    dispatch,
+    memory,
+    metrics_scale,
+    purge,
+    ratelimit,
+    replicas,
+    send,
+)
 from bench.common import (
     HERE,
     Figure,
@@ -34,6 +45,7 @@ PARTS: dict[str, Callable[[], Awaitable[Figure | list[Figure]]]] = {
     "replicas": replicas.run,
     "ratelimit": ratelimit.run,
     "memory": memory.run,
+    "metrics": metrics_scale.run,
     "alternatives": alternatives.run,
     "purge": purge.run,
 }

@@ -37,6 +37,8 @@ ROWS = [
     "Rate limiter at 80/s (PostgreSQL, 2 processes): achieved rate over",
     "Rate limiter at 80/s (PostgreSQL, 2 processes): most arrivals in any 1-s window",
     "Resident memory, gRPC server",
+    "GetMetrics over 30 days (SQLite)",
+    "GetMetrics over 30 days (PostgreSQL)",
     "SendMessage p99 while",  # ... N messages are purged (issue 15)
     "Retention purge rate beside that load (rows/s)",
     "(a) direct twilio SDK + retry loop",
