@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Table, and_, case, exists, func, literal, select, union_all
+from sqlalchemy import Table, and_, case, exists, func, literal, or_, select, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from notifier.domain.histogram import Slot, percentile
@@ -110,21 +110,25 @@ async def _window(conn: AsyncConnection, query: MetricsQuery) -> Contribution:
         (query.start_ms, first), (last, query.end_ms)
     ]  # fmt: skip
     filters = MessageQuery(channel=query.channel, sender=query.sender, owner=query.owner)
+    ragged = [
+        and_(messages.c.created_at >= start, messages.c.created_at < end)
+        for start, end in ends
+        if start < end
+    ]
     totals: Contribution = {}
+    # Two statements a kind, whatever the window: each is a round trip (a hop to SQLite's
+    # thread, or to the PostgreSQL server), and they were most of a read's fixed cost.
     for kind in KINDS:
-        for table, start, end in _spans(kind, first, last):
-            # The journal holds hourly rows not yet folded in: one statement reads both
-            # (each statement is a hop to SQLite's thread and back).
-            both = union_all(
-                _rolled(kind, table, query, start, end),
-                _rolled(kind, kind.journal, query, start, end),
-            )
-            fold(totals, kind, await conn.execute(both), kind.dims)
-        for start, end in ends:
-            if start >= end:
-                continue
-            where = [messages.c.created_at >= start, messages.c.created_at < end]
-            where += conditions(filters)
+        # The journal holds hourly rows not yet folded in: read with the tables.
+        rolled = [
+            _rolled(kind, t, query, start, end)
+            for table, start, end in _spans(kind, first, last)
+            for t in (table, kind.journal)
+        ]
+        if rolled:
+            fold(totals, kind, await conn.execute(union_all(*rolled)), kind.dims)
+        if ragged:
+            where = [or_(*ragged), *conditions(filters)]
             stmt = kind.query(where, tagged=query.tag is not None, tag=query.tag)
             fold(totals, kind, await conn.execute(stmt), kind.dims)
     return totals
