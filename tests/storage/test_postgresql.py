@@ -369,7 +369,8 @@ async def test_late_sends_delay_their_partners_and_no_window_holds_more(
 
 async def test_a_delay_is_taken_with_its_slot_and_only_once(engines: list[Database]) -> None:
     """The replica that takes a delayed slot gets its delay and removes it; a delay
-    written twice keeps the later time; the others' slots come without one."""
+    written twice, in two writes or in one, keeps the later time; the others' slots
+    come without one."""
     first, other = SendSlots(engines[0]), SendSlots(engines[1])
     span, lead = 1_000_000, 60_000_000  # a second apart (the grid stays ahead), all due
     slot, _, _, none = await first.take_slots("whatsapp:+3", span, 2, lead, 1000)
@@ -377,7 +378,8 @@ async def test_a_delay_is_taken_with_its_slot_and_only_once(engines: list[Databa
     assert none == []
     place = slot + 3 * span  # the second of the next two
     await first.delay_slots("whatsapp:+3", [(place, place + 700), (place + span * 9, place)])
-    await first.delay_slots("whatsapp:+3", [(place, place + 400)])
+    # Twice in one write (the grant's delay, then the request's): the later kept too.
+    await first.delay_slots("whatsapp:+3", [(place, place + 400), (place, place + 600)])
     got, _, _, delays = await other.take_slots("whatsapp:+3", span, 2, lead, 1000)
     assert (got, delays) == (slot + 2 * span, [(place, place + 700)])
     again, _, _, later = await first.take_slots("whatsapp:+3", span, 2, lead, 1000)

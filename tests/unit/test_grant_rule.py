@@ -122,6 +122,28 @@ def test_no_window_ever_holds_more_than_the_limit(
     assert all(b - a >= rule.spacing / 2 - 1e-9 for a, b in itertools.pairwise(granted))
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    limit=st.integers(1, 25),
+    lateness=_LATENESS,
+    jitter=st.lists(st.floats(0, 0.02), min_size=300, max_size=300),
+)
+def test_sends_written_late_still_never_crowd_a_window(
+    limit: int, lateness: list[float], jitter: list[float]
+) -> None:
+    """Each request goes out up to 20 ms after its grant (more than the guard): counted
+    where they go out, no window holds more than N, because each is counted from there."""
+    rule = GrantRule(limit, 1.0, 0.01)
+    now, written = 100.0, []
+    for late, lag in zip(lateness, jitter, strict=False):
+        now = rule.earliest(now) + late
+        rule.grant(now)
+        rule.written(now, now + lag)
+        written.append(now + lag)
+    written.sort()
+    assert all(written[i + limit] - written[i] >= 1.0 for i in range(len(written) - limit))
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_lateness_below_half_the_guard_keeps_the_rate(seed: int) -> None:
     """Timers up to 3 ms late, at random: 80/s with a 6 ms guard stays 79.5 +- 0.1 /s."""

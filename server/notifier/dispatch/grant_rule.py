@@ -61,6 +61,14 @@ class GrantRule:
         self._next = self._slot(now) + self.spacing
         self._granted.append(now)
 
+    def written(self, granted: float, at: float) -> None:
+        """The send granted at ``granted`` really started at ``at`` (its request went
+        out): the window bound counts from then. Forgotten once N later sends were."""
+        for i in range(len(self._granted) - 1, -1, -1):
+            if self._granted[i] == granted:
+                self._granted[i] = max(granted, at)
+                return
+
 
 def partner_delay(deadline: float, start: float, now: float, stall: float) -> float | None:
     """How much later than its place the slot N after this one must start, when this

@@ -17,6 +17,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 
 from notifier.dispatch.grant_rule import GrantRule, floors_of, partner_delay
 from notifier.domain.errors import StorageUnavailable
@@ -31,6 +32,23 @@ DEFAULT_GUARD_SECONDS = 0.010
 # Replicas share one grid in the database; each uses a slot at most half the guard late
 # (or gives it up), so the other half still separates sends N apart at the far end.
 SHARED_GUARD_SECONDS = 0.008
+
+
+# What to tell the limiter that granted this task's send once its request is written
+# (request_written). Set by acquire() in the sending task, so each send has its own.
+_written_hook: ContextVar[Callable[[], None] | None] = ContextVar("rate_limited_send", default=None)
+
+
+def request_written() -> None:
+    """The request of the send this task was granted went out (its headers are written):
+    the limiter counts the send from now, not from its grant. Between the two the
+    request is built and a connection taken; on a loaded machine that took long enough
+    that sends granted a window apart reached Twilio closer than that (81 arrivals in
+    one second at 80/s). Only the first request after a grant counts."""
+    hook = _written_hook.get()
+    if hook is not None:
+        _written_hook.set(None)
+        hook()
 
 
 def limit_and_window(rate_per_second: float) -> tuple[int, float]:
@@ -64,7 +82,9 @@ class SlidingWindowLimiter:
         async with self._lock:
             while (wait := self._rule.earliest(now := self._clock()) - now) > 0:  # noqa: ASYNC110 - a timed wait, not a poll
                 await asyncio.sleep(wait)
-            self._rule.grant(self._clock())
+            granted = self._clock()
+            self._rule.grant(granted)
+            _written_hook.set(lambda: self._rule.written(granted, self._clock()))
 
 
 # How far ahead of its time a slot may be taken: enough to hide the round trip to the
@@ -179,6 +199,7 @@ class SharedLimiter:
         # and the latest one that needs no delay, on the local clock; the place of the
         # slot N later on the store's (grant_rule.partner_delay).
         self._slots: deque[tuple[float, float, int]] = deque()
+        self._using: tuple[float, int, float] = (0.0, 0, 0.0)  # deadline, partner, delay
         self._wanted = 0  # callers inside acquire()
         self._refill: asyncio.Task[None] | None = None  # taking more slots
         self._last: float | None = None  # when this process last sent
@@ -197,8 +218,17 @@ class SharedLimiter:
                     await asyncio.sleep(wait)
                 self._slots.popleft()
                 self._last = self._clock()
+                deadline, partner, delayed = self._using
+                _written_hook.set(lambda: self._written(deadline, partner, delayed))
         finally:
             self._wanted -= 1
+
+    def _written(self, deadline: float, partner: int, delayed: float) -> None:
+        """The send of a slot went out now: its partner moves by the overrun past the
+        slot's deadline, if more than it moved at the grant. Never given up here: the
+        request is out."""
+        if (over := self._clock() - deadline) > delayed:
+            self._delay(partner, over, delayed)
 
     async def _next_start(self) -> float:
         """Seconds until the next usable slot starts (0: now); slots too late to use
@@ -224,11 +254,13 @@ class SharedLimiter:
                 continue
             if delay > 0:
                 self._delay(partner, delay)
+            self._using = (deadline, partner, delay)
             return 0.0
 
-    def _delay(self, partner: int, seconds: float) -> None:
-        """The slot at ``partner`` (N after the one used now) starts ``seconds`` late."""
-        self.delayed_seconds += seconds
+    def _delay(self, partner: int, seconds: float, before: float = 0.0) -> None:
+        """The slot at ``partner`` (N after the one used now) starts ``seconds`` late
+        (instead of ``before``: storage keeps the later of two delays of one slot)."""
+        self.delayed_seconds += seconds - before
         self._owed.append((partner, partner + max(1, round(seconds * 1_000_000))))
         if self._writing is None or self._writing.done():
             self._writing = asyncio.create_task(self._write_delays())

@@ -25,6 +25,7 @@ from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
 
+from notifier.dispatch.rate_limit import request_written
 from notifier.dispatch.senders import SenderProfile
 from notifier.domain.delivery import (
     TWILIO_CODES,
@@ -62,6 +63,16 @@ class _HeaderKeepingClient(AsyncTwilioHttpClient):
         response: Response = await super().request(*args, **kwargs)
         _retry_after.set(_parse_retry_after(response.headers))
         return response
+
+
+async def _headers_sent(*_: Any) -> None:
+    request_written()
+
+
+# The rate limiter counts a send from when its request goes out (rate_limit.py).
+_WRITES = aiohttp.TraceConfig()
+_WRITES.on_request_headers_sent.append(_headers_sent)
+_WRITES.freeze()
 
 
 def _parse_retry_after(headers: Any) -> float | None:
@@ -129,7 +140,8 @@ class TwilioProvider:
         request to Twilio, child of the dispatcher's send span)."""
         self._config = config
         # max_retries=None: no SDK retries
-        self._http = _HeaderKeepingClient(logger=_sdk_logger, trace_configs=trace_configs or None)
+        traces = [*(trace_configs or []), _WRITES]
+        self._http = _HeaderKeepingClient(logger=_sdk_logger, trace_configs=traces)
         self._client = Client(
             config.username, config.password, account_sid=config.account_sid, http_client=self._http
         )

@@ -118,7 +118,10 @@ class SendSlots:
     async def delay_slots(self, sender: str, delays: Sequence[tuple[int, int]]) -> None:
         """Slots at these places may start no earlier than given (place, not before):
         one autocommitted INSERT; two delays of one slot keep the later."""
-        rows = [{"sender": sender, "place_us": p, "not_before_us": n} for p, n in delays]
+        later: dict[int, int] = {}
+        for place, not_before in delays:  # one row a place: ON CONFLICT meets each once
+            later[place] = max(not_before, later.get(place, not_before))
+        rows = [{"sender": sender, "place_us": p, "not_before_us": n} for p, n in later.items()]
         stmt = insert(send_slot_delays).values(rows)
         stmt = stmt.on_conflict_do_update(
             index_elements=["sender", "place_us"],
