@@ -22,9 +22,7 @@ from typing import Any
 
 from sqlalchemy import Column, Table, insert, select
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine.interfaces import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.sql.dml import UpdateBase
 
 
 @functools.lru_cache(maxsize=64)
@@ -32,13 +30,6 @@ def _insert_sql(table: str, columns: tuple[str, ...]) -> str:
     names = ", ".join(columns)
     values = ", ".join(f":{c}" for c in columns)
     return f"INSERT INTO {table} ({names}) VALUES ({values})"  # noqa: S608 (our own names)
-
-
-@functools.lru_cache(maxsize=64)
-def _insert(table: Table) -> Any:
-    """``insert(table)``, built once: SQLAlchemy then finds its compiled form by identity
-    instead of working out a cache key for a new statement each time."""
-    return insert(table)
 
 
 def _direct(conn: AsyncConnection) -> bool:
@@ -65,7 +56,7 @@ async def insert_rows(
     if not rows:
         return
     if not _direct(conn):
-        await conn.execute(_insert(table), list(rows))
+        await conn.execute(insert(table), list(rows))
         return
     sql = _insert_sql(table.name, tuple(rows[0]))
     driver = await _driver(conn)
@@ -112,41 +103,3 @@ async def select_in(
     except sqlite3.Error as error:
         raise _wrapped(sql, error) from error
     return [tuple(r) for r in rows]
-
-
-@functools.lru_cache(maxsize=64)
-def _positional(
-    statement: UpdateBase, dialect: Dialect
-) -> tuple[str, tuple[str, ...], dict[str, Any]]:
-    """``statement`` compiled once for SQLite: its SQL, its parameters' names in order,
-    and the values of those the statement fixes itself (``values(claims=0)``)."""
-    compiled = statement.compile(dialect=dialect)
-    if compiled._bind_processors or compiled.post_compile_params:
-        raise ValueError("only statements of plain parameters go straight to the driver")
-    names = tuple(compiled.positiontup or ())
-    fixed = {n: compiled.binds[n].value for n in names if not compiled.binds[n].required}
-    return compiled.string, names, fixed
-
-
-async def execute_many(
-    conn: AsyncConnection, statement: UpdateBase, rows: Sequence[Mapping[str, Any]]
-) -> None:
-    """``conn.execute(statement, rows)`` (an executemany of a statement built once, with
-    plain parameters: no expanding IN, no types that convert values)."""
-    if not rows:
-        return
-    if not _direct(conn):
-        await conn.execute(statement, list(rows))
-        return
-    sql, names, fixed = _positional(statement, conn.dialect)
-    driver = await _driver(conn)
-    try:
-        await driver.executemany(sql, [tuple(_value(row, n, fixed) for n in names) for row in rows])
-    except sqlite3.Error as error:
-        raise _wrapped(sql, error) from error
-
-
-def _value(row: Mapping[str, Any], name: str, fixed: dict[str, Any]) -> Any:
-    """The row's value for ``name``, else the statement's own (a missing value of a
-    parameter the statement does not fix is a KeyError, as SQLAlchemy would refuse it)."""
-    return row[name] if name in row else fixed[name]

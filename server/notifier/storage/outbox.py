@@ -12,10 +12,10 @@ from sqlalchemy import (
     BigInteger,
     BindParameter,
     Integer,
-    Select,
     bindparam,
     case,
     func,
+    insert,
     or_,
     select,
     update,
@@ -33,7 +33,6 @@ from notifier.domain.model import (
 )
 from notifier.domain.poison import quarantines
 from notifier.domain.retry import RetryPolicy
-from notifier.storage.driver import execute_many, insert_rows
 from notifier.storage.engine import DUE_CHANNEL, EVENTS_CHANNEL, notify
 from notifier.storage.fallbacks import FAILURES, follow_failures
 from notifier.storage.quarantine import quarantine
@@ -111,11 +110,8 @@ _STATE_LOCKED = (
     select(*_STATE_COLUMNS).where(messages.c.id.in_(_IDS)).with_for_update(key_share=True)
 )
 _HOLDERS = select(messages.c.twilio_sid, messages.c.id).where(messages.c.twilio_sid.in_(_SIDS))
-# ...but the count and the SIDs' holders need no lock: for a batch that fits one
-# statement they come together, in one statement after the locking one.
-_COUNTED_AND_HOLDERS = select(messages.c.id, messages.c.twilio_sid, _STORED).where(
-    or_(messages.c.id.in_(_IDS), messages.c.twilio_sid.in_(_SIDS))
-)
+_ADD_ATTEMPTS = insert(delivery_attempts)
+_ADD_EVENTS = insert(status_events)
 
 
 class Outbox(Store):
@@ -224,14 +220,10 @@ class Outbox(Store):
         ids = sorted({message_id for message_id, _, _ in results})
         sids = sorted({t.twilio_sid for _, _, t in results if t.twilio_sid is not None})
         plan = _AttemptPlan(now, self._retry)
-        if len(ids) + len(sids) > CHUNK:
-            await self._read_in_chunks(conn, plan, ids, sids)
-        elif self._db.is_sqlite:
-            await _read_at_once(conn, plan, ids, sids, _STATE_AND_HOLDERS)
+        if self._db.is_sqlite and len(ids) + len(sids) <= CHUNK:
+            await _read_at_once(conn, plan, ids, sids)
         else:
-            locked = await conn.execute(_STATE_LOCKED, {"ids": ids})
-            plan.state |= {row.id: dict(row._mapping) for row in locked}
-            await _read_at_once(conn, plan, ids, sids, _COUNTED_AND_HOLDERS)
+            await self._read_in_chunks(conn, plan, ids, sids)
         for result in results:
             plan.add(*result)
         await plan.write(conn)
@@ -428,7 +420,8 @@ class _AttemptPlan:
         for message_id, values in (self.moved | self.late).items():
             row = self.state[message_id]
             values |= {"p_attempts": row["attempts"], "p_twilio_sid": row["twilio_sid"]}
-        await insert_rows(conn, delivery_attempts, self.attempts)
+        if self.attempts:
+            await conn.execute(_ADD_ATTEMPTS, self.attempts)
         await _update_many(conn, list(self.moved.values()), self.now, moved=True)
         await _update_many(conn, list(self.late.values()), self.now, moved=False)
         if self.resent:  # a new send: no step times yet (the old ones stay in the history)
@@ -437,28 +430,20 @@ class _AttemptPlan:
                 update(messages).where(messages.c.id.in_(self.resent)).values(**stamps)
             )
         if self.events:
-            await insert_rows(conn, status_events, self.events)
+            await conn.execute(_ADD_EVENTS, self.events)
             await notify(conn, EVENTS_CHANNEL)
 
 
 async def _read_at_once(
-    conn: AsyncConnection,
-    plan: _AttemptPlan,
-    ids: list[str],
-    sids: list[str],
-    statement: Select[Any],
+    conn: AsyncConnection, plan: _AttemptPlan, ids: list[str], sids: list[str]
 ) -> None:
-    """A batch that fits one statement: what ``_read_in_chunks`` reads, at once; with
-    the messages' state too on SQLite (``_STATE_AND_HOLDERS``), after the locking read
-    on PostgreSQL (``_COUNTED_AND_HOLDERS``)."""
+    """SQLite, a batch that fits one statement: what ``_read_in_chunks`` reads, at once."""
     wanted, held = set(ids), set(sids)
-    with_state = statement is _STATE_AND_HOLDERS
-    for row in await conn.execute(statement, {"ids": ids, "sids": sids}):
+    for row in await conn.execute(_STATE_AND_HOLDERS, {"ids": ids, "sids": sids}):
         if row.twilio_sid in held:
             plan.held[str(row.twilio_sid)] = str(row.id)
         if row.id in wanted:
-            if with_state:
-                plan.state[row.id] = dict(row._mapping)
+            plan.state[row.id] = dict(row._mapping)
             plan.numbers[row.id] = int(row.stored)
 
 
@@ -471,7 +456,7 @@ async def _update_many(
         return
     for row in rows:
         row["p_now"] = now
-    await execute_many(conn, _MOVED if moved else _LATE, rows)
+    await conn.execute(_MOVED if moved else _LATE, rows)
 
 
 def _given_back(moved: bool) -> Any:
