@@ -4,7 +4,7 @@ inbound messages (with what they mean for the sender's window and consent)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from functools import partial
 from typing import Any
 
@@ -18,6 +18,7 @@ from notifier.domain.deferral import Resend, judge_deferral
 from notifier.domain.inbound import Consent, InboundMessage
 from notifier.domain.model import CallbackResult, Channel, EventSource, Status, StatusReport
 from notifier.domain.reports import HISTORY_SOURCES, PastEvent, ReportTarget, judge_report
+from notifier.storage.driver import insert_rows, select_in, update_rows
 from notifier.storage.engine import DUE_CHANNEL, EVENTS_CHANNEL, Database, notify
 from notifier.storage.fallbacks import FAILURES, follow_failures
 from notifier.storage.rows import STAMP_COLUMNS, chunks, event_row, new_message_id
@@ -44,6 +45,29 @@ _REPORTED = (
     "next_attempt_at",  # a deferral re-queues the message (domain/deferral.py)
     *STAMP_COLUMNS.values(),
 )
+
+
+# What applying a report reads of a message (and writes back: _REPORTED, updated_at).
+_READ = tuple(messages.c[n] for n in ("id", *_REPORTED, "updated_at", "attempts", "expires_at"))
+_READ_NAMES = tuple(c.name for c in _READ)
+
+# A message's history as the rule reads it (domain/reports.py), in the order stored.
+_HISTORY_READ = (
+    status_events.c.id,
+    status_events.c.message_id,
+    status_events.c.status,
+    status_events.c.source,
+)
+_HISTORY = frozenset(s.value for s in HISTORY_SOURCES)
+
+
+def _by_id(rows: Iterable[Sequence[Any]]) -> dict[str, dict[str, Any]]:
+    """Rows of ``_READ`` as id -> row."""
+    return {r[0]: dict(zip(_READ_NAMES, r, strict=True)) for r in rows}
+
+
+def _first(row: Sequence[Any]) -> Any:
+    return row[0]
 
 
 class _ReportBatch(Coalescer[StatusReport, Applied]):
@@ -163,12 +187,11 @@ class Callbacks(Store):
         if self._db.is_sqlite:
             # SQLite's single writer holds the lock from the first read: no lock order
             # to keep, so the messages named by SID are read whole in one pass.
+            # Straight to the driver (storage/driver.py): one thread hop a statement.
             for chunk in chunks(sorted(sids)):
-                stmt = select(messages).where(messages.c.twilio_sid.in_(chunk))
-                found |= {r.id: dict(r._mapping) for r in await conn.execute(stmt)}
+                found |= _by_id(await select_in(conn, _READ, messages.c.twilio_sid, chunk))
             for chunk in chunks(sorted(ids - found.keys())):
-                stmt = select(messages).where(messages.c.id.in_(chunk))
-                found |= {r.id: dict(r._mapping) for r in await conn.execute(stmt)}
+                found |= _by_id(await select_in(conn, _READ, messages.c.id, chunk))
         elif ids or sids:
             # One statement, one round trip: the SIDs are resolved to ids inside it,
             # and every row is locked in id order. A batch holds at most MAX_BATCH
@@ -181,17 +204,17 @@ class Callbacks(Store):
                 sid_in = messages.c.twilio_sid.in_(sorted(sids))
                 resolved = select(messages.c.id).where(or_(by_id, sid_in) if ids else sid_in)
                 named = messages.c.id.in_(resolved.scalar_subquery())
-            stmt = select(messages).where(named).order_by(messages.c.id)
-            found = {r.id: dict(r._mapping) for r in await conn.execute(self._locked(stmt))}
+            stmt = select(*_READ).where(named).order_by(messages.c.id)
+            found = _by_id(await conn.execute(self._locked(stmt)))
         by_sid = {m["twilio_sid"]: i for i, m in found.items() if m["twilio_sid"]}
         # Rare: an id we do not know (the SID may still name a message), or a SID
         # adopted since it was resolved; these few are locked after the others.
         missing = {r.twilio_sid for r in reports if r.message_id not in found} - by_sid.keys()
         for chunk in chunks(sorted(missing)):
-            stmt = select(messages).where(messages.c.twilio_sid.in_(chunk)).order_by(messages.c.id)
-            for r in await conn.execute(self._locked(stmt)):
-                found.setdefault(r.id, dict(r._mapping))
-                by_sid[r.twilio_sid] = r.id
+            stmt = select(*_READ).where(messages.c.twilio_sid.in_(chunk)).order_by(messages.c.id)
+            for message_id, row in _by_id(await conn.execute(self._locked(stmt))).items():
+                found.setdefault(message_id, row)
+                by_sid[row["twilio_sid"]] = message_id
         return found, by_sid
 
     async def record_inbound(self, inbound: InboundMessage, consent: Consent | None) -> bool:
@@ -300,15 +323,11 @@ async def _histories(conn: AsyncConnection, ids: list[str]) -> dict[str, list[Pa
     """Each message's past operator and callback events, oldest first."""
     history: dict[str, list[PastEvent]] = {i: [] for i in ids}
     for chunk in chunks(ids):
-        rows = await conn.execute(
-            select(status_events.c.message_id, status_events.c.status, status_events.c.source)
-            .where(
-                status_events.c.message_id.in_(chunk),
-                status_events.c.source.in_([s.value for s in HISTORY_SOURCES]),
-            )
-            .order_by(status_events.c.id)
-        )
-        for message_id, status, source in rows:
+        # Every event of the messages, the others left out here: the messages have a
+        # few each, and the plain IN goes straight to the driver on SQLite.
+        rows = await select_in(conn, _HISTORY_READ, status_events.c.message_id, chunk)
+        kept = sorted((r for r in rows if r[3] in _HISTORY), key=_first)  # stored order
+        for _, message_id, status, source in kept:
             history[message_id].append(PastEvent(Status(status), EventSource(source)))
     return history
 
@@ -316,16 +335,14 @@ async def _histories(conn: AsyncConnection, ids: list[str]) -> dict[str, list[Pa
 async def _write_reported(
     conn: AsyncConnection, touched: dict[str, dict[str, Any]], events: list[dict[str, Any]]
 ) -> None:
-    if touched:
-        columns = (*_REPORTED, "updated_at")
-        await conn.execute(
-            update(messages)
-            .where(messages.c.id == bindparam("b_id"))
-            .values({c: bindparam(f"p_{c}") for c in columns} | _NO_FETCHES_YET),
-            [{"b_id": i} | {f"p_{c}": row[c] for c in columns} for i, row in touched.items()],
-        )
+    columns = (*_REPORTED, "updated_at")
+    await update_rows(
+        conn,
+        messages.c.id,
+        [{"id": i} | {c: row[c] for c in columns} | _NO_FETCHES_YET for i, row in touched.items()],
+    )
     if events:
-        await conn.execute(insert(status_events), events)
+        await insert_rows(conn, status_events, events)
         await notify(conn, EVENTS_CHANNEL)
 
 

@@ -20,7 +20,7 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Column, Table, insert, select
+from sqlalchemy import Column, Table, bindparam, insert, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -103,3 +103,30 @@ async def select_in(
     except sqlite3.Error as error:
         raise _wrapped(sql, error) from error
     return [tuple(r) for r in rows]
+
+
+@functools.lru_cache(maxsize=64)
+def _update_sql(table: str, key: str, columns: tuple[str, ...]) -> str:
+    assignments = ", ".join(f"{c} = :{c}" for c in columns if c != key)
+    return f"UPDATE {table} SET {assignments} WHERE {key} = :{key}"  # noqa: S608 (our own names)
+
+
+async def update_rows(
+    conn: AsyncConnection, key: Column[Any], rows: Sequence[Mapping[str, Any]]
+) -> None:
+    """``UPDATE key's table SET ... WHERE key = row[key]`` for each of ``rows`` (each
+    with the same keys, ``key``'s name among them; values SQLite takes as they are)."""
+    if not rows:
+        return
+    table, columns = key.table, tuple(rows[0])
+    if not _direct(conn):
+        values: dict[str, Any] = {c: bindparam(f"p_{c}") for c in columns if c != key.name}
+        stmt = update(table).where(key == bindparam(f"p_{key.name}")).values(values)
+        await conn.execute(stmt, [{f"p_{c}": row[c] for c in columns} for row in rows])
+        return
+    sql = _update_sql(table.name, key.name, columns)
+    driver = await _driver(conn)
+    try:
+        await driver.executemany(sql, rows)
+    except sqlite3.Error as error:
+        raise _wrapped(sql, error) from error
