@@ -1,37 +1,28 @@
-"""SendBulk recipients accepted durably (SQLite) beside a bare bidirectional echo stream."""
+"""SendBulk recipients accepted durably: on SQLite beside a bare bidirectional echo
+stream, on PostgreSQL beside SQLite in the same run; the server's CPU per accepted
+recipient.
+
+The stream's client runs in another process (``bench.load bulk``), so the server being
+measured has this process's event loop and CPU meter to itself.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 
-from bench.common import Figure, Stopwatch, bench_settings, scale
+from bench.backends import BACKENDS, Backend, backend
+from bench.common import CpuMeter, Figure, bench_settings, cpu_figure, run_load, scale
 from notifier.server import create_server
 from notifier_proto.v1 import notifier_pb2 as pb
-from notifier_proto.v1 import notifier_pb2_grpc
 
 ITEMS = scale(50_000, 1_000)
 PER_REQUEST = 500
 TARGET = 5_000
-
-
-def _requests() -> Iterator[pb.SendBulkRequest]:
-    defaults = pb.BulkContent(content_sid="HX" + "ab" * 16, variables={"1": "Shop"})
-    for start in range(0, ITEMS, PER_REQUEST):
-        items = [
-            pb.BulkItem(
-                correlation_id=str(i),
-                to=f"+1415555{i % 10000:04d}",
-                variables={"2": f"customer {i}"},
-            )
-            for i in range(start, start + PER_REQUEST)
-        ]
-        yield pb.SendBulkRequest(defaults=defaults if start == 0 else None, items=items)
 
 
 async def _echo(
@@ -48,18 +39,7 @@ async def _echo(
         yield out
 
 
-async def _stream(address: str) -> tuple[float, int]:
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = notifier_pb2_grpc.NotifierStub(channel)
-        answered = 0
-        with Stopwatch() as clock:
-            async for reply in stub.SendBulk(_requests()):
-                answered += len(reply.results)
-        assert answered == ITEMS, answered
-        return ITEMS / clock.seconds, answered
-
-
-async def _echo_rate() -> float:
+async def _echo_run() -> dict[str, Any]:
     server = grpc.aio.server()
     handler = grpc.stream_stream_rpc_method_handler(
         _echo,
@@ -71,38 +51,58 @@ async def _echo_rate() -> float:
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
-        rate, _ = await _stream(f"127.0.0.1:{port}")
+        return await _stream(port)
     finally:
         await server.stop(0)
-    return rate
 
 
-async def _notifier_rate(folder: Path) -> float:
+async def _stream(port: int) -> dict[str, Any]:
+    return await run_load("bulk", f"127.0.0.1:{port}", str(ITEMS), str(PER_REQUEST))
+
+
+async def _notifier_run(db: Backend) -> dict[str, Any]:
     # No dispatcher: this measures acceptance (validated and committed), not sending.
-    settings = bench_settings(folder / "bulk.db", NOTIFIER_DISPATCHER_ENABLED=False)
+    settings = bench_settings(db.url, NOTIFIER_DISPATCHER_ENABLED=False)
     server = await create_server(settings)
     await server.start()
     try:
-        rate, _ = await _stream(f"127.0.0.1:{server.port}")
+        with CpuMeter() as cpu:
+            result = await _stream(server.port)
     finally:
         await server.stop(1)
-    return rate
+    assert result["count"] == ITEMS, result
+    assert not result["errors"], result
+    result["cpu_ms_per_message"] = cpu.seconds * 1000 / max(1, result["count"])
+    return result
 
 
-async def run() -> Figure:
+async def run() -> list[Figure]:
+    runs: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        ceiling = await _echo_rate()
-        rate = await _notifier_rate(Path(tmp))
+        echo = await _echo_run()
+        for name in BACKENDS:
+            async with backend(name, Path(tmp), "bulk") as db:
+                runs[name] = await _notifier_run(db)
+    sqlite, pg = runs["sqlite"], runs["postgresql"]
+    return [
+        _rate("SQLite", sqlite, echo, "bare bidi echo stream", f">= {TARGET:,}/s", TARGET),
+        _rate(
+            "PostgreSQL", pg, sqlite, "SQLite, same run", ">= 0.8x ceiling", 0.8 * sqlite["rate"]
+        ),
+        cpu_figure("SendBulk: server CPU per accepted recipient", runs, "accepted recipient"),
+    ]
+
+
+def _rate(
+    label: str, run: dict[str, Any], base: dict[str, Any], name: str, target: str, floor: float
+) -> Figure:
     return Figure(
-        name="SendBulk recipients accepted durably (SQLite)",
-        value=rate,
+        name=f"SendBulk recipients accepted durably ({label})",
+        value=run["rate"],
         unit="/s",
-        ceiling=ceiling,
-        ceiling_name="bare bidi echo stream",
-        target=f">= {TARGET:,}/s",
-        met=rate >= TARGET,
+        ceiling=base["rate"],
+        ceiling_name=name,
+        target=target,
+        met=run["rate"] >= floor,
+        extra={"run": run, "ceiling": base},
     )
-
-
-if __name__ == "__main__":
-    print(asyncio.run(run()))

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -118,6 +119,44 @@ async def _callbacks(url: str, token: str, total: int, connections: int) -> dict
     return _summary(latencies, seconds, errors)
 
 
+def _bulk_requests(total: int, per_request: int) -> Iterator[pb.SendBulkRequest]:
+    defaults = pb.BulkContent(content_sid=TEMPLATE, variables={"1": "Shop"})
+    for start in range(0, total, per_request):
+        items = [
+            pb.BulkItem(
+                correlation_id=str(i),
+                to=f"+1415555{i % 10000:04d}",
+                variables={"2": f"customer {i}"},
+            )
+            for i in range(start, min(total, start + per_request))
+        ]
+        yield pb.SendBulkRequest(defaults=defaults if start == 0 else None, items=items)
+
+
+async def _bulk(address: str, total: int, per_request: int) -> dict[str, Any]:
+    """One SendBulk stream of ``total`` recipients, ``per_request`` to a request; the
+    requests are built before the clock starts so the figure is the server's pace."""
+    requests = list(_bulk_requests(total, per_request))
+    accepted = errors = 0
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = notifier_pb2_grpc.NotifierStub(channel)
+        await channel.channel_ready()
+        began = time.perf_counter()
+        async for reply in stub.SendBulk(iter(requests)):
+            for result in reply.results:
+                if result.HasField("accepted"):
+                    accepted += 1
+                else:
+                    errors += 1
+        seconds = time.perf_counter() - began
+    return {
+        "count": accepted,
+        "seconds": seconds,
+        "rate": accepted / seconds if seconds else 0.0,
+        "errors": errors,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.load")
     sub = parser.add_subparsers(dest="mode", required=True)
@@ -125,6 +164,10 @@ def main() -> None:
     unary.add_argument("address")
     unary.add_argument("total", type=int)
     unary.add_argument("callers", type=int)
+    bulk = sub.add_parser("bulk", help="one SendBulk stream")
+    bulk.add_argument("address")
+    bulk.add_argument("total", type=int)
+    bulk.add_argument("per_request", type=int)
     http = sub.add_parser("callbacks", help="signed status callbacks")
     http.add_argument("url")
     http.add_argument("token")
@@ -133,6 +176,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.mode == "unary":
         result = asyncio.run(_unary(args.address, args.total, args.callers))
+    elif args.mode == "bulk":
+        result = asyncio.run(_bulk(args.address, args.total, args.per_request))
     else:
         result = asyncio.run(_callbacks(args.url, args.token, args.total, args.connections))
     print(json.dumps(result), flush=True)

@@ -25,6 +25,8 @@ ROWS = [
     "SendMessage accepted durably (PostgreSQL), 64 callers: p99 latency",
     "SendMessage: server CPU per accepted message",
     "SendBulk recipients accepted durably (SQLite)",
+    "SendBulk recipients accepted durably (PostgreSQL)",
+    "SendBulk: server CPU per accepted recipient",
     "Messages dispatched end to end (SQLite)",
     "Messages dispatched end to end (PostgreSQL)",
     "Dispatch: server CPU per dispatched message",
