@@ -1,4 +1,5 @@
-"""The hot inserts and reads of accepting messages, in fewer thread hops on SQLite.
+"""The hot statements (accepting messages, callbacks, the dispatcher's claims and
+recorded attempts), in fewer thread hops on SQLite.
 
 aiosqlite runs each SQLite call on a thread of its own, and through SQLAlchemy every
 statement takes three or four trips there and back (cursor, execute, fetch, close),
@@ -18,11 +19,24 @@ from __future__ import annotations
 import functools
 import sqlite3
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Column, Table, bindparam, insert, select, update
+from sqlalchemy import (
+    ClauseElement,
+    Column,
+    Insert,
+    Select,
+    Table,
+    Update,
+    bindparam,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.compiler import SQLCompiler
 
 
 @functools.lru_cache(maxsize=64)
@@ -128,5 +142,68 @@ async def update_rows(
     driver = await _driver(conn)
     try:
         await driver.executemany(sql, rows)
+    except sqlite3.Error as error:
+        raise _wrapped(sql, error) from error
+
+
+# Statements built with SQLAlchemy (one text for both backends), compiled once for
+# SQLite with named parameters: each row's keys, or the expanded IN lists.
+_NAMED = sqlite.dialect(paramstyle="named")
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(stmt: ClauseElement, keys: tuple[str, ...]) -> tuple[str, dict[str, Any]]:
+    """``stmt``'s SQL for SQLite and its fixed parameters (the values it was built with).
+    ``keys``: an INSERT's columns (those of its rows)."""
+    compiled = cast(SQLCompiler, stmt.compile(dialect=_NAMED, column_keys=list(keys) or None))
+    fixed = {k: v for k, v in compiled.params.items() if not compiled.binds[k].required}
+    return compiled.string, fixed
+
+
+@functools.lru_cache(maxsize=256)
+def _expanded(sql: str, lengths: tuple[tuple[str, int], ...]) -> str:
+    """``sql`` with each expanding parameter (``IN :name``) as that many parameters."""
+    for name, count in lengths:
+        names = ", ".join(f":{name}__{i}" for i in range(count))
+        sql = sql.replace(f"__[POSTCOMPILE_{name}]", names)
+    return sql
+
+
+async def fetch_dicts(
+    conn: AsyncConnection, stmt: Select[Any] | Update, params: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """The rows of ``stmt`` (a SELECT, or an UPDATE ... RETURNING; lists in ``params``
+    fill its expanding IN parameters), each as a dict of its columns."""
+    if not _direct(conn):
+        return [dict(row) for row in (await conn.execute(stmt, params)).mappings()]
+    sql, fixed = _compiled(stmt, ())
+    values = fixed | dict(params)
+    lists = {k: values.pop(k) for k, v in list(values.items()) if isinstance(v, list | tuple)}
+    sql = _expanded(sql, tuple((k, len(v)) for k, v in lists.items()))
+    for name, items in lists.items():
+        values |= {f"{name}__{i}": v for i, v in enumerate(items)}
+    driver = await _driver(conn)
+    try:
+        rows = await driver.execute_fetchall(sql, values)
+    except sqlite3.Error as error:
+        raise _wrapped(sql, error) from error
+    columns = [str(name) for name in stmt.exported_columns.keys()]  # noqa: SIM118 (a collection)
+    return [dict(zip(columns, row, strict=True)) for row in rows]
+
+
+async def execute_many(
+    conn: AsyncConnection, stmt: Insert | Update, rows: Sequence[Mapping[str, Any]]
+) -> None:
+    """``stmt`` (an INSERT, or an UPDATE of bound parameters) once per row of ``rows``
+    (each with the same keys)."""
+    if not rows:
+        return
+    if not _direct(conn):
+        await conn.execute(stmt, list(rows))
+        return
+    sql, fixed = _compiled(stmt, tuple(rows[0]) if isinstance(stmt, Insert) else ())
+    driver = await _driver(conn)
+    try:
+        await driver.executemany(sql, [fixed | dict(row) for row in rows])
     except sqlite3.Error as error:
         raise _wrapped(sql, error) from error

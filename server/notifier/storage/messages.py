@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -17,10 +17,18 @@ from notifier.domain.errors import DomainError, IdempotencyConflict
 from notifier.domain.fallback import NOT_ON_WHATSAPP, NOT_ON_WHATSAPP_REASON, skips_whatsapp
 from notifier.domain.inbound import RecipientState, refusal
 from notifier.domain.model import Accepted, Channel, EventSource, NewMessage, Status
-from notifier.storage.driver import insert_rows, select_in
+from notifier.storage.driver import fetch_dicts, insert_rows, select_in
 from notifier.storage.engine import DUE_CHANNEL, EVENTS_CHANNEL, Database, notify
 from notifier.storage.fallbacks import fallback_row
-from notifier.storage.rows import chunks, event_row, load_many, message_row, new_message_id, record
+from notifier.storage.rows import (
+    among,
+    chunks,
+    event_row,
+    load_many,
+    message_row,
+    new_message_id,
+    record,
+)
 from notifier.storage.store import Store
 from notifier.storage.tables import (
     idempotency_keys,
@@ -31,6 +39,15 @@ from notifier.storage.tables import (
 )
 
 Outcome = Accepted | DomainError
+
+# Recipients among a claim's who opted out; on PostgreSQL with one array parameter.
+_OPTED_OUT_ANY = select(recipients.c.channel, recipients.c.address).where(
+    among(recipients.c.address, "addresses"), recipients.c.opted_out.is_(True)
+)
+_OPTED_OUT = select(recipients.c.channel, recipients.c.address).where(
+    recipients.c.address.in_(bindparam("addresses", expanding=True)),
+    recipients.c.opted_out.is_(True),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,14 +190,14 @@ class Messages(Store):
         wanted = set(pairs)
         found: set[tuple[str, str]] = set()
         addresses = sorted({address for _, address in wanted})
+        # PostgreSQL: one array however many (rows.among); SQLite: IN lists, straight
+        # to the driver (storage/driver.py).
+        sqlite = self._db.is_sqlite
+        statement = _OPTED_OUT if sqlite else _OPTED_OUT_ANY
         async with self._reading() as conn:
-            for chunk in chunks(addresses):
-                rows = await conn.execute(
-                    select(recipients.c.channel, recipients.c.address).where(
-                        recipients.c.address.in_(chunk), recipients.c.opted_out.is_(True)
-                    )
-                )
-                found |= {(channel, address) for channel, address in rows} & wanted
+            for chunk in chunks(addresses) if sqlite else [addresses]:
+                rows = await fetch_dicts(conn, statement, {"addresses": list(chunk)})
+                found |= {(row["channel"], row["address"]) for row in rows} & wanted
         return found
 
 

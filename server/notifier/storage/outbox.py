@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     BindParameter,
+    ColumnElement,
     Integer,
     bindparam,
     case,
@@ -18,6 +19,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    union_all,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -33,10 +35,19 @@ from notifier.domain.model import (
 )
 from notifier.domain.poison import quarantines
 from notifier.domain.retry import RetryPolicy
+from notifier.storage.driver import execute_many, fetch_dicts
 from notifier.storage.engine import DUE_CHANNEL, EVENTS_CHANNEL, notify
 from notifier.storage.fallbacks import FAILURES, follow_failures
 from notifier.storage.quarantine import quarantine
-from notifier.storage.rows import CHUNK, OUTBOX, STAMP_COLUMNS, chunks, event_row, record
+from notifier.storage.rows import (
+    CHUNK,
+    OUTBOX,
+    STAMP_COLUMNS,
+    among,
+    chunks,
+    event_row,
+    record,
+)
 from notifier.storage.store import Store
 from notifier.storage.tables import delivery_attempts, messages, status_events
 
@@ -62,16 +73,23 @@ _DUE = (
 )
 # SQLite's single writer already excludes other claimers.
 _DUE_LOCKED = _DUE.with_for_update(skip_locked=True, key_share=True)
-_LEASE = (
-    update(messages)
-    .where(messages.c.id.in_(_IDS))
-    .values(
-        lease_owner=bindparam("owner"),
-        lease_expires_at=bindparam("lease"),
-        claims=messages.c.claims + 1,
+
+
+def _lease(which: ColumnElement[bool]) -> Any:
+    return (
+        update(messages)
+        .where(which)
+        .values(
+            lease_owner=bindparam("owner"),
+            lease_expires_at=bindparam("lease"),
+            claims=messages.c.claims + 1,
+        )
+        .returning(*messages.c)
     )
-    .returning(*messages.c)
-)
+
+
+_LEASE = _lease(messages.c.id.in_(_IDS))
+_LEASE_ANY = _lease(among(messages.c.id, "ids"))  # PostgreSQL (rows.among)
 _ROWS = select(messages).where(messages.c.id.in_(_IDS))
 _STATE_COLUMNS = (
     messages.c.id,
@@ -82,11 +100,6 @@ _STATE_COLUMNS = (
     messages.c.error_message,
     messages.c.expires_at,
 )
-_COUNTED = (
-    select(delivery_attempts.c.message_id, func.count())
-    .where(delivery_attempts.c.message_id.in_(_IDS))
-    .group_by(delivery_attempts.c.message_id)
-)
 # The attempts a message has stored so far, as a column of a statement about it.
 _STORED = (
     select(func.count())
@@ -95,21 +108,26 @@ _STORED = (
     .label("stored")
 )
 _SIDS: BindParameter[str] = bindparam("sids", expanding=True)
-# SQLite (one writer: nothing changes between the statement and the write): the
-# attempts stored so far come with the state, in the same statement; and for a batch
-# that fits one statement, so do the messages holding the batch's SIDs.
-_STATE_COUNTED = select(*_STATE_COLUMNS, _STORED).where(messages.c.id.in_(_IDS))
+# The messages' state, the attempts stored so far and the messages holding the batch's
+# SIDs, in one statement. SQLite (one writer: nothing changes between the statement
+# and the write): as it is, for a batch that fits one statement.
 _STATE_AND_HOLDERS = select(*_STATE_COLUMNS, _STORED).where(
     or_(messages.c.id.in_(_IDS), messages.c.twilio_sid.in_(_SIDS))
 )
-# PostgreSQL: FOR NO KEY UPDATE (Store._locked), so a callback waits for this record.
-# The count is a statement of its own, after the lock: READ COMMITTED gives it a fresh
-# snapshot, which sees the attempts of a record that held the lock before us (a
-# subquery of the locking statement would not, and two numbers would clash).
-_STATE_LOCKED = (
-    select(*_STATE_COLUMNS).where(messages.c.id.in_(_IDS)).with_for_update(key_share=True)
-)
+_STATE_COUNTED = select(*_STATE_COLUMNS, _STORED).where(messages.c.id.in_(_IDS))
 _HOLDERS = select(messages.c.twilio_sid, messages.c.id).where(messages.c.twilio_sid.in_(_SIDS))
+# PostgreSQL: the batch's rows are locked first, FOR NO KEY UPDATE (Store._locked), so
+# a callback waits for this record; then one read (arrays, rows.among) brings what the
+# SQLite statement brings. READ COMMITTED gives it a snapshot of its own, taken after
+# the lock: it sees the attempts of a record that held the lock before us (a subquery
+# of the locking statement would not, and two numbers would clash), and under our lock
+# nobody changes the rows it reads. A UNION ALL of two SELECTs, not one with an OR,
+# so each ANY() has its own index.
+_LOCK = select(messages.c.id).where(among(messages.c.id, "ids")).with_for_update(key_share=True)
+_STATE_AND_HOLDERS_ANY = union_all(
+    select(*_STATE_COLUMNS, _STORED).where(among(messages.c.id, "ids")),
+    select(*_STATE_COLUMNS, _STORED).where(among(messages.c.twilio_sid, "sids")),
+)
 _ADD_ATTEMPTS = insert(delivery_attempts)
 _ADD_EVENTS = insert(status_events)
 
@@ -175,24 +193,26 @@ class Outbox(Store):
         now = self._clock()
         due = _DUE if self._db.is_sqlite else _DUE_LOCKED
         async with self._transaction() as conn:
+            # Straight to the driver on SQLite (storage/driver.py): a thread hop a statement.
             found = {
-                row.id: int(row.claims)
-                for row in await conn.execute(due, {"now": now, "limit": limit})
+                row["id"]: int(row["claims"])
+                for row in await fetch_dicts(conn, due, {"now": now, "limit": limit})
             }
             if not found:
                 return []
             poisoned = {i: n for i, n in found.items() if max_claims and quarantines(n, max_claims)}
             await quarantine(conn, poisoned, owner, now)
             claimed = [i for i in found if i not in poisoned]
-            rows: list[Any] = []
+            rows: list[dict[str, Any]] = []
             if claimed:
                 # RETURNING: the claimed rows as the lease left them, without reading
                 # them again.
                 leased = {"ids": claimed, "owner": owner, "lease": now + lease_ms}
-                rows += (await conn.execute(_LEASE, leased)).all()
+                lease = _LEASE if self._db.is_sqlite else _LEASE_ANY
+                rows += await fetch_dicts(conn, lease, leased)
             if poisoned:
-                rows += (await conn.execute(_ROWS, {"ids": list(poisoned)})).all()
-        by_id = {row.id: record(row._mapping, ()) for row in rows}
+                rows += await fetch_dicts(conn, _ROWS, {"ids": list(poisoned)})
+        by_id = {row["id"]: record(row, ()) for row in rows}
         return [by_id[i] for i in found]
 
     async def record_attempt(
@@ -220,33 +240,17 @@ class Outbox(Store):
         ids = sorted({message_id for message_id, _, _ in results})
         sids = sorted({t.twilio_sid for _, _, t in results if t.twilio_sid is not None})
         plan = _AttemptPlan(now, self._retry)
-        if self._db.is_sqlite and len(ids) + len(sids) <= CHUNK:
-            await _read_at_once(conn, plan, ids, sids)
+        if not self._db.is_sqlite:
+            await conn.execute(_LOCK, {"ids": ids})
+            await _read_at_once(conn, plan, ids, sids, _STATE_AND_HOLDERS_ANY)
+        elif len(ids) + len(sids) <= CHUNK:
+            await _read_at_once(conn, plan, ids, sids, _STATE_AND_HOLDERS)
         else:
-            await self._read_in_chunks(conn, plan, ids, sids)
+            await _read_in_chunks(conn, plan, ids, sids)
         for result in results:
             plan.add(*result)
         await plan.write(conn)
         await follow_failures(conn, plan.failed, now, self._fallback)
-
-    async def _read_in_chunks(
-        self, conn: AsyncConnection, plan: _AttemptPlan, ids: list[str], sids: list[str]
-    ) -> None:
-        """The messages' state, their attempts so far and the SIDs' holders, a chunk of
-        ids (or SIDs) per statement."""
-        for chunk in chunks(ids):
-            if self._db.is_sqlite:
-                for row in await conn.execute(_STATE_COUNTED, {"ids": chunk}):
-                    plan.state[row.id] = dict(row._mapping)
-                    plan.numbers[row.id] = int(row.stored)
-                continue
-            found = await conn.execute(_STATE_LOCKED, {"ids": chunk})
-            plan.state |= {row.id: dict(row._mapping) for row in found}
-            counted = await conn.execute(_COUNTED, {"ids": chunk})
-            plan.numbers |= {message_id: int(n) for message_id, n in counted}
-        for chunk in chunks(sids):
-            holders = await conn.execute(_HOLDERS, {"sids": chunk})
-            plan.held |= {str(sid): str(holder) for sid, holder in holders}
 
     async def release(self, owner: str, ids: Sequence[str]) -> int:
         """Give back leases that were never used, so another worker takes them now."""
@@ -420,8 +424,8 @@ class _AttemptPlan:
         for message_id, values in (self.moved | self.late).items():
             row = self.state[message_id]
             values |= {"p_attempts": row["attempts"], "p_twilio_sid": row["twilio_sid"]}
-        if self.attempts:
-            await conn.execute(_ADD_ATTEMPTS, self.attempts)
+        # Straight to the driver on SQLite (storage/driver.py): one thread hop a statement.
+        await execute_many(conn, _ADD_ATTEMPTS, self.attempts)
         await _update_many(conn, list(self.moved.values()), self.now, moved=True)
         await _update_many(conn, list(self.late.values()), self.now, moved=False)
         if self.resent:  # a new send: no step times yet (the old ones stay in the history)
@@ -430,21 +434,36 @@ class _AttemptPlan:
                 update(messages).where(messages.c.id.in_(self.resent)).values(**stamps)
             )
         if self.events:
-            await conn.execute(_ADD_EVENTS, self.events)
+            await execute_many(conn, _ADD_EVENTS, self.events)
             await notify(conn, EVENTS_CHANNEL)
 
 
 async def _read_at_once(
+    conn: AsyncConnection, plan: _AttemptPlan, ids: list[str], sids: list[str], statement: Any
+) -> None:
+    """The messages' state, their attempts so far and the SIDs' holders, in one
+    ``statement`` (_STATE_AND_HOLDERS or its PostgreSQL form)."""
+    wanted, held = set(ids), set(sids)
+    for row in await fetch_dicts(conn, statement, {"ids": ids, "sids": sids}):
+        if row["twilio_sid"] in held:
+            plan.held[str(row["twilio_sid"])] = str(row["id"])
+        if row["id"] in wanted:
+            plan.numbers[row["id"]] = int(row.pop("stored"))
+            plan.state[row["id"]] = row
+
+
+async def _read_in_chunks(
     conn: AsyncConnection, plan: _AttemptPlan, ids: list[str], sids: list[str]
 ) -> None:
-    """SQLite, a batch that fits one statement: what ``_read_in_chunks`` reads, at once."""
-    wanted, held = set(ids), set(sids)
-    for row in await conn.execute(_STATE_AND_HOLDERS, {"ids": ids, "sids": sids}):
-        if row.twilio_sid in held:
-            plan.held[str(row.twilio_sid)] = str(row.id)
-        if row.id in wanted:
-            plan.state[row.id] = dict(row._mapping)
-            plan.numbers[row.id] = int(row.stored)
+    """SQLite, a batch too big for one statement: the same reads, a chunk of ids (or
+    SIDs) per statement."""
+    for chunk in chunks(ids):
+        for row in await fetch_dicts(conn, _STATE_COUNTED, {"ids": list(chunk)}):
+            plan.numbers[row["id"]] = int(row.pop("stored"))
+            plan.state[row["id"]] = row
+    for chunk in chunks(sids):
+        holders = await conn.execute(_HOLDERS, {"sids": chunk})
+        plan.held |= {str(sid): str(holder) for sid, holder in holders}
 
 
 async def _update_many(
@@ -456,7 +475,7 @@ async def _update_many(
         return
     for row in rows:
         row["p_now"] = now
-    await conn.execute(_MOVED if moved else _LATE, rows)
+    await execute_many(conn, _MOVED if moved else _LATE, rows)
 
 
 def _given_back(moved: bool) -> Any:
