@@ -17,8 +17,8 @@ from notifier.domain.errors import DomainError, IdempotencyConflict
 from notifier.domain.fallback import NOT_ON_WHATSAPP, NOT_ON_WHATSAPP_REASON, skips_whatsapp
 from notifier.domain.inbound import RecipientState, refusal
 from notifier.domain.model import Accepted, Channel, EventSource, NewMessage, Status
-from notifier.storage.driver import insert_rows, select_in
-from notifier.storage.engine import DUE_CHANNEL, EVENTS_CHANNEL, Database, notify
+from notifier.storage.driver import insert_and_notify, insert_rows, select_in
+from notifier.storage.engine import DUE_CHANNEL, EVENTS_CHANNEL, Database
 from notifier.storage.fallbacks import fallback_row
 from notifier.storage.rows import chunks, event_row, load_many, message_row, new_message_id, record
 from notifier.storage.store import Store
@@ -241,8 +241,7 @@ class _Rows:
     async def insert(self, conn: AsyncConnection) -> None:
         if self.messages:
             await insert_rows(conn, messages, self.messages)
-            await insert_rows(conn, status_events, self.events)
-            await notify(conn, DUE_CHANNEL, EVENTS_CHANNEL)
+            await insert_and_notify(conn, status_events, self.events, DUE_CHANNEL, EVENTS_CHANNEL)
         await insert_rows(conn, message_tags, self.tags)
         if self.keys:
             # In key order: two batches inserting the same keys (replicas) wait on each
