@@ -89,6 +89,40 @@ async def insert_rows(
 Rows = Sequence[Mapping[str, Any]]
 
 
+async def insert_tables(
+    conn: AsyncConnection, inserts: Sequence[tuple[Table, Rows]], *channels: str
+) -> None:
+    """``insert_rows`` for each (table, rows), in order, and ``notify(channels)``.
+
+    SQLite: every INSERT in one trip to the driver's thread (each trip is a thread
+    switch there and back, a few percent of a SendMessage each). PostgreSQL: the NOTIFY
+    goes with the last INSERT (``insert_and_notify``); it is delivered at commit, so
+    where it stands in the transaction changes nothing.
+    """
+    inserts = [(table, rows) for table, rows in inserts if rows]
+    if _direct(conn):
+        statements = [(_insert_sql(table.name, tuple(rows[0])), rows) for table, rows in inserts]
+        driver = await _driver(conn)
+        await driver._execute(_insert_all, driver._conn, statements)
+        return
+    if not inserts:
+        await notify(conn, *channels)
+        return
+    *first, (table, rows) = inserts
+    for earlier, earlier_rows in first:
+        await insert_rows(conn, earlier, earlier_rows)
+    await insert_and_notify(conn, table, rows, *channels)
+
+
+def _insert_all(db: sqlite3.Connection, statements: Sequence[tuple[str, Rows]]) -> None:
+    """On aiosqlite's thread: each INSERT of ``insert_tables`` in turn."""
+    for sql, rows in statements:
+        try:
+            db.executemany(sql, rows)
+        except sqlite3.Error as error:
+            raise _wrapped(sql, error) from error
+
+
 async def insert_and_notify(
     conn: AsyncConnection, table: Table, rows: Rows, *channels: str
 ) -> None:
