@@ -302,6 +302,10 @@ def current_traceparent() -> str | None:
     The API layer stores it with each message it enqueues, so the dispatcher's send
     span, possibly minutes later and in another process, continues the caller's trace.
     """
+    # Outside any span (tracing off, the common case) there is nothing to carry: the
+    # propagators (baggage included) would run for nothing, ~2 % of a SendMessage.
+    if not trace.get_current_span().get_span_context().is_valid:
+        return None
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return carrier.get(TRACEPARENT)

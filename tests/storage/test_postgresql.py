@@ -16,6 +16,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 
 from notifier.dispatch.rate_limit import SharedLimiter
@@ -386,3 +387,17 @@ async def test_a_delay_is_taken_with_its_slot_and_only_once(engines: list[Databa
     assert (again, later) == (slot + 4 * span, [])
     *_, last = await other.take_slots("whatsapp:+3", span, 8, lead, 1000)
     assert last == [(place + span * 9, place)]
+
+
+async def test_an_over_long_value_is_refused_not_cut(database: TestDb) -> None:
+    """Batch inserts unnest arrays cast without the columns' lengths: a cast to
+    VARCHAR(128) would cut a longer caller silently, where a plain INSERT refuses it."""
+    db = create_database(database.url)
+    try:
+        repo = Repository(db)
+        with pytest.raises(sa_exc.DBAPIError, match="too long"):
+            await repo.add_messages([(_message(), None)], caller="c" * 200, key_ttl_ms=60_000)
+        async with db.reader.connect() as conn:
+            assert (await conn.execute(text("SELECT count(*) FROM messages"))).scalar_one() == 0
+    finally:
+        await db.dispose()

@@ -37,6 +37,11 @@ class MetricsInterceptor(WrappingInterceptor):
     def __init__(self, metrics: ServerMetrics) -> None:
         super().__init__()
         self._metrics = metrics
+        # The labelled children, looked up once per method (and code): ``labels()``
+        # builds and checks its label tuple under a lock on every call, about 3/4 of
+        # what counting and timing a call cost. Bounded by methods x codes.
+        self._counted: dict[tuple[str, str], Any] = {}
+        self._timed: dict[str, Any] = {}
 
     def _done(
         self,
@@ -45,8 +50,16 @@ class MetricsInterceptor(WrappingInterceptor):
         began: float,
         failed: bool | str,
     ) -> None:
-        self._metrics.rpcs.labels(method=method, code=_code(context, failed)).inc()
-        self._metrics.rpc_seconds.labels(method=method).observe(time.monotonic() - began)
+        code = _code(context, failed)
+        counted = self._counted.get((method, code))
+        if counted is None:
+            counted = self._metrics.rpcs.labels(method=method, code=code)
+            self._counted[(method, code)] = counted
+        timed = self._timed.get(method)
+        if timed is None:
+            timed = self._timed[method] = self._metrics.rpc_seconds.labels(method=method)
+        counted.inc()
+        timed.observe(time.monotonic() - began)
 
     def wrap_unary(self, behavior: Handler, method: str) -> Handler:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:

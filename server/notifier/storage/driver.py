@@ -8,10 +8,13 @@ the same statements go straight to the driver in the transaction SQLAlchemy bega
 one trip per statement. Errors are wrapped as SQLAlchemy wraps them (IntegrityError,
 OperationalError...), so callers and ``storage_errors`` see no difference.
 
-PostgreSQL keeps SQLAlchemy's path: there a statement is one round trip either way,
-and a multi-row INSERT goes as one. So does an engine whose statements someone watches
-(the OpenTelemetry instrumentation listens to ``before_cursor_execute``): the traces
-keep their INSERT spans inside the call that stored the message.
+PostgreSQL keeps SQLAlchemy's path (a statement is one round trip either way), with
+statements that do not depend on how many rows a batch has: lookups take an array
+(``= ANY``), not an IN list, and inserts unnest one array per column instead of an
+executemany; each is then one prepared statement per connection. An SQLite engine
+whose statements someone watches (the OpenTelemetry instrumentation listens to
+``before_cursor_execute``) keeps SQLAlchemy's path too: the traces keep their INSERT
+spans inside the call that stored the message.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from sqlalchemy import (
     Table,
     Update,
     bindparam,
+    func,
     insert,
     select,
     update,
@@ -37,6 +41,9 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.compiler import SQLCompiler
+
+from notifier.storage.engine import notify
+from notifier.storage.rows import among, array_of
 
 
 @functools.lru_cache(maxsize=64)
@@ -69,6 +76,9 @@ async def insert_rows(
     str, int, bool, None) into ``table``."""
     if not rows:
         return
+    if conn.dialect.name == "postgresql":
+        await conn.execute(_unnest_insert(table, tuple(rows[0])), _columns_of(rows))
+        return
     if not _direct(conn):
         await conn.execute(insert(table), list(rows))
         return
@@ -78,6 +88,83 @@ async def insert_rows(
         await driver.executemany(sql, rows)
     except sqlite3.Error as error:
         raise _wrapped(sql, error) from error
+
+
+Rows = Sequence[Mapping[str, Any]]
+
+
+async def insert_tables(
+    conn: AsyncConnection, inserts: Sequence[tuple[Table, Rows]], *channels: str
+) -> None:
+    """``insert_rows`` for each (table, rows), in order, and ``notify(channels)``.
+
+    SQLite: every INSERT in one trip to the driver's thread (each trip is a thread
+    switch there and back, a few percent of a SendMessage each). PostgreSQL: the NOTIFY
+    goes with the last INSERT (``insert_and_notify``); it is delivered at commit, so
+    where it stands in the transaction changes nothing.
+    """
+    inserts = [(table, rows) for table, rows in inserts if rows]
+    if _direct(conn):
+        statements = [(_insert_sql(table.name, tuple(rows[0])), rows) for table, rows in inserts]
+        driver = await _driver(conn)
+        await driver._execute(_insert_all, driver._conn, statements)
+        return
+    if not inserts:
+        await notify(conn, *channels)
+        return
+    *first, (table, rows) = inserts
+    for earlier, earlier_rows in first:
+        await insert_rows(conn, earlier, earlier_rows)
+    await insert_and_notify(conn, table, rows, *channels)
+
+
+def _insert_all(db: sqlite3.Connection, statements: Sequence[tuple[str, Rows]]) -> None:
+    """On aiosqlite's thread: each INSERT of ``insert_tables`` in turn."""
+    for sql, rows in statements:
+        try:
+            db.executemany(sql, rows)
+        except sqlite3.Error as error:
+            raise _wrapped(sql, error) from error
+
+
+async def insert_and_notify(
+    conn: AsyncConnection, table: Table, rows: Rows, *channels: str
+) -> None:
+    """``insert_rows(table, rows)`` then ``notify(channels)``; on PostgreSQL in one
+    statement (the insert as a data-modifying WITH clause of ``SELECT pg_notify(...)``):
+    one round trip instead of two, each a send, a wake-up and a receive here.
+
+    One table only: the rollup triggers of one table read the others, and a statement
+    does not see what its sibling WITH clauses wrote, so separate inserts stay apart.
+    """
+    if conn.dialect.name != "postgresql" or not rows or not channels:
+        await insert_rows(conn, table, rows)
+        await notify(conn, *channels)
+        return
+    statement = _insert_notifying(table, tuple(rows[0]), channels)
+    await conn.execute(statement, _columns_of(rows))
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_notifying(table: Table, names: tuple[str, ...], channels: tuple[str, ...]) -> Any:
+    inserted = _unnest_insert(table, names).cte("inserted")
+    return select(*(func.pg_notify(c, "") for c in channels)).add_cte(inserted)
+
+
+@functools.lru_cache(maxsize=64)
+def _unnest_insert(table: Table, names: tuple[str, ...]) -> Insert:
+    """PostgreSQL: ``INSERT INTO table (names) SELECT unnest(:names...)``, one array per
+    column. One statement and one row of parameters whatever the number of rows: an
+    executemany binds and executes each row on its own, and the statement is prepared
+    once per connection. Arrays unnested side by side keep their order, so rows go in
+    as given."""
+    arrays = [func.unnest(bindparam(f"u_{n}", type_=array_of(table.c[n]))).label(n) for n in names]
+    return insert(table).from_select(list(names), select(*arrays))
+
+
+def _columns_of(rows: Rows) -> dict[str, list[Any]]:
+    """The parameters of ``_unnest_insert``: each column's values, in row order."""
+    return {f"u_{n}": [row[n] for row in rows] for n in rows[0]}
 
 
 @functools.lru_cache(maxsize=64)
@@ -102,7 +189,7 @@ async def select_in(
     Keep ``values`` under SQLite's limit on bound parameters (rows.chunks)."""
     if not _direct(conn):
         where = [column == value for column, value in equal]
-        stmt = select(*columns).where(*where, within.in_(values))
+        stmt = select(*columns).where(*where, _among(conn, within, values))
         return (await conn.execute(stmt)).all()
     sql = _select_sql(
         within.table.name,
@@ -117,6 +204,15 @@ async def select_in(
     except sqlite3.Error as error:
         raise _wrapped(sql, error) from error
     return [tuple(r) for r in rows]
+
+
+def _among(conn: AsyncConnection, column: Column[Any], values: Sequence[Any]) -> Any:
+    """``column IN values``; on PostgreSQL ``column = ANY(array)`` (rows.among): one
+    statement text whatever the number of values, so asyncpg prepares it once per
+    connection instead of once per list length."""
+    if conn.dialect.name != "postgresql":
+        return column.in_(values)
+    return among(column, "among", values)
 
 
 @functools.lru_cache(maxsize=64)

@@ -17,8 +17,8 @@ from notifier.domain.errors import DomainError, IdempotencyConflict
 from notifier.domain.fallback import NOT_ON_WHATSAPP, NOT_ON_WHATSAPP_REASON, skips_whatsapp
 from notifier.domain.inbound import RecipientState, refusal
 from notifier.domain.model import Accepted, Channel, EventSource, NewMessage, Status
-from notifier.storage.driver import fetch_dicts, insert_rows, select_in
-from notifier.storage.engine import DUE_CHANNEL, EVENTS_CHANNEL, Database, notify
+from notifier.storage.driver import fetch_dicts, insert_tables, select_in
+from notifier.storage.engine import DUE_CHANNEL, EVENTS_CHANNEL, Database
 from notifier.storage.fallbacks import fallback_row
 from notifier.storage.rows import (
     among,
@@ -256,16 +256,15 @@ class _Rows:
         return row
 
     async def insert(self, conn: AsyncConnection) -> None:
-        if self.messages:
-            await insert_rows(conn, messages, self.messages)
-            await insert_rows(conn, status_events, self.events)
-            await notify(conn, DUE_CHANNEL, EVENTS_CHANNEL)
-        await insert_rows(conn, message_tags, self.tags)
-        if self.keys:
-            # In key order: two batches inserting the same keys (replicas) wait on each
-            # other's unique index entries in one order, never in a cycle.
-            self.keys.sort(key=lambda k: (k["caller"], k["key"]))
-            await insert_rows(conn, idempotency_keys, self.keys)
+        if not self.messages:  # no message, no tag or key either
+            return
+        # In key order: two batches inserting the same keys (replicas) wait on each
+        # other's unique index entries in one order, never in a cycle.
+        self.keys.sort(key=lambda k: (k["caller"], k["key"]))
+        tables = (messages, status_events, message_tags, idempotency_keys)
+        rows = (self.messages, self.events, self.tags, self.keys)
+        inserts = list(zip(tables, rows, strict=True))
+        await insert_tables(conn, inserts, DUE_CHANNEL, EVENTS_CHANNEL)
 
 
 async def _known_keys(

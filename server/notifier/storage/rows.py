@@ -35,16 +35,29 @@ CHUNK = 500
 """Bound parameters per IN (...) list: well under SQLite's limit on them."""
 
 
-def among(column: Any, name: str) -> ColumnElement[bool]:
-    """PostgreSQL: ``column = ANY(:name)``, one array parameter however many values.
+def among(column: Any, name: str, values: Sequence[Any] | None = None) -> ColumnElement[bool]:
+    """PostgreSQL: ``column = ANY(:name)``, one array parameter however many values
+    (``values``, or given at execution).
 
     One statement text for every batch size, prepared once by asyncpg; ``IN (...)``
     renders a statement per list length: dispatching 5,000 messages used 163 texts
     (claims, opt-outs, the recorder's reads), more than the 100 that SQLAlchemy's
     asyncpg cache keeps, so statements were prepared again and again.
     """
-    condition: ColumnElement[bool] = column == any_(bindparam(name, type_=ARRAY(String)))
+    kind = array_of(column)
+    param = (
+        bindparam(name, type_=kind) if values is None else bindparam(name, list(values), type_=kind)
+    )
+    condition: ColumnElement[bool] = column == any_(param)
     return condition
+
+
+def array_of(column: Any) -> ARRAY[Any]:
+    """An array of ``column``'s type; strings without their length: an explicit cast to
+    VARCHAR(n) would silently cut a longer value, where storing it in the column (an
+    assignment) refuses it, as a plain INSERT does."""
+    kind = column.type
+    return ARRAY(String() if isinstance(kind, String) else kind)
 
 
 def chunks(values: Sequence[str], size: int = CHUNK) -> list[Sequence[str]]:
