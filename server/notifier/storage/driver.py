@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import functools
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -64,9 +65,16 @@ async def _driver(conn: AsyncConnection) -> Any:
     return raw.driver_connection
 
 
-def _wrapped(sql: str, error: sqlite3.Error) -> sa_exc.StatementError:
-    """``error`` as SQLAlchemy raises it (sqlite3.IntegrityError: sa_exc.IntegrityError)."""
-    return sa_exc.DBAPIError.instance(sql, None, error, sqlite3.Error, hide_parameters=True)
+@contextmanager
+def _as_sqlalchemy(sql: str) -> Iterator[None]:
+    """The driver's errors as SQLAlchemy raises them (sqlite3.IntegrityError:
+    sa_exc.IntegrityError), so callers and ``storage_errors`` see no difference."""
+    try:
+        yield
+    except sqlite3.Error as error:
+        raise sa_exc.DBAPIError.instance(
+            sql, None, error, sqlite3.Error, hide_parameters=True
+        ) from error
 
 
 async def insert_rows(
@@ -84,10 +92,8 @@ async def insert_rows(
         return
     sql = _insert_sql(table.name, tuple(rows[0]))
     driver = await _driver(conn)
-    try:
+    with _as_sqlalchemy(sql):
         await driver.executemany(sql, rows)
-    except sqlite3.Error as error:
-        raise _wrapped(sql, error) from error
 
 
 Rows = Sequence[Mapping[str, Any]]
@@ -121,10 +127,8 @@ async def insert_tables(
 def _insert_all(db: sqlite3.Connection, statements: Sequence[tuple[str, Rows]]) -> None:
     """On aiosqlite's thread: each INSERT of ``insert_tables`` in turn."""
     for sql, rows in statements:
-        try:
+        with _as_sqlalchemy(sql):
             db.executemany(sql, rows)
-        except sqlite3.Error as error:
-            raise _wrapped(sql, error) from error
 
 
 async def insert_and_notify(
@@ -199,10 +203,8 @@ async def select_in(
         len(values),
     )
     driver = await _driver(conn)
-    try:
+    with _as_sqlalchemy(sql):
         rows = await driver.execute_fetchall(sql, [*(v for _, v in equal), *values])
-    except sqlite3.Error as error:
-        raise _wrapped(sql, error) from error
     return [tuple(r) for r in rows]
 
 
@@ -236,10 +238,8 @@ async def update_rows(
         return
     sql = _update_sql(table.name, key.name, columns)
     driver = await _driver(conn)
-    try:
+    with _as_sqlalchemy(sql):
         await driver.executemany(sql, rows)
-    except sqlite3.Error as error:
-        raise _wrapped(sql, error) from error
 
 
 # Statements built with SQLAlchemy (one text for both backends), compiled once for
@@ -279,10 +279,8 @@ async def fetch_dicts(
     for name, items in lists.items():
         values |= {f"{name}__{i}": v for i, v in enumerate(items)}
     driver = await _driver(conn)
-    try:
+    with _as_sqlalchemy(sql):
         rows = await driver.execute_fetchall(sql, values)
-    except sqlite3.Error as error:
-        raise _wrapped(sql, error) from error
     columns = [str(name) for name in stmt.exported_columns.keys()]  # noqa: SIM118 (a collection)
     return [dict(zip(columns, row, strict=True)) for row in rows]
 
@@ -299,7 +297,5 @@ async def execute_many(
         return
     sql, fixed = _compiled(stmt, tuple(rows[0]) if isinstance(stmt, Insert) else ())
     driver = await _driver(conn)
-    try:
+    with _as_sqlalchemy(sql):
         await driver.executemany(sql, [fixed | dict(row) for row in rows])
-    except sqlite3.Error as error:
-        raise _wrapped(sql, error) from error
