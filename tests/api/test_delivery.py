@@ -100,6 +100,9 @@ async def test_transient_errors_retry_up_to_max_attempts(
     assert got.message.error_code == 20503
 
 
+# Attempts come 0-200 ms apart (full jitter): with the default 3, all can meet the fault
+# before the test clears it. 20 leave seconds for that, and the assertions are the same.
+@pytest.mark.parametrize("engine_env", [{"NOTIFIER_RETRY_MAX_ATTEMPTS": 20}])
 async def test_transient_error_then_success(engine: Engine, emulator: EmulatorServer) -> None:
     emulator.faults = Faults(error_rates={30500: 1.0})
     mid = await engine.send(body="recovers")
@@ -135,6 +138,9 @@ async def test_hang_times_out_and_at_most_once_fails(
     assert "no answer from Twilio" in got.message.error_message
 
 
+# Attempts come 0-200 ms apart (full jitter): with the default 3, all can meet the fault
+# before the test clears it. 20 leave seconds for that, and the assertions are the same.
+@pytest.mark.parametrize("engine_env", [{"NOTIFIER_RETRY_MAX_ATTEMPTS": 20}])
 async def test_ambiguous_500_is_retried_at_least_once(
     engine: Engine, emulator: EmulatorServer
 ) -> None:
