@@ -42,6 +42,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.selectable import TextualSelect
 
 from notifier.storage.engine import notify
 from notifier.storage.rows import among, array_of
@@ -266,7 +267,7 @@ def _expanded(sql: str, lengths: tuple[tuple[str, int], ...]) -> str:
 
 
 async def fetch_dicts(
-    conn: AsyncConnection, stmt: Select[Any] | Update, params: Mapping[str, Any]
+    conn: AsyncConnection, stmt: Select[Any] | TextualSelect | Update, params: Mapping[str, Any]
 ) -> list[dict[str, Any]]:
     """The rows of ``stmt`` (a SELECT, or an UPDATE ... RETURNING; lists in ``params``
     fill its expanding IN parameters), each as a dict of its columns."""

@@ -15,7 +15,14 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
+
+IN_OUTBOX = "status IN ('pending', 'scheduled')"
+"""The outbox (rows.OUTBOX) as literal SQL: the claim's index is partial over it, and a
+planner uses a partial index only for a query that states the same condition in
+literals (not bound parameters)."""
+CLAIM_INDEX = "ix_messages_priority_next_attempt_at_id"
 
 metadata = MetaData(
     naming_convention={
@@ -98,7 +105,17 @@ messages = Table(
     # the index alone (migration 0012).
     Index(None, "status", "next_attempt_at", "created_at", "id"),
     Index(None, "status", "updated_at"),
-    Index(None, "status", "priority", "next_attempt_at"),
+    # The dispatcher's claim walks this (CLAIM_INDEX) in claim order and stops at its LIMIT. Over
+    # (status, priority, next_attempt_at) every claim sorted the whole due backlog: 35 ms
+    # on PostgreSQL and 21 ms on SQLite at 100,000 queued (migration 0014).
+    Index(
+        None,
+        "priority",
+        "next_attempt_at",
+        "id",
+        sqlite_where=text(IN_OUTBOX),
+        postgresql_where=text(IN_OUTBOX),
+    ),
     Index(None, "created_at"),
     Index(None, "to_addr", "created_at"),
     Index(None, "sender", "created_at"),
