@@ -33,6 +33,7 @@ from sqlalchemy import (
     Table,
     Update,
     bindparam,
+    column,
     func,
     insert,
     select,
@@ -86,7 +87,7 @@ async def insert_rows(
     if not rows:
         return
     if conn.dialect.name == "postgresql":
-        await conn.execute(_unnest_insert(table, tuple(rows[0])), _columns_of(rows))
+        await conn.execute(_unnest_insert(table, tuple(rows[0])), columns_of(rows))
         return
     if not _direct(conn):
         await conn.execute(insert(table), list(rows))
@@ -147,7 +148,7 @@ async def insert_and_notify(
         await notify(conn, *channels)
         return
     statement = _insert_notifying(table, tuple(rows[0]), channels)
-    await conn.execute(statement, _columns_of(rows))
+    await conn.execute(statement, columns_of(rows))
 
 
 @functools.lru_cache(maxsize=64)
@@ -167,8 +168,27 @@ def _unnest_insert(table: Table, names: tuple[str, ...]) -> Insert:
     return insert(table).from_select(list(names), select(*arrays))
 
 
-def _columns_of(rows: Rows) -> dict[str, list[Any]]:
-    """The parameters of ``_unnest_insert``: each column's values, in row order."""
+def unnested(columns: Mapping[str, Column[Any]]) -> Any:
+    """PostgreSQL: ``unnest(:u_a, :u_b, ...) AS d(a, b, ...)``, one array parameter per
+    name, typed as its column: a batch of rows as one FROM, so that one UPDATE changes
+    them all. An executemany binds and runs each row on its own (the recorder's UPDATE
+    took 72 us of the server's time a row that way). Its parameters: ``columns_of``."""
+    arrays = [bindparam(f"u_{n}", type_=array_of(c)) for n, c in columns.items()]
+    names = [column(n, c.type) for n, c in columns.items()]
+    return func.unnest(*arrays).table_valued(*names).render_derived(name="d")
+
+
+@functools.lru_cache(maxsize=64)
+def _unnest_update(key: Column[Any], names: tuple[str, ...]) -> Update:
+    """PostgreSQL: ``update_rows`` in one statement (``unnested``)."""
+    rows = unnested({n: key.table.c[n] for n in names})
+    values = {n: rows.c[n] for n in names if n != key.name}
+    return update(key.table).where(key == rows.c[key.name]).values(values)
+
+
+def columns_of(rows: Rows) -> dict[str, list[Any]]:
+    """The parameters of ``_unnest_insert`` and ``unnested``: each column's values, in
+    row order."""
     return {f"u_{n}": [row[n] for row in rows] for n in rows[0]}
 
 
@@ -228,10 +248,14 @@ async def update_rows(
     conn: AsyncConnection, key: Column[Any], rows: Sequence[Mapping[str, Any]]
 ) -> None:
     """``UPDATE key's table SET ... WHERE key = row[key]`` for each of ``rows`` (each
-    with the same keys, ``key``'s name among them; values SQLite takes as they are)."""
+    with the same keys, ``key``'s name among them; values SQLite takes as they are; no
+    key twice). PostgreSQL: one statement for them all (``unnested``)."""
     if not rows:
         return
     table, columns = key.table, tuple(rows[0])
+    if conn.dialect.name == "postgresql":
+        await conn.execute(_unnest_update(key, columns), columns_of(rows))
+        return
     if not _direct(conn):
         values: dict[str, Any] = {c: bindparam(f"p_{c}") for c in columns if c != key.name}
         stmt = update(table).where(key == bindparam(f"p_{key.name}")).values(values)

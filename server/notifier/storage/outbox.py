@@ -16,7 +16,6 @@ from sqlalchemy import (
     bindparam,
     case,
     func,
-    insert,
     or_,
     select,
     text,
@@ -36,7 +35,14 @@ from notifier.domain.model import (
 )
 from notifier.domain.poison import quarantines
 from notifier.domain.retry import RetryPolicy
-from notifier.storage.driver import execute_many, fetch_dicts
+from notifier.storage.driver import (
+    columns_of,
+    execute_many,
+    fetch_dicts,
+    insert_and_notify,
+    insert_rows,
+    unnested,
+)
 from notifier.storage.engine import DUE_CHANNEL, EVENTS_CHANNEL, notify
 from notifier.storage.fallbacks import FAILURES, follow_failures
 from notifier.storage.quarantine import quarantine
@@ -148,8 +154,6 @@ _STATE_AND_HOLDERS_ANY = union_all(
     select(*_STATE_COLUMNS, _STORED).where(among(messages.c.id, "ids")),
     select(*_STATE_COLUMNS, _STORED).where(among(messages.c.twilio_sid, "sids")),
 )
-_ADD_ATTEMPTS = insert(delivery_attempts)
-_ADD_EVENTS = insert(status_events)
 
 
 class Outbox(Store):
@@ -445,7 +449,7 @@ class _AttemptPlan:
             row = self.state[message_id]
             values |= {"p_attempts": row["attempts"], "p_twilio_sid": row["twilio_sid"]}
         # Straight to the driver on SQLite (storage/driver.py): one thread hop a statement.
-        await execute_many(conn, _ADD_ATTEMPTS, self.attempts)
+        await insert_rows(conn, delivery_attempts, self.attempts)
         await _update_many(conn, list(self.moved.values()), self.now, moved=True)
         await _update_many(conn, list(self.late.values()), self.now, moved=False)
         if self.resent:  # a new send: no step times yet (the old ones stay in the history)
@@ -454,8 +458,7 @@ class _AttemptPlan:
                 update(messages).where(messages.c.id.in_(self.resent)).values(**stamps)
             )
         if self.events:
-            await execute_many(conn, _ADD_EVENTS, self.events)
-            await notify(conn, EVENTS_CHANNEL)
+            await insert_and_notify(conn, status_events, self.events, EVENTS_CHANNEL)
 
 
 async def _read_at_once(
@@ -493,31 +496,58 @@ async def _update_many(
     status; rows whose status stays put keep their next_attempt_at unless PENDING."""
     if not rows:
         return
+    if conn.dialect.name == "postgresql":
+        # One statement for the batch (driver.unnested), not one execution a row.
+        statement = _MOVED_ANY if moved else _LATE_ANY
+        await conn.execute(statement, {"p_now": now} | columns_of(rows))
+        return
     for row in rows:
         row["p_now"] = now
     await execute_many(conn, _MOVED if moved else _LATE, rows)
 
 
-def _given_back(moved: bool) -> Any:
+# Each row's values in _given_back, and the columns whose types they take.
+_PER_ROW = {
+    "b_id": messages.c.id,
+    "p_attempts": messages.c.attempts,
+    "p_twilio_sid": messages.c.twilio_sid,
+    "p_status": messages.c.status,
+    "p_error_code": messages.c.error_code,
+    "p_error_message": messages.c.error_message,
+    "p_next": messages.c.next_attempt_at,
+}
+
+
+def _given_back(moved: bool, batch: Any = None) -> Any:
+    """The UPDATE of a recorded message: one execution a row (``batch`` None), or on
+    PostgreSQL the whole batch at once from ``batch`` (driver.unnested)."""
+
+    def row(name: str) -> Any:
+        if batch is not None:
+            return batch.c[name]
+        return bindparam(name, type_=_PER_ROW[name].type)
+
     values: dict[str, Any] = {
         "lease_owner": None,
         "lease_expires_at": None,
-        "updated_at": bindparam("p_now"),
+        "updated_at": bindparam("p_now", type_=BigInteger),
         "claims": 0,  # an outcome is recorded: the poison guard counts from zero again
-        "attempts": bindparam("p_attempts"),
-        "twilio_sid": bindparam("p_twilio_sid"),
+        "attempts": row("p_attempts"),
+        "twilio_sid": row("p_twilio_sid"),
     }
     if moved:
         values |= {
-            "status": bindparam("p_status"),
-            "error_code": bindparam("p_error_code"),
-            "error_message": bindparam("p_error_message"),
-            "next_attempt_at": func.coalesce(
-                bindparam("p_next", type_=BigInteger), messages.c.next_attempt_at
-            ),
+            "status": row("p_status"),
+            "error_code": row("p_error_code"),
+            "error_message": row("p_error_message"),
+            "next_attempt_at": func.coalesce(row("p_next"), messages.c.next_attempt_at),
         }
-    return update(messages).where(messages.c.id == bindparam("b_id")).values(**values)
+    return update(messages).where(messages.c.id == row("b_id")).values(**values)
 
 
 _MOVED = _given_back(moved=True)
 _LATE = _given_back(moved=False)
+_MOVED_ANY = _given_back(moved=True, batch=unnested(_PER_ROW))
+_LATE_ANY = _given_back(
+    moved=False, batch=unnested({n: _PER_ROW[n] for n in ("b_id", "p_attempts", "p_twilio_sid")})
+)
