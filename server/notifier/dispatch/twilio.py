@@ -72,6 +72,17 @@ class _HeaderKeepingClient(AsyncTwilioHttpClient):
         _retry_after.set(_parse_retry_after(response.headers))
         return response
 
+    # The SDK formats every line it logs (the form urlencoded once more, the response's
+    # headers) before its logger, at WARNING here, drops it: 2-4 % of the dispatcher's
+    # CPU on SQLite.
+    def log_request(self, kwargs: dict[str, Any]) -> None:
+        if self.logger.isEnabledFor(logging.INFO):
+            super().log_request(kwargs)
+
+    def log_response(self, status_code: int, response: Response) -> None:
+        if self.logger.isEnabledFor(logging.INFO):
+            super().log_response(status_code, response)
+
 
 async def _headers_sent(*_: Any) -> None:
     request_written()

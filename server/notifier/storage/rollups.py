@@ -22,6 +22,7 @@ of its tags.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +30,9 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Executable,
+    Integer,
     Table,
+    bindparam,
     case,
     delete,
     exists,
@@ -252,14 +255,7 @@ async def fold_journal(conn: AsyncConnection, limit: int) -> int:
     row twice; the upserts go in key order, so two folders cannot deadlock."""
     moved = 0
     for kind in KINDS:
-        j = kind.journal
-        oldest = sa_select(j.c.id).order_by(j.c.id).limit(limit)
-        taken = (
-            delete(j)
-            .where(j.c.id.in_(oldest))
-            .returning(*(j.c[c] for c in kind.keys), *(j.c[c] for c in kind.names))
-        )
-        rows = (await conn.execute(taken)).all()
+        rows = (await conn.execute(_taken(kind), {"limit": limit})).all()
         moved = max(moved, len(rows))
         found: Contribution = {}
         fold(found, kind, rows, kind.keys)
@@ -291,6 +287,21 @@ def _by_day(kind: Kind, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [days[k] for k in sorted(days)]
 
 
+# Built once per kind: the folder runs every few seconds, and building these (the upsert's
+# EXCLUDED columns most of all) was 1.4 % of the dispatcher's CPU on SQLite.
+@functools.lru_cache(maxsize=16)
+def _taken(kind: Kind) -> Any:
+    """The oldest ``:limit`` journal rows of ``kind``, deleted and returned."""
+    j = kind.journal
+    oldest = sa_select(j.c.id).order_by(j.c.id).limit(bindparam("limit", type_=Integer))
+    return (
+        delete(j)
+        .where(j.c.id.in_(oldest))
+        .returning(*(j.c[c] for c in kind.keys), *(j.c[c] for c in kind.names))
+    )
+
+
+@functools.lru_cache(maxsize=16)
 def _upsert(dialect: str, kind: Kind, table: Table) -> Any:
     ins: Any = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
     values: dict[str, Any] = {s: table.c[s] + ins.excluded[s] for s in kind.sums}
