@@ -214,28 +214,42 @@ class Outbox(Store):
         """
         if limit <= 0:
             return []
-        now = self._clock()
+        # A write like the recorder's: on SQLite it shares their commit (group commit).
+        # In a transaction of its own, each claim cost one more fsync on the single
+        # writer, which the recorder's writes queued behind while every message they
+        # carried held its send slot.
+        claim = partial(self._claim, owner, limit, lease_ms, max_claims, self._clock())
+        return await self._write(claim)
+
+    async def _claim(
+        self,
+        owner: str,
+        limit: int,
+        lease_ms: int,
+        max_claims: int | None,
+        now: int,
+        conn: AsyncConnection,
+    ) -> list[MessageRecord]:
         due = DUE_SQLITE if self._db.is_sqlite else DUE_LOCKED
-        async with self._transaction() as conn:
-            # Straight to the driver on SQLite (storage/driver.py): a thread hop a statement.
-            found = {
-                row["id"]: int(row["claims"])
-                for row in await fetch_dicts(conn, due, {"now": now, "limit": limit})
-            }
-            if not found:
-                return []
-            poisoned = {i: n for i, n in found.items() if max_claims and quarantines(n, max_claims)}
-            await quarantine(conn, poisoned, owner, now)
-            claimed = [i for i in found if i not in poisoned]
-            rows: list[dict[str, Any]] = []
-            if claimed:
-                # RETURNING: the claimed rows as the lease left them, without reading
-                # them again.
-                leased = {"ids": claimed, "owner": owner, "lease": now + lease_ms}
-                lease = _LEASE if self._db.is_sqlite else _LEASE_ANY
-                rows += await fetch_dicts(conn, lease, leased)
-            if poisoned:
-                rows += await fetch_dicts(conn, _ROWS, {"ids": list(poisoned)})
+        # Straight to the driver on SQLite (storage/driver.py): a thread hop a statement.
+        found = {
+            row["id"]: int(row["claims"])
+            for row in await fetch_dicts(conn, due, {"now": now, "limit": limit})
+        }
+        if not found:
+            return []
+        poisoned = {i: n for i, n in found.items() if max_claims and quarantines(n, max_claims)}
+        await quarantine(conn, poisoned, owner, now)
+        claimed = [i for i in found if i not in poisoned]
+        rows: list[dict[str, Any]] = []
+        if claimed:
+            # RETURNING: the claimed rows as the lease left them, without reading them
+            # again.
+            leased = {"ids": claimed, "owner": owner, "lease": now + lease_ms}
+            lease = _LEASE if self._db.is_sqlite else _LEASE_ANY
+            rows += await fetch_dicts(conn, lease, leased)
+        if poisoned:
+            rows += await fetch_dicts(conn, _ROWS, {"ids": list(poisoned)})
         by_id = {row["id"]: record(row, ()) for row in rows}
         return [by_id[i] for i in found]
 
