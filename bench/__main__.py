@@ -15,6 +15,7 @@ from pathlib import Path
 
 from bench import (
     alternatives,
+    backlog,
     bulk,
     callbacks,
     dispatch,
@@ -41,6 +42,7 @@ PARTS: dict[str, Callable[[], Awaitable[Figure | list[Figure]]]] = {
     "send": send.run,
     "bulk": bulk.run,
     "dispatch": dispatch.run,
+    "backlog": backlog.run,
     "callbacks": callbacks.run,
     "replicas": replicas.run,
     "ratelimit": ratelimit.run,

@@ -30,6 +30,8 @@ ROWS = [
     "Messages dispatched end to end (SQLite)",
     "Messages dispatched end to end (PostgreSQL)",
     "Dispatch: server CPU per dispatched message",
+    "Claim of 64 due messages, deep outbox (SQLite)",
+    "Claim of 64 due messages, deep outbox (PostgreSQL)",
     "Status callbacks ingested with signature checks (sidecar, SQLite)",
     "Status callbacks ingested with signature checks (sidecar, PostgreSQL)",
     "Callbacks: server CPU per callback",
