@@ -58,6 +58,12 @@ class Coalescer(ABC, Generic[ItemT, ResultT]):
             self._flusher = asyncio.create_task(self._drain(), name=self._name)
         return await future
 
+    async def settled(self) -> None:
+        """Return once no batch is on its way (one a caller gave up on still runs to
+        its end): before the resources its flush uses are closed."""
+        while self._flusher is not None and not self._flusher.done():
+            await asyncio.wait([self._flusher])
+
     @abstractmethod
     async def flush(self, items: list[ItemT]) -> Sequence[ResultT | Failed]:
         """Flush ``items`` together: one outcome per item, in order. Raising fails them

@@ -182,6 +182,7 @@ async def build_storage(
         fallback=settings.fallback_policy(),
         retry=settings.retry_policy(),
     )
+    cleanup.push_async_callback(repository.settle)  # before db.dispose (last in, first out)
     capacity = OutboxCapacity(repository.count_unsent, settings.outbox_capacity)
     cleanup.push_async_callback(capacity.close)
     return Storage(db, repository, capacity)

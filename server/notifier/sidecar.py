@@ -92,6 +92,7 @@ async def create_sidecar(
         repository = Repository(
             db, fallback=settings.fallback_policy(), retry=settings.retry_policy()
         )
+        cleanup.push_async_callback(repository.settle)  # after the server, before dispose
         app = create_webhook_app(repository, webhook_config(settings))
         telemetry.instrument_app(app)
         http = InProcessServer(app, host, sock=sock)

@@ -15,6 +15,8 @@ fails, every caller in the group gets that error, as each would have alone.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar, cast
 
@@ -24,30 +26,32 @@ from notifier.batching import MAX_BATCH, Coalescer, Failed
 
 T = TypeVar("T")
 Work = Callable[[AsyncConnection], Awaitable[Any]]
+# A caller's work and the context it was submitted in (its trace, or none).
+Item = tuple[Work, contextvars.Context]
 
 
-class GroupCommit(Coalescer[Work, Any]):
+class GroupCommit(Coalescer[Item, Any]):
     def __init__(self, engine: AsyncEngine, max_group: int = MAX_BATCH) -> None:
         super().__init__("group-commit", max_group)
         self._engine = engine
 
     async def run(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """Run ``work`` in a write transaction; return its result once it is committed."""
-        return cast(T, await self.submit(work))
+        return cast(T, await self.submit((work, contextvars.copy_context())))
 
-    async def flush(self, items: list[Work]) -> Sequence[Any]:
+    async def flush(self, items: list[Item]) -> Sequence[Any]:
         if len(items) == 1:
             # Alone in its transaction: a failure rolls back only its own changes
             # anyway, so no SAVEPOINT (two statements, two thread hops to SQLite).
             # Raising fails the one caller with its own error, as a Failed would.
             async with self._engine.begin() as conn:
-                return [await items[0](conn)]
+                return [await _in_its_context(items[0], conn)]
         outcomes: list[Any] = []
         async with self._engine.begin() as conn:
-            for work in items:
+            for item in items:
                 try:
                     async with conn.begin_nested():
-                        outcomes.append(await work(conn))
+                        outcomes.append(await _in_its_context(item, conn))
                 except Exception as exc:  # this caller's problem only
                     outcomes.append(Failed(exc))
         return outcomes
@@ -56,3 +60,16 @@ class GroupCommit(Coalescer[Work, Any]):
         # Savepoints already keep each piece of work apart; what failed here is the
         # shared transaction or its commit, which each would have met alone.
         return False
+
+
+async def _in_its_context(item: Item, conn: AsyncConnection) -> Any:
+    """Run the work in the context its caller submitted it from, not the group's (that
+    of whoever started the group): its statements are traced under its own caller's
+    span (a send's record under the send), and the dispatcher's untraced claim stays
+    untraced, whatever else shares the commit."""
+    work, context = item
+
+    async def run() -> Any:
+        return await work(conn)
+
+    return await asyncio.create_task(run(), context=context)

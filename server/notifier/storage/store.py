@@ -44,6 +44,12 @@ class Store:
             async with self._db.writer.begin() as conn:
                 return await work(conn)
 
+    async def settle(self) -> None:
+        """Wait for the group commit on its way (SQLite), so the engine is disposed with
+        no statement of it still running on aiosqlite's thread."""
+        if self._group is not None:
+            await self._group.settled()
+
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncConnection]:
         """A write transaction of its own (not shared with others' writes)."""
