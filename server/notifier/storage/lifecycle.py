@@ -23,9 +23,10 @@ from notifier.domain.errors import PreconditionFailed
 from notifier.domain.lifecycle import ENDED, Erased, Purged
 from notifier.domain.model import Status
 from notifier.storage.rollups import fold_journal
-from notifier.storage.rows import OUTBOX, chunks
+from notifier.storage.rows import chunks
 from notifier.storage.store import Store
 from notifier.storage.tables import (
+    OUTBOX,
     delivery_attempts,
     idempotency_keys,
     inbound_messages,

@@ -25,9 +25,8 @@ from notifier.domain.model import MessageQuery, Status
 from notifier.domain.reconcile import AWAITING_OUTCOME
 from notifier.storage.queries import conditions
 from notifier.storage.rollups import DAY_MS, HOUR_MS, KINDS, Contribution, Kind, fold
-from notifier.storage.rows import OUTBOX
 from notifier.storage.store import Store
-from notifier.storage.tables import message_tags, messages
+from notifier.storage.tables import OUTBOX, message_tags, messages
 
 # An SMS fallback counts in GetMetrics' fallbacks_delivered once it reached the phone.
 REACHED = (Status.DELIVERED, Status.READ)

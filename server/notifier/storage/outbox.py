@@ -48,7 +48,6 @@ from notifier.storage.fallbacks import FAILURES, follow_failures
 from notifier.storage.quarantine import quarantine
 from notifier.storage.rows import (
     CHUNK,
-    OUTBOX,
     STAMP_COLUMNS,
     among,
     chunks,
@@ -59,6 +58,7 @@ from notifier.storage.store import Store
 from notifier.storage.tables import (
     CLAIM_INDEX,
     IN_OUTBOX,
+    OUTBOX,
     delivery_attempts,
     messages,
     status_events,

@@ -27,9 +27,6 @@ from notifier.storage.tables import message_tags, messages, status_events
 STAMP_COLUMNS = {Status.SENT: "sent_at", Status.DELIVERED: "delivered_at", Status.READ: "read_at"}
 """Where a message keeps the time its current send first reached each status."""
 
-OUTBOX = (Status.PENDING.value, Status.SCHEDULED.value)
-"""Statuses of messages waiting in the outbox (not yet handed to Twilio)."""
-
 
 CHUNK = 500
 """Bound parameters per IN (...) list: well under SQLite's limit on them."""

@@ -18,8 +18,13 @@ from sqlalchemy import (
     text,
 )
 
-IN_OUTBOX = "status IN ('pending', 'scheduled')"
-"""The outbox (rows.OUTBOX) as literal SQL: the claim's index is partial over it, and a
+from notifier.domain.model import Status
+
+OUTBOX = (Status.PENDING.value, Status.SCHEDULED.value)
+"""Statuses of messages waiting in the outbox (not yet handed to Twilio)."""
+
+IN_OUTBOX = f"status IN ({', '.join(repr(s) for s in OUTBOX)})"
+"""The outbox as literal SQL: the claim's index is partial over it, and a
 planner uses a partial index only for a query that states the same condition in
 literals (not bound parameters)."""
 CLAIM_INDEX = "ix_messages_priority_next_attempt_at_id"
