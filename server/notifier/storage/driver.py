@@ -45,7 +45,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.selectable import TextualSelect
 
-from notifier.storage.engine import notify
+from notifier.storage.engine import notify, owed_begin
 from notifier.storage.rows import among, array_of
 
 
@@ -61,10 +61,31 @@ def _direct(conn: AsyncConnection) -> bool:
     return conn.dialect.name == "sqlite" and not conn.sync_connection.dispatch.before_cursor_execute  # type: ignore[union-attr]
 
 
-async def _driver(conn: AsyncConnection) -> Any:
-    """The aiosqlite connection under ``conn`` (its transaction already begun)."""
+# A statement for ``_on_thread``: its SQL, its parameters, and whether they are many
+# rows (an executemany) or one execution's.
+Statement = tuple[str, Any, bool]
+
+
+async def _on_thread(conn: AsyncConnection, statements: Sequence[Statement]) -> list[Any]:
+    """Run ``statements`` on the aiosqlite thread under ``conn`` in one trip, the BEGIN
+    its transaction owes first (engine.py); the rows each returned, in order."""
     raw = await conn.get_raw_connection()
-    return raw.driver_connection
+    driver: Any = raw.driver_connection
+    begin = owed_begin(driver)
+    return cast(list[Any], await driver._execute(_run, driver._conn, begin, statements))
+
+
+def _run(db: sqlite3.Connection, begin: str | None, statements: Sequence[Statement]) -> list[Any]:
+    """On aiosqlite's thread: ``begin`` (if owed), then each statement in turn."""
+    if begin is not None:
+        with _as_sqlalchemy(begin):
+            db.execute(begin)
+    results = []
+    for sql, params, many in statements:
+        with _as_sqlalchemy(sql):
+            cursor = db.executemany(sql, params) if many else db.execute(sql, params)
+            results.append(cursor.fetchall())
+    return results
 
 
 @contextmanager
@@ -93,12 +114,41 @@ async def insert_rows(
         await conn.execute(insert(table), list(rows))
         return
     sql = _insert_sql(table.name, tuple(rows[0]))
-    driver = await _driver(conn)
-    with _as_sqlalchemy(sql):
-        await driver.executemany(sql, rows)
+    await _on_thread(conn, [(sql, rows, True)])
 
 
 Rows = Sequence[Mapping[str, Any]]
+# A step of ``execute_all``: rows for a table (an INSERT), or for a statement of bound
+# parameters (an INSERT or UPDATE) executed once per row.
+Step = tuple[Table | Insert | Update, Rows]
+
+
+async def execute_all(conn: AsyncConnection, steps: Sequence[Step]) -> None:
+    """Each step in turn (``insert_rows`` for a table, ``execute_many`` for a
+    statement); steps without rows are skipped.
+
+    SQLite: every step in one trip to the driver's thread. Each trip is a thread switch
+    there and back, and a wait for the event loop to take the answer: a recorded batch
+    of sends (attempts, the messages' updates, their events) made three where one does.
+    """
+    steps = [(what, rows) for what, rows in steps if rows]
+    if not _direct(conn):
+        for what, rows in steps:
+            if isinstance(what, Table):
+                await insert_rows(conn, what, rows)
+            else:
+                await execute_many(conn, what, rows)
+        return
+    statements = [_sqlite_step(what, rows) for what, rows in steps]
+    await _on_thread(conn, statements)
+
+
+def _sqlite_step(what: Table | Insert | Update, rows: Rows) -> Statement:
+    """A step as SQLite's SQL and its rows (the statement's fixed values added)."""
+    if isinstance(what, Table):
+        return _insert_sql(what.name, tuple(rows[0])), rows, True
+    sql, fixed = _compiled(what, tuple(rows[0]) if isinstance(what, Insert) else ())
+    return sql, [fixed | dict(row) for row in rows] if fixed else rows, True
 
 
 async def insert_tables(
@@ -106,16 +156,13 @@ async def insert_tables(
 ) -> None:
     """``insert_rows`` for each (table, rows), in order, and ``notify(channels)``.
 
-    SQLite: every INSERT in one trip to the driver's thread (each trip is a thread
-    switch there and back, a few percent of a SendMessage each). PostgreSQL: the NOTIFY
-    goes with the last INSERT (``insert_and_notify``); it is delivered at commit, so
-    where it stands in the transaction changes nothing.
+    SQLite: every INSERT in one trip to the driver's thread (``execute_all``).
+    PostgreSQL: the NOTIFY goes with the last INSERT (``insert_and_notify``); it is
+    delivered at commit, so where it stands in the transaction changes nothing.
     """
     inserts = [(table, rows) for table, rows in inserts if rows]
-    if _direct(conn):
-        statements = [(_insert_sql(table.name, tuple(rows[0])), rows) for table, rows in inserts]
-        driver = await _driver(conn)
-        await driver._execute(_insert_all, driver._conn, statements)
+    if conn.dialect.name != "postgresql":
+        await execute_all(conn, inserts)
         return
     if not inserts:
         await notify(conn, *channels)
@@ -124,13 +171,6 @@ async def insert_tables(
     for earlier, earlier_rows in first:
         await insert_rows(conn, earlier, earlier_rows)
     await insert_and_notify(conn, table, rows, *channels)
-
-
-def _insert_all(db: sqlite3.Connection, statements: Sequence[tuple[str, Rows]]) -> None:
-    """On aiosqlite's thread: each INSERT of ``insert_tables`` in turn."""
-    for sql, rows in statements:
-        with _as_sqlalchemy(sql):
-            db.executemany(sql, rows)
 
 
 async def insert_and_notify(
@@ -223,9 +263,7 @@ async def select_in(
         within.name,
         len(values),
     )
-    driver = await _driver(conn)
-    with _as_sqlalchemy(sql):
-        rows = await driver.execute_fetchall(sql, [*(v for _, v in equal), *values])
+    (rows,) = await _on_thread(conn, [(sql, (*(v for _, v in equal), *values), False)])
     return [tuple(r) for r in rows]
 
 
@@ -262,9 +300,7 @@ async def update_rows(
         await conn.execute(stmt, [{f"p_{c}": row[c] for c in columns} for row in rows])
         return
     sql = _update_sql(table.name, key.name, columns)
-    driver = await _driver(conn)
-    with _as_sqlalchemy(sql):
-        await driver.executemany(sql, rows)
+    await _on_thread(conn, [(sql, rows, True)])
 
 
 # Statements built with SQLAlchemy (one text for both backends), compiled once for
@@ -303,9 +339,7 @@ async def fetch_dicts(
     sql = _expanded(sql, tuple((k, len(v)) for k, v in lists.items()))
     for name, items in lists.items():
         values |= {f"{name}__{i}": v for i, v in enumerate(items)}
-    driver = await _driver(conn)
-    with _as_sqlalchemy(sql):
-        rows = await driver.execute_fetchall(sql, values)
+    (rows,) = await _on_thread(conn, [(sql, values, False)])
     columns = [str(name) for name in stmt.exported_columns.keys()]  # noqa: SIM118 (a collection)
     return [dict(zip(columns, row, strict=True)) for row in rows]
 
@@ -321,6 +355,4 @@ async def execute_many(
         await conn.execute(stmt, list(rows))
         return
     sql, fixed = _compiled(stmt, tuple(rows[0]) if isinstance(stmt, Insert) else ())
-    driver = await _driver(conn)
-    with _as_sqlalchemy(sql):
-        await driver.executemany(sql, [fixed | dict(row) for row in rows])
+    await _on_thread(conn, [(sql, [fixed | dict(row) for row in rows], True)])

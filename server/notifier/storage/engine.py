@@ -12,6 +12,7 @@ use a pool of their own that WAL lets run beside the writer.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -126,21 +127,72 @@ def _sqlite_engine(url: str, *, immediate: bool, pool_size: int) -> AsyncEngine:
         cursor.close()
 
     begin = "BEGIN IMMEDIATE" if immediate else "BEGIN"
+    dialect = engine.sync_engine.dialect
+    commit, rollback = dialect.do_commit, dialect.do_rollback
+    execute, execute_many = dialect.do_execute, dialect.do_executemany
+    execute_no_params = dialect.do_execute_no_params
 
     def _do_begin(dbapi_conn: Any) -> None:
-        # Straight to aiosqlite's thread in one hop: through a SQLAlchemy cursor (the
-        # "begin" event's exec_driver_sql) it took three (cursor, execute, close), and
-        # each hop costs a thread switch; a SQLite write transaction (SendMessage's
-        # accepted batch) makes only a handful. SQLAlchemy calls do_begin inside its
-        # error handling, so a failure (SQLITE_BUSY, a read-only disk) still reaches
-        # us as an OperationalError, as it did from the event.
-        try:
-            await_(dbapi_conn.driver_connection.execute(begin))
-        except Exception as error:
-            dbapi_conn._handle_exception(error)
+        # Owed, not sent: it goes to aiosqlite's thread with the transaction's first
+        # statement, in the same hop (storage/driver.py, or _begin_owed below). Sent
+        # alone it was a hop of its own, a thread switch there and back and a wait for
+        # the event loop: a fifth of a recorded batch's hops.
+        _OWED[dbapi_conn.driver_connection] = begin
 
-    engine.sync_engine.dialect.do_begin = _do_begin  # type: ignore[method-assign,assignment]
+    def _do_commit(dbapi_conn: Any) -> None:
+        if _OWED.pop(dbapi_conn.driver_connection, None) is None:  # else nothing ran
+            commit(dbapi_conn)
+
+    def _do_rollback(dbapi_conn: Any) -> None:
+        # The pool rolls back every connection given back to it, a committed writer
+        # and a reader that only read included: a thread hop each time to undo nothing.
+        # SQLite says whether a transaction is open (a flag, read without the thread);
+        # only then is there anything to undo.
+        _OWED.pop(dbapi_conn.driver_connection, None)
+        if dbapi_conn.driver_connection._conn.in_transaction:
+            rollback(dbapi_conn)
+
+    def _begin_owed(cursor: Any) -> None:
+        """A statement through SQLAlchemy's cursor: the BEGIN owed first, in a hop of
+        its own (as before). SQLAlchemy calls this inside its error handling, so a
+        failure (SQLITE_BUSY, a read-only disk) reaches us as an OperationalError."""
+        owed = _OWED.pop(cursor._connection, None)
+        if owed is not None:
+            try:
+                await_(cursor._connection.execute(owed))
+            except Exception as error:
+                cursor._adapt_connection._handle_exception(error)
+
+    def _do_execute(cursor: Any, *args: Any, **kwargs: Any) -> None:
+        _begin_owed(cursor)
+        execute(cursor, *args, **kwargs)
+
+    def _do_executemany(cursor: Any, *args: Any, **kwargs: Any) -> None:
+        _begin_owed(cursor)
+        execute_many(cursor, *args, **kwargs)
+
+    def _do_execute_no_params(cursor: Any, *args: Any, **kwargs: Any) -> None:
+        _begin_owed(cursor)
+        execute_no_params(cursor, *args, **kwargs)
+
+    dialect.do_begin = _do_begin  # type: ignore[method-assign,assignment]
+    dialect.do_commit = _do_commit  # type: ignore[method-assign,assignment]
+    dialect.do_rollback = _do_rollback  # type: ignore[method-assign,assignment]
+    dialect.do_execute = _do_execute  # type: ignore[method-assign]
+    dialect.do_executemany = _do_executemany  # type: ignore[method-assign]
+    dialect.do_execute_no_params = _do_execute_no_params  # type: ignore[method-assign]
     return engine
+
+
+# SQLite: the aiosqlite connections whose transaction SQLAlchemy has begun and that have
+# not run a statement yet, with the BEGIN they owe.
+_OWED: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
+def owed_begin(driver_connection: Any) -> str | None:
+    """The BEGIN ``driver_connection`` (aiosqlite's) owes, now taken: the caller sends it
+    ahead of its statement, on the same trip to the thread."""
+    return _OWED.pop(driver_connection, None)
 
 
 def create_database(url: str) -> Database:

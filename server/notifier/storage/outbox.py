@@ -37,6 +37,7 @@ from notifier.domain.poison import quarantines
 from notifier.domain.retry import RetryPolicy
 from notifier.storage.driver import (
     columns_of,
+    execute_all,
     execute_many,
     fetch_dicts,
     insert_and_notify,
@@ -462,10 +463,20 @@ class _AttemptPlan:
         for message_id, values in (self.moved | self.late).items():
             row = self.state[message_id]
             values |= {"p_attempts": row["attempts"], "p_twilio_sid": row["twilio_sid"]}
-        # Straight to the driver on SQLite (storage/driver.py): one thread hop a statement.
+        moved, late = list(self.moved.values()), list(self.late.values())
+        if conn.dialect.name != "postgresql" and not self.resent:
+            # SQLite: the attempts, the messages' updates and their events in one trip
+            # to the driver's thread (driver.execute_all); it has no NOTIFY.
+            for row in moved + late:
+                row["p_now"] = self.now
+            events = (status_events, self.events)
+            await execute_all(
+                conn, [(delivery_attempts, self.attempts), (_MOVED, moved), (_LATE, late), events]
+            )
+            return
         await insert_rows(conn, delivery_attempts, self.attempts)
-        await _update_many(conn, list(self.moved.values()), self.now, moved=True)
-        await _update_many(conn, list(self.late.values()), self.now, moved=False)
+        await _update_many(conn, moved, self.now, moved=True)
+        await _update_many(conn, late, self.now, moved=False)
         if self.resent:  # a new send: no step times yet (the old ones stay in the history)
             stamps = dict.fromkeys(STAMP_COLUMNS.values())
             await conn.execute(
