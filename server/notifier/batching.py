@@ -44,6 +44,11 @@ class Failed:
 
 
 class Coalescer(ABC, Generic[ItemT, ResultT]):
+    # Whether to let the event loop turn once before taking the next batch, so that
+    # the callers the last flush answered run first and what they submit at once shares
+    # the next flush (see GroupCommit).
+    turn_between_batches = False
+
     def __init__(self, name: str, max_batch: int = MAX_BATCH) -> None:
         self._name = name
         self._max_batch = max_batch
@@ -85,6 +90,8 @@ class Coalescer(ABC, Generic[ItemT, ResultT]):
             batch = self._queue[: self._max_batch]
             del self._queue[: self._max_batch]
             await self._flush_batch(batch)
+            if self.turn_between_batches:
+                await asyncio.sleep(0)
 
     async def _flush_batch(self, batch: list[tuple[ItemT, asyncio.Future[ResultT]]]) -> None:
         try:

@@ -4,13 +4,14 @@ SQLite has one writer, and with ``synchronous = FULL`` every commit waits for th
 (about 1.5 ms here): one transaction per accepted message, per recorded attempt or per
 status callback caps each of them at a few hundred a second, whatever the CPU. Here
 writes that arrive while a commit is on its way queue up (``notifier.batching``), and
-the next transaction runs all of them, each inside its own SAVEPOINT, then commits once.
+the next transaction runs all of them, then commits once.
 
 Durability is unchanged: a caller's ``run`` returns only after the transaction holding
 its work is committed, so nothing is acknowledged (a message accepted, a send recorded,
-a callback answered 200) before it is on disk. One piece of work that fails rolls back
-to its savepoint and gets its own exception; the others commit. If the commit itself
-fails, every caller in the group gets that error, as each would have alone.
+a callback answered 200) before it is on disk. One piece of work that fails gets its
+own exception and the others commit: the group is rolled back and each runs again in a
+transaction of its own. If the commit itself fails, every caller in the group gets
+that error, as each would have alone.
 """
 
 from __future__ import annotations
@@ -31,6 +32,13 @@ Item = tuple[Work, contextvars.Context]
 
 
 class GroupCommit(Coalescer[Item, Any]):
+    # The coalescers in front of this one (the recorder's batches, the accepted
+    # messages) submit their next batch as soon as their last is committed. Without a
+    # turn of the event loop in between, a transaction already waiting (a claim) was
+    # taken alone, and that next batch went alone after it: two commits, and twice the
+    # fixed hops a transaction costs, where one does.
+    turn_between_batches = True
+
     def __init__(self, engine: AsyncEngine, max_group: int = MAX_BATCH) -> None:
         super().__init__("group-commit", max_group)
         self._engine = engine
@@ -40,25 +48,43 @@ class GroupCommit(Coalescer[Item, Any]):
         return cast(T, await self.submit((work, contextvars.copy_context())))
 
     async def flush(self, items: list[Item]) -> Sequence[Any]:
-        if len(items) == 1:
-            # Alone in its transaction: a failure rolls back only its own changes
-            # anyway, so no SAVEPOINT (two statements, two thread hops to SQLite).
-            # Raising fails the one caller with its own error, as a Failed would.
-            async with self._engine.begin() as conn:
-                return [await _in_its_context(items[0], conn)]
-        outcomes: list[Any] = []
+        """Every item's work in one transaction, committed once; if one raises, the
+        transaction is rolled back and each runs again in its own (``_each_alone``).
+
+        No SAVEPOINT around each: two more statements an item (SAVEPOINT, RELEASE),
+        each a thread hop to SQLite, made a shared commit cost more hops than the
+        transactions it saved. Work that raises is rare (storage going away, a bug: a
+        caller's own refusals are results, not exceptions), and running it again is
+        safe: its first run was rolled back with everything else.
+        """
         async with self._engine.begin() as conn:
+            outcomes: list[Any] = []
             for item in items:
                 try:
-                    async with conn.begin_nested():
-                        outcomes.append(await _in_its_context(item, conn))
-                except Exception as exc:  # this caller's problem only
-                    outcomes.append(Failed(exc))
+                    outcomes.append(await _in_its_context(item, conn))
+                except Exception:
+                    if len(items) == 1:
+                        raise  # its own error, as it would have met it alone
+                    await conn.rollback()
+                    break
+            else:
+                return outcomes
+        return await self._each_alone(items)
+
+    async def _each_alone(self, items: list[Item]) -> list[Any]:
+        """Each item in a transaction of its own: the one that failed fails alone."""
+        outcomes: list[Any] = []
+        for item in items:
+            try:
+                async with self._engine.begin() as conn:
+                    outcomes.append(await _in_its_context(item, conn))
+            except Exception as exc:  # this caller's problem only
+                outcomes.append(Failed(exc))
         return outcomes
 
     def retry_alone(self, error: Exception) -> bool:
-        # Savepoints already keep each piece of work apart; what failed here is the
-        # shared transaction or its commit, which each would have met alone.
+        # What failed here is the shared transaction or its commit, which each would
+        # have met alone (an item's own failure is handled inside flush).
         return False
 
 
