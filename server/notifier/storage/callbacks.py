@@ -18,7 +18,7 @@ from notifier.domain.deferral import Resend, judge_deferral
 from notifier.domain.inbound import Consent, InboundMessage
 from notifier.domain.model import CallbackResult, Channel, EventSource, Status, StatusReport
 from notifier.domain.reports import HISTORY_SOURCES, PastEvent, ReportTarget, judge_report
-from notifier.storage.driver import insert_rows, select_in, update_rows
+from notifier.storage.driver import execute_all, select_in
 from notifier.storage.engine import DUE_CHANNEL, EVENTS_CHANNEL, Database, notify
 from notifier.storage.fallbacks import FAILURES, follow_failures
 from notifier.storage.rows import STAMP_COLUMNS, chunks, event_row, new_message_id
@@ -336,13 +336,12 @@ async def _write_reported(
     conn: AsyncConnection, touched: dict[str, dict[str, Any]], events: list[dict[str, Any]]
 ) -> None:
     columns = (*_REPORTED, "updated_at")
-    await update_rows(
-        conn,
-        messages.c.id,
-        [{"id": i} | {c: row[c] for c in columns} | _NO_FETCHES_YET for i, row in touched.items()],
-    )
+    updates = [
+        {"id": i} | {c: row[c] for c in columns} | _NO_FETCHES_YET for i, row in touched.items()
+    ]
+    # SQLite: both in one trip to the driver's thread (driver.execute_all).
+    await execute_all(conn, [(messages.c.id, updates), (status_events, events)])
     if events:
-        await insert_rows(conn, status_events, events)
         await notify(conn, EVENTS_CHANNEL)
 
 

@@ -118,14 +118,15 @@ async def insert_rows(
 
 
 Rows = Sequence[Mapping[str, Any]]
-# A step of ``execute_all``: rows for a table (an INSERT), or for a statement of bound
-# parameters (an INSERT or UPDATE) executed once per row.
-Step = tuple[Table | Insert | Update, Rows]
+# A step of ``execute_all``: rows for a table (an INSERT), for a statement of bound
+# parameters (an INSERT or UPDATE) executed once per row, or for a key column (its
+# table's rows updated by key, as ``update_rows``).
+Step = tuple[Table | Insert | Update | Column[Any], Rows]
 
 
 async def execute_all(conn: AsyncConnection, steps: Sequence[Step]) -> None:
     """Each step in turn (``insert_rows`` for a table, ``execute_many`` for a
-    statement); steps without rows are skipped.
+    statement, ``update_rows`` for a key column); steps without rows are skipped.
 
     SQLite: every step in one trip to the driver's thread. Each trip is a thread switch
     there and back, and a wait for the event loop to take the answer: a recorded batch
@@ -136,6 +137,8 @@ async def execute_all(conn: AsyncConnection, steps: Sequence[Step]) -> None:
         for what, rows in steps:
             if isinstance(what, Table):
                 await insert_rows(conn, what, rows)
+            elif isinstance(what, Column):
+                await update_rows(conn, what, rows)
             else:
                 await execute_many(conn, what, rows)
         return
@@ -143,10 +146,12 @@ async def execute_all(conn: AsyncConnection, steps: Sequence[Step]) -> None:
     await _on_thread(conn, statements)
 
 
-def _sqlite_step(what: Table | Insert | Update, rows: Rows) -> Statement:
+def _sqlite_step(what: Table | Insert | Update | Column[Any], rows: Rows) -> Statement:
     """A step as SQLite's SQL and its rows (the statement's fixed values added)."""
     if isinstance(what, Table):
         return _insert_sql(what.name, tuple(rows[0])), rows, True
+    if isinstance(what, Column):
+        return _update_sql(what.table.name, what.name, tuple(rows[0])), rows, True
     sql, fixed = _compiled(what, tuple(rows[0]) if isinstance(what, Insert) else ())
     return sql, [fixed | dict(row) for row in rows] if fixed else rows, True
 
