@@ -109,16 +109,24 @@ _LATENESS = st.lists(
 )
 
 
+# A CI rehearsal's draw: with no guard, a grant a window after another (t + 1.0) came
+# 0.9999999999999858 after it once t had picked up lateness: floating point, not the rule.
+_ROUNDED = [0.0] * 21 + [0.0028433367234305157, 0.0015429981586884672, 0.0005365522576191328]
+_ROUNDED += [0.03604747994651498, 0.04, 0.01654731360961063, 0.3, 0.0, 0.0]
+
+
 @settings(max_examples=60, deadline=None)
 @given(limit=st.integers(1, 25), guard=st.sampled_from([0.0, 0.006, 0.01]), lateness=_LATENESS)
+@example(limit=1, guard=0.0, lateness=_ROUNDED)
 def test_no_window_ever_holds_more_than_the_limit(
     limit: int, guard: float, lateness: list[float]
 ) -> None:
     """Any lateness, stalls included: never N + 1 grants in one window, never two
-    grants closer than half a spacing."""
+    grants closer than half a spacing (to within a nanosecond: times are floats)."""
     rule = GrantRule(limit, 1.0, guard)
     granted = _grants(rule, lateness)
-    assert all(granted[i + limit] - granted[i] >= 1.0 for i in range(len(granted) - limit))
+    spans = [granted[i + limit] - granted[i] for i in range(len(granted) - limit)]
+    assert all(span >= 1.0 - 1e-9 for span in spans)
     assert all(b - a >= rule.spacing / 2 - 1e-9 for a, b in itertools.pairwise(granted))
 
 
