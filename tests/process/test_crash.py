@@ -44,7 +44,11 @@ def _db_state(db: TestDb) -> tuple[Counter[str], set[str]]:
 @pytest.mark.slow
 async def test_sigkill_mid_dispatch_loses_nothing(database: TestDb) -> None:
     db = database
-    async with EmulatorServer(faults=Faults(latency_seconds=0.005)) as emu:
+    # Twilio answering in 0.1 s bounds dispatch at 320/s (32 requests in flight), so
+    # the 2,000 messages are still going out when the last is accepted and the kill
+    # lands mid-dispatch. At 5 ms the dispatcher, woken on acceptance, kept pace with
+    # the 64 callers and had sent all 2,000 before the kill (a CI rehearsal).
+    async with EmulatorServer(faults=Faults(latency_seconds=0.1)) as emu:
         env = _env(db, emu)
         first = await asyncio.to_thread(start_server, env, "grpc")
         ids = await send_many(first.address, [f"m{i:04d}" for i in range(TOTAL)], concurrency=64)
