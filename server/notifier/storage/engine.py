@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -129,8 +129,6 @@ def _sqlite_engine(url: str, *, immediate: bool, pool_size: int) -> AsyncEngine:
     begin = "BEGIN IMMEDIATE" if immediate else "BEGIN"
     dialect = engine.sync_engine.dialect
     commit, rollback = dialect.do_commit, dialect.do_rollback
-    execute, execute_many = dialect.do_execute, dialect.do_executemany
-    execute_no_params = dialect.do_execute_no_params
 
     def _do_begin(dbapi_conn: Any) -> None:
         # Owed, not sent: it goes to aiosqlite's thread with the transaction's first
@@ -163,24 +161,19 @@ def _sqlite_engine(url: str, *, immediate: bool, pool_size: int) -> AsyncEngine:
             except Exception as error:
                 cursor._adapt_connection._handle_exception(error)
 
-    def _do_execute(cursor: Any, *args: Any, **kwargs: Any) -> None:
-        _begin_owed(cursor)
-        execute(cursor, *args, **kwargs)
+    def _begun(execute: Callable[..., None]) -> Callable[..., None]:
+        def run(cursor: Any, *args: Any, **kwargs: Any) -> None:
+            _begin_owed(cursor)
+            execute(cursor, *args, **kwargs)
 
-    def _do_executemany(cursor: Any, *args: Any, **kwargs: Any) -> None:
-        _begin_owed(cursor)
-        execute_many(cursor, *args, **kwargs)
-
-    def _do_execute_no_params(cursor: Any, *args: Any, **kwargs: Any) -> None:
-        _begin_owed(cursor)
-        execute_no_params(cursor, *args, **kwargs)
+        return run
 
     dialect.do_begin = _do_begin  # type: ignore[method-assign,assignment]
     dialect.do_commit = _do_commit  # type: ignore[method-assign,assignment]
     dialect.do_rollback = _do_rollback  # type: ignore[method-assign,assignment]
-    dialect.do_execute = _do_execute  # type: ignore[method-assign]
-    dialect.do_executemany = _do_executemany  # type: ignore[method-assign]
-    dialect.do_execute_no_params = _do_execute_no_params  # type: ignore[method-assign]
+    dialect.do_execute = _begun(dialect.do_execute)  # type: ignore[method-assign]
+    dialect.do_executemany = _begun(dialect.do_executemany)  # type: ignore[method-assign]
+    dialect.do_execute_no_params = _begun(dialect.do_execute_no_params)  # type: ignore[method-assign]
     return engine
 
 

@@ -23,7 +23,7 @@ from typing import Any, TypeVar, cast
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from notifier.batching import MAX_BATCH, Coalescer, Failed
+from notifier.batching import MAX_BATCH, Coalescer
 
 T = TypeVar("T")
 Work = Callable[[AsyncConnection], Awaitable[Any]]
@@ -48,8 +48,9 @@ class GroupCommit(Coalescer[Item, Any]):
         return cast(T, await self.submit((work, contextvars.copy_context())))
 
     async def flush(self, items: list[Item]) -> Sequence[Any]:
-        """Every item's work in one transaction, committed once; if one raises, the
-        transaction is rolled back and each runs again in its own (``_each_alone``).
+        """Every item's work in one transaction, committed once. If one raises, the
+        transaction is rolled back and each item runs again in one of its own
+        (``retry_alone``, ``Coalescer.flush_one``), so the failing one fails alone.
 
         No SAVEPOINT around each: two more statements an item (SAVEPOINT, RELEASE),
         each a thread hop to SQLite, made a shared commit cost more hops than the
@@ -62,30 +63,20 @@ class GroupCommit(Coalescer[Item, Any]):
             for item in items:
                 try:
                     outcomes.append(await _in_its_context(item, conn))
-                except Exception:
+                except Exception as exc:
                     if len(items) == 1:
                         raise  # its own error, as it would have met it alone
-                    await conn.rollback()
-                    break
-            else:
-                return outcomes
-        return await self._each_alone(items)
-
-    async def _each_alone(self, items: list[Item]) -> list[Any]:
-        """Each item in a transaction of its own: the one that failed fails alone."""
-        outcomes: list[Any] = []
-        for item in items:
-            try:
-                async with self._engine.begin() as conn:
-                    outcomes.append(await _in_its_context(item, conn))
-            except Exception as exc:  # this caller's problem only
-                outcomes.append(Failed(exc))
+                    raise _OneFailed from exc  # rolls the group back
         return outcomes
 
     def retry_alone(self, error: Exception) -> bool:
-        # What failed here is the shared transaction or its commit, which each would
-        # have met alone (an item's own failure is handled inside flush).
-        return False
+        # Only an item's own failure; what else fails here is the shared transaction or
+        # its commit, which each would have met alone.
+        return isinstance(error, _OneFailed)
+
+
+class _OneFailed(Exception):
+    """One item of a group raised: the group is rolled back and each runs alone."""
 
 
 async def _in_its_context(item: Item, conn: AsyncConnection) -> Any:

@@ -38,11 +38,11 @@ from notifier.domain.retry import RetryPolicy
 from notifier.storage.driver import (
     columns_of,
     execute_all,
-    execute_many,
     fetch_dicts,
     insert_and_notify,
     insert_rows,
     unnested,
+    update_rows,
 )
 from notifier.storage.engine import DUE_CHANNEL, EVENTS_CHANNEL, notify
 from notifier.storage.fallbacks import FAILURES, follow_failures
@@ -464,24 +464,23 @@ class _AttemptPlan:
             row = self.state[message_id]
             values |= {"p_attempts": row["attempts"], "p_twilio_sid": row["twilio_sid"]}
         moved, late = list(self.moved.values()), list(self.late.values())
-        if conn.dialect.name != "postgresql" and not self.resent:
-            # SQLite: the attempts, the messages' updates and their events in one trip
-            # to the driver's thread (driver.execute_all); it has no NOTIFY.
+        # A new send: no step times yet (the old ones stay in the history).
+        stamps = dict.fromkeys(STAMP_COLUMNS.values())
+        unstamped = [{"id": i} | stamps for i in dict.fromkeys(self.resent)]
+        if conn.dialect.name != "postgresql":
+            # SQLite: every write in one trip to the driver's thread (driver.execute_all);
+            # it has no NOTIFY.
             for row in moved + late:
                 row["p_now"] = self.now
-            events = (status_events, self.events)
+            steps = [(delivery_attempts, self.attempts), (_MOVED, moved), (_LATE, late)]
             await execute_all(
-                conn, [(delivery_attempts, self.attempts), (_MOVED, moved), (_LATE, late), events]
+                conn, [*steps, (messages.c.id, unstamped), (status_events, self.events)]
             )
             return
         await insert_rows(conn, delivery_attempts, self.attempts)
         await _update_many(conn, moved, self.now, moved=True)
         await _update_many(conn, late, self.now, moved=False)
-        if self.resent:  # a new send: no step times yet (the old ones stay in the history)
-            stamps = dict.fromkeys(STAMP_COLUMNS.values())
-            await conn.execute(
-                update(messages).where(messages.c.id.in_(self.resent)).values(**stamps)
-            )
+        await update_rows(conn, messages.c.id, unstamped)
         if self.events:
             await insert_and_notify(conn, status_events, self.events, EVENTS_CHANNEL)
 
@@ -517,18 +516,13 @@ async def _read_in_chunks(
 async def _update_many(
     conn: AsyncConnection, rows: list[dict[str, Any]], now: int, *, moved: bool
 ) -> None:
-    """One executemany: leases given back, attempts counted, and (``moved``) the new
-    status; rows whose status stays put keep their next_attempt_at unless PENDING."""
-    if not rows:
-        return
-    if conn.dialect.name == "postgresql":
-        # One statement for the batch (driver.unnested), not one execution a row.
+    """PostgreSQL: leases given back, attempts counted, and (``moved``) the new status;
+    rows whose status stays put keep their next_attempt_at unless PENDING. One
+    statement for the batch (driver.unnested), not one execution a row. (SQLite: in
+    ``_AttemptPlan.write``'s one trip.)"""
+    if rows:
         statement = _MOVED_ANY if moved else _LATE_ANY
         await conn.execute(statement, {"p_now": now} | columns_of(rows))
-        return
-    for row in rows:
-        row["p_now"] = now
-    await execute_many(conn, _MOVED if moved else _LATE, rows)
 
 
 # Each row's values in _given_back, and the columns whose types they take.
