@@ -392,6 +392,30 @@ async def test_sends_far_below_the_limit_seldom_wait_for_the_database(
     assert takes <= sends // 4  # one request per send before
 
 
+async def test_delays_owed_meanwhile_go_in_one_write(engines: list[Database]) -> None:
+    """At a far-off limit every send is late for its slot (the slots of one request all
+    start at once, the sends come over the next 50 ms), so each owes its partner a
+    delay: written as soon as owed, that was a write per round trip; gathered for 50 ms,
+    a few writes carry them all, and they still land long before their slots."""
+    slots = SendSlots(engines[0])
+    writes: list[int] = []
+    delay = slots.delay_slots
+
+    async def counted(sender: str, delays: Any) -> None:
+        writes.append(len(delays))
+        await delay(sender, delays)
+
+    slots.delay_slots = counted  # type: ignore[method-assign]
+    limiter = SharedLimiter(slots, "whatsapp:+5", 100_000)
+    began = time.monotonic()
+    for _ in range(300):
+        await limiter.acquire()
+        await asyncio.sleep(0.002)  # one send every 2 ms
+    await asyncio.sleep(0.2)  # the last delays written
+    assert sum(writes) >= 100, "late sends owe delays"
+    assert len(writes) <= (time.monotonic() - began) / 0.05 + 1
+
+
 async def test_a_delay_is_taken_with_its_slot_and_only_once(engines: list[Database]) -> None:
     """The replica that takes a delayed slot gets its delay and removes it; a delay
     written twice, in two writes or in one, keeps the later time; the others' slots
