@@ -40,11 +40,12 @@ _written_hook: ContextVar[Callable[[], None] | None] = ContextVar("rate_limited_
 
 
 def request_written() -> None:
-    """The request of the send this task was granted went out (its headers are written):
-    the limiter counts the send from now, not from its grant. Between the two the
-    request is built and a connection taken; on a loaded machine that took long enough
-    that sends granted a window apart reached Twilio closer than that (81 arrivals in
-    one second at 80/s). Only the first request after a grant counts."""
+    """The request of the send this task was granted went out (handed to the socket,
+    headers and body in one write): the limiter counts the send from now, not from its
+    grant. Between the two the request is built and a connection taken; on a loaded
+    machine that took long enough that sends granted a window apart reached Twilio
+    closer than that (81 arrivals in one second at 80/s). Only the first request after
+    a grant counts."""
     hook = _written_hook.get()
     if hook is not None:
         _written_hook.set(None)
