@@ -425,3 +425,16 @@ def count_rows(db_path: Path, where: str) -> int:
         return int(value)
     finally:
         conn.close()
+
+
+def any_row(db_path: Path, where: str) -> bool:
+    """Whether any message ``WHERE ...`` exists, on a connection of its own (blocking)."""
+    import sqlite3
+
+    conn = sqlite3.connect(db_path, timeout=30)
+    try:
+        sql = f"SELECT EXISTS (SELECT 1 FROM messages WHERE {where})"  # noqa: S608
+        (value,) = conn.execute(sql).fetchone()
+        return bool(value)
+    finally:
+        conn.close()

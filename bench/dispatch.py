@@ -85,11 +85,11 @@ async def notifier_run(url: str, db: Backend, total: int) -> dict[str, float]:
     )
     server = await create_server(settings)
     began = time.perf_counter()
-    async with db.counter() as count:
+    async with db.watcher() as any_left:
         with CpuMeter() as cpu:
             await server.start()
             try:
-                while await count("status = 'pending'"):  # noqa: ASYNC110 - the database is what we watch
+                while await any_left("status = 'pending'"):  # noqa: ASYNC110 - the database is what we watch
                     await asyncio.sleep(0.05)
                 seconds = time.perf_counter() - began
             finally:

@@ -116,7 +116,22 @@ def _lease(which: ColumnElement[bool]) -> Any:
 
 
 _LEASE = _lease(messages.c.id.in_(_IDS))
-_LEASE_ANY = _lease(among(messages.c.id, "ids"))  # PostgreSQL (rows.among)
+# PostgreSQL: the scan and the lease in one statement, autocommitted (Outbox._claim_at_once):
+# one round trip where BEGIN, the scan, the lease and COMMIT took four. The rows come
+# back as the lease left them, in the scan's order.
+_DUE_NOW = DUE_LOCKED.subquery("due")
+_LEASED = (
+    update(messages)
+    .where(messages.c.id == _DUE_NOW.c.id)
+    .values(
+        lease_owner=bindparam("owner"),
+        lease_expires_at=bindparam("lease", type_=BigInteger),
+        claims=messages.c.claims + 1,
+    )
+    .returning(*messages.c)
+    .cte("leased")
+)
+_CLAIM_ANY = select(_LEASED).order_by(_LEASED.c.priority, _LEASED.c.next_attempt_at, _LEASED.c.id)
 _ROWS = select(messages).where(messages.c.id.in_(_IDS))
 _STATE_COLUMNS = (
     messages.c.id,
@@ -209,9 +224,9 @@ class Outbox(Store):
         """Lease up to ``limit`` due messages to ``owner``, oldest due first.
 
         A lease that runs out (its worker died) makes the message claimable again. Each
-        claim is counted in the claim's transaction; with ``max_claims``, a message
-        already claimed that often without a recorded outcome is failed here instead
-        (``domain.poison``) and returned with status FAILED, for the caller to report.
+        claim is counted with the claim; with ``max_claims``, a message already claimed
+        that often without a recorded outcome is failed here instead (``domain.poison``)
+        and returned with status FAILED, for the caller to report.
         """
         if limit <= 0:
             return []
@@ -219,8 +234,37 @@ class Outbox(Store):
         # In a transaction of its own, each claim cost one more fsync on the single
         # writer, which the recorder's writes queued behind while every message they
         # carried held its send slot.
+        if not self._db.is_sqlite:
+            return await self._claim_at_once(owner, limit, lease_ms, max_claims, self._clock())
         claim = partial(self._claim, owner, limit, lease_ms, max_claims, self._clock())
         return await self._write(claim)
+
+    async def _claim_at_once(
+        self, owner: str, limit: int, lease_ms: int, max_claims: int | None, now: int
+    ) -> list[MessageRecord]:
+        """PostgreSQL: lease the due messages in one autocommitted statement, then fail
+        those claimed too often (the poison guard) in a transaction of their own. The
+        lease keeps every other claimer off them meanwhile; if that second write fails,
+        the lease runs out and the next claim, counting one more, fails them instead."""
+        params = {"now": now, "limit": limit, "owner": owner, "lease": now + lease_ms}
+        async with self._autocommitted() as conn:
+            rows = await fetch_dicts(conn, _CLAIM_ANY, params)
+        # The count before this claim is what the guard judges (as on SQLite).
+        poisoned = {
+            row["id"]: int(row["claims"]) - 1
+            for row in rows
+            if max_claims and quarantines(int(row["claims"]) - 1, max_claims)
+        }
+        if poisoned:
+            failed = await self._write(partial(self._quarantine, poisoned, owner, now))
+            rows = [failed.get(row["id"], row) for row in rows]
+        return [record(row, ()) for row in rows]
+
+    async def _quarantine(
+        self, poisoned: dict[str, int], owner: str, now: int, conn: AsyncConnection
+    ) -> dict[str, dict[str, Any]]:
+        await quarantine(conn, poisoned, owner, now)
+        return {row["id"]: row for row in await fetch_dicts(conn, _ROWS, {"ids": list(poisoned)})}
 
     async def _claim(
         self,
@@ -231,11 +275,11 @@ class Outbox(Store):
         now: int,
         conn: AsyncConnection,
     ) -> list[MessageRecord]:
-        due = DUE_SQLITE if self._db.is_sqlite else DUE_LOCKED
-        # Straight to the driver on SQLite (storage/driver.py): a thread hop a statement.
+        """SQLite (its single writer excludes other claimers): the scan, the guard, the
+        lease, in the group commit; straight to the driver (storage/driver.py)."""
         found = {
             row["id"]: int(row["claims"])
-            for row in await fetch_dicts(conn, due, {"now": now, "limit": limit})
+            for row in await fetch_dicts(conn, DUE_SQLITE, {"now": now, "limit": limit})
         }
         if not found:
             return []
@@ -247,8 +291,7 @@ class Outbox(Store):
             # RETURNING: the claimed rows as the lease left them, without reading them
             # again.
             leased = {"ids": claimed, "owner": owner, "lease": now + lease_ms}
-            lease = _LEASE if self._db.is_sqlite else _LEASE_ANY
-            rows += await fetch_dicts(conn, lease, leased)
+            rows += await fetch_dicts(conn, _LEASE, leased)
         if poisoned:
             rows += await fetch_dicts(conn, _ROWS, {"ids": list(poisoned)})
         by_id = {row["id"]: record(row, ()) for row in rows}
