@@ -8,7 +8,8 @@ import asyncio
 import pytest
 
 from notifier.dispatch.recorder import AttemptRecorder
-from notifier.domain.model import AttemptRecord, Status, Transition
+from notifier.domain.bulk import BULK_PRIORITY
+from notifier.domain.model import Accepted, AttemptRecord, Channel, NewMessage, Status, Transition
 from notifier.storage.engine import Database
 from notifier.storage.repository import Repository
 from tests.support.poison import refuse_accepted_attempts
@@ -104,3 +105,23 @@ async def test_a_result_the_database_refuses_fails_alone(repo: Repository, db: D
     assert outcomes[1] is None
     assert (await repo.get_delivery(message_id=good)).message.status is Status.QUEUED
     assert (await repo.get_delivery(message_id=bad)).message.status is Status.PENDING
+
+
+async def test_a_claim_takes_single_sends_before_bulk_and_oldest_first(repo: Repository) -> None:
+    """A campaign queued first still waits behind single sends; within each, the oldest
+    goes first, and a claim smaller than the queue takes the head of that order."""
+
+    async def queue(body: str, priority: int) -> str:
+        message = NewMessage(to="+14155550100", channel=Channel.WHATSAPP, body=body)
+        (outcome,) = await repo.add_messages(
+            [(message, None)], caller="", key_ttl_ms=1, priority=priority
+        )
+        assert isinstance(outcome, Accepted)
+        await asyncio.sleep(0.002)  # distinct due times
+        return outcome.message.id
+
+    bulk = [await queue(f"campaign {i}", BULK_PRIORITY) for i in range(2)]
+    single = [await queue(f"single {i}", 0) for i in range(2)]
+    (first,) = await repo.claim_due("w", limit=1, lease_ms=60_000)
+    rest = await repo.claim_due("w", limit=5, lease_ms=60_000)
+    assert [first.id, *(m.id for m in rest)] == [*single, *bulk]
