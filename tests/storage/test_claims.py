@@ -125,3 +125,23 @@ async def test_a_claim_takes_single_sends_before_bulk_and_oldest_first(repo: Rep
     (first,) = await repo.claim_due("w", limit=1, lease_ms=60_000)
     rest = await repo.claim_due("w", limit=5, lease_ms=60_000)
     assert [first.id, *(m.id for m in rest)] == [*single, *bulk]
+
+
+@pytest.mark.backends("postgresql")
+async def test_a_quarantine_the_database_refuses_holds_up_no_healthy_message(
+    repo: Repository, db: Database
+) -> None:
+    """PostgreSQL fails a message claimed too often after the claim's one statement: if
+    that write fails, the healthy messages of the claim still go out now, and the
+    poisoned one, unsent, is judged again by the next claim after its lease."""
+    poisoned = await queued_message(repo, sid=None)
+    for _ in range(2):
+        await repo.claim_due("w", limit=5, lease_ms=0)
+        await asyncio.sleep(0.01)
+    healthy = await queued_message(repo, sid=None)
+    await refuse_accepted_attempts(db.writer, poisoned, outcome="ambiguous")
+    claimed = await repo.claim_due("w", limit=5, lease_ms=50, max_claims=2)
+    assert [m.id for m in claimed] == [healthy]
+    delivery = await repo.get_delivery(message_id=poisoned)
+    assert delivery.message.status is Status.PENDING
+    assert not delivery.attempts

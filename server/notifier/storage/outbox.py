@@ -132,6 +132,16 @@ _LEASED = (
     .cte("leased")
 )
 _CLAIM_ANY = select(_LEASED).order_by(_LEASED.c.priority, _LEASED.c.next_attempt_at, _LEASED.c.id)
+# PostgreSQL: which of the messages just leased are still ours, locked for their quarantine.
+_HELD = (
+    select(messages.c.id)
+    .where(
+        among(messages.c.id, "ids"),
+        messages.c.lease_owner == bindparam("owner"),
+        text(IN_OUTBOX),
+    )
+    .with_for_update(key_share=True)
+)
 _ROWS = select(messages).where(messages.c.id.in_(_IDS))
 _STATE_COLUMNS = (
     messages.c.id,
@@ -243,9 +253,13 @@ class Outbox(Store):
         self, owner: str, limit: int, lease_ms: int, max_claims: int | None, now: int
     ) -> list[MessageRecord]:
         """PostgreSQL: lease the due messages in one autocommitted statement, then fail
-        those claimed too often (the poison guard) in a transaction of their own. The
-        lease keeps every other claimer off them meanwhile; if that second write fails,
-        the lease runs out and the next claim, counting one more, fails them instead."""
+        those claimed too often (the poison guard) in a transaction of their own.
+
+        The lease keeps other claimers off them meanwhile, and the second write fails
+        only those still leased here (locked first: a lease that ran out meanwhile went
+        to whoever took it). If that write fails, the others are still returned and
+        sent; the poisoned stay leased, unsent, and the next claim after their lease
+        judges them again."""
         params = {"now": now, "limit": limit, "owner": owner, "lease": now + lease_ms}
         async with self._autocommitted() as conn:
             rows = await fetch_dicts(conn, _CLAIM_ANY, params)
@@ -255,16 +269,29 @@ class Outbox(Store):
             for row in rows
             if max_claims and quarantines(int(row["claims"]) - 1, max_claims)
         }
-        if poisoned:
+        if not poisoned:
+            return [record(row, ()) for row in rows]
+        failed: dict[str, dict[str, Any]] = {}
+        try:
             failed = await self._write(partial(self._quarantine, poisoned, owner, now))
-            rows = [failed.get(row["id"], row) for row in rows]
-        return [record(row, ()) for row in rows]
+        except Exception:  # the healthy ones must not wait a lease for it
+            log.exception("could not fail %d messages claimed too often", len(poisoned))
+        return [
+            record(failed.get(row["id"], row), ())
+            for row in rows
+            if row["id"] not in poisoned or row["id"] in failed
+        ]
 
     async def _quarantine(
         self, poisoned: dict[str, int], owner: str, now: int, conn: AsyncConnection
     ) -> dict[str, dict[str, Any]]:
-        await quarantine(conn, poisoned, owner, now)
-        return {row["id"]: row for row in await fetch_dicts(conn, _ROWS, {"ids": list(poisoned)})}
+        """Fail those of ``poisoned`` still leased to ``owner``; their rows as left."""
+        held = await fetch_dicts(conn, _HELD, {"ids": list(poisoned), "owner": owner})
+        mine = {row["id"]: poisoned[row["id"]] for row in held}
+        if not mine:
+            return {}
+        await quarantine(conn, mine, owner, now)
+        return {row["id"]: row for row in await fetch_dicts(conn, _ROWS, {"ids": list(mine)})}
 
     async def _claim(
         self,

@@ -1,8 +1,9 @@
 """The SQL of the poison-message guard: failing messages claimed too often, in the claim.
 
 Whether a message is quarantined is the domain's rule (``domain.poison``); this writes
-what it decides, in the claim's own transaction, so no other claimer can send the
-message between the count and the decision.
+what it decides while no other claimer can take the message: on SQLite in the claim's
+own transaction, on PostgreSQL right after the claim's one statement, under the lease
+it took and on the rows locked again (``Outbox._claim_at_once``).
 """
 
 from __future__ import annotations
