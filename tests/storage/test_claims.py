@@ -4,8 +4,10 @@ result retried alone (issue 13), on real SQLite files and PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from notifier.dispatch.recorder import AttemptRecorder
 from notifier.domain.bulk import BULK_PRIORITY
@@ -145,3 +147,37 @@ async def test_a_quarantine_the_database_refuses_holds_up_no_healthy_message(
     delivery = await repo.get_delivery(message_id=poisoned)
     assert delivery.message.status is Status.PENDING
     assert not delivery.attempts
+
+
+@pytest.mark.backends("postgresql")
+async def test_a_lease_lost_before_the_quarantine_leaves_the_message_to_its_new_holder(
+    repo: Repository, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL fails a message claimed too often after the claim's one statement. If
+    its lease ran out meanwhile and another claimer took it, the message is the other
+    claimer's now: this claim neither fails it nor hands it out to be sent."""
+    poisoned = await queued_message(repo, sid=None)
+    for _ in range(2):
+        await repo.claim_due("w", limit=5, lease_ms=0)
+        await asyncio.sleep(0.01)
+    healthy = await queued_message(repo, sid=None)
+    quarantine = repo._quarantine
+
+    async def after_a_thief(*args: Any) -> Any:
+        async with db.writer.begin() as conn:  # the lease ran out; another replica took it
+            await conn.execute(
+                text("UPDATE messages SET lease_owner = 'thief' WHERE id = :id"), {"id": poisoned}
+            )
+        return await quarantine(*args)
+
+    monkeypatch.setattr(repo, "_quarantine", after_a_thief)
+    claimed = await repo.claim_due("w", limit=5, lease_ms=60_000, max_claims=2)
+    assert [m.id for m in claimed] == [healthy]
+    delivery = await repo.get_delivery(message_id=poisoned)
+    assert delivery.message.status is Status.PENDING
+    assert not delivery.attempts
+    async with db.reader.connect() as conn:
+        holder = await conn.scalar(
+            text("SELECT lease_owner FROM messages WHERE id = :id"), {"id": poisoned}
+        )
+    assert holder == "thief"

@@ -98,8 +98,7 @@ class SendSlots:
         slots as (place, not before)), the database's microseconds."""
         # One statement, atomic by itself: autocommit spares the BEGIN and COMMIT round
         # trips, which count at a few hundred grants a second.
-        async with storage_errors(), self._db.writer.connect() as conn:
-            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        async with storage_errors(), self._db.autocommitted() as conn:
             if sender not in self._known:
                 await conn.execute(
                     insert(send_slots)
@@ -125,8 +124,7 @@ class SendSlots:
 
     async def clock_us(self) -> int:
         """The database's clock, microseconds (one autocommitted SELECT)."""
-        async with storage_errors(), self._db.writer.connect() as conn:
-            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        async with storage_errors(), self._db.autocommitted() as conn:
             return int((await conn.execute(_CLOCK)).scalar_one())
 
     async def delay_slots(self, sender: str, delays: Sequence[tuple[int, int]]) -> None:
@@ -136,6 +134,5 @@ class SendSlots:
         for place, not_before in delays:  # one row per place: ON CONFLICT touches it once
             latest[place] = max(not_before, latest.get(place, not_before))
         params = {"sender": sender, "places": list(latest), "not_befores": list(latest.values())}
-        async with storage_errors(), self._db.writer.connect() as conn:
-            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        async with storage_errors(), self._db.autocommitted() as conn:
             await conn.execute(_DELAY, params)

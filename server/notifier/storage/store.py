@@ -58,10 +58,10 @@ class Store:
 
     @asynccontextmanager
     async def _autocommitted(self) -> AsyncIterator[AsyncConnection]:
-        """PostgreSQL: a writer's connection whose statements commit one by one, for a
-        write that is one statement (atomic by itself): no BEGIN and COMMIT round trips."""
-        async with storage_errors(), self._db.writer.connect() as conn:
-            yield await conn.execution_options(isolation_level="AUTOCOMMIT")
+        """A write that is one statement, committed by itself (Database.autocommitted),
+        its driver errors mapped as every other write's."""
+        async with storage_errors(), self._db.autocommitted() as conn:
+            yield conn
 
     @asynccontextmanager
     async def _reading(self) -> AsyncIterator[AsyncConnection]:
