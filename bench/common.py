@@ -415,26 +415,23 @@ async def create_schema(db_path: Path) -> None:
         await db.dispose()
 
 
-def count_rows(db_path: Path, where: str) -> int:
-    """``SELECT count(*) FROM messages WHERE ...`` on a connection of its own (blocking)."""
+def _scalar(db_path: Path, sql: str) -> Any:
+    """One value of ``sql`` on a SQLite connection of its own (blocking)."""
     import sqlite3
 
     conn = sqlite3.connect(db_path, timeout=30)
     try:
-        (value,) = conn.execute(f"SELECT count(*) FROM messages WHERE {where}").fetchone()  # noqa: S608
-        return int(value)
+        (value,) = conn.execute(sql).fetchone()
+        return value
     finally:
         conn.close()
+
+
+def count_rows(db_path: Path, where: str) -> int:
+    """``SELECT count(*) FROM messages WHERE ...`` (blocking)."""
+    return int(_scalar(db_path, f"SELECT count(*) FROM messages WHERE {where}"))  # noqa: S608
 
 
 def any_row(db_path: Path, where: str) -> bool:
-    """Whether any message ``WHERE ...`` exists, on a connection of its own (blocking)."""
-    import sqlite3
-
-    conn = sqlite3.connect(db_path, timeout=30)
-    try:
-        sql = f"SELECT EXISTS (SELECT 1 FROM messages WHERE {where})"  # noqa: S608
-        (value,) = conn.execute(sql).fetchone()
-        return bool(value)
-    finally:
-        conn.close()
+    """Whether any message ``WHERE ...`` exists (blocking)."""
+    return bool(_scalar(db_path, f"SELECT EXISTS (SELECT 1 FROM messages WHERE {where})"))  # noqa: S608

@@ -129,6 +129,16 @@ async def test_a_claim_takes_single_sends_before_bulk_and_oldest_first(repo: Rep
     assert [first.id, *(m.id for m in rest)] == [*single, *bulk]
 
 
+async def _claimed_twice_and_fresh(repo: Repository) -> tuple[str, str]:
+    """A message claimed twice with nothing recorded (poisoned at max_claims=2), and a
+    message queued after it that was never claimed."""
+    poisoned = await queued_message(repo, sid=None)
+    for _ in range(2):
+        await repo.claim_due("w", limit=5, lease_ms=0)
+        await asyncio.sleep(0.01)  # the zero-length lease runs out
+    return poisoned, await queued_message(repo, sid=None)
+
+
 @pytest.mark.backends("postgresql")
 async def test_a_quarantine_the_database_refuses_holds_up_no_healthy_message(
     repo: Repository, db: Database
@@ -136,11 +146,7 @@ async def test_a_quarantine_the_database_refuses_holds_up_no_healthy_message(
     """PostgreSQL fails a message claimed too often after the claim's one statement: if
     that write fails, the healthy messages of the claim still go out now, and the
     poisoned one, unsent, is judged again by the next claim after its lease."""
-    poisoned = await queued_message(repo, sid=None)
-    for _ in range(2):
-        await repo.claim_due("w", limit=5, lease_ms=0)
-        await asyncio.sleep(0.01)
-    healthy = await queued_message(repo, sid=None)
+    poisoned, healthy = await _claimed_twice_and_fresh(repo)
     await refuse_accepted_attempts(db.writer, poisoned, outcome="ambiguous")
     claimed = await repo.claim_due("w", limit=5, lease_ms=50, max_claims=2)
     assert [m.id for m in claimed] == [healthy]
@@ -156,11 +162,7 @@ async def test_a_lease_lost_before_the_quarantine_leaves_the_message_to_its_new_
     """PostgreSQL fails a message claimed too often after the claim's one statement. If
     its lease ran out meanwhile and another claimer took it, the message is the other
     claimer's now: this claim neither fails it nor hands it out to be sent."""
-    poisoned = await queued_message(repo, sid=None)
-    for _ in range(2):
-        await repo.claim_due("w", limit=5, lease_ms=0)
-        await asyncio.sleep(0.01)
-    healthy = await queued_message(repo, sid=None)
+    poisoned, healthy = await _claimed_twice_and_fresh(repo)
     quarantine = repo._quarantine
 
     async def after_a_thief(*args: Any) -> Any:

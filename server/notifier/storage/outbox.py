@@ -264,11 +264,8 @@ class Outbox(Store):
         async with self._autocommitted() as conn:
             rows = await fetch_dicts(conn, _CLAIM_ANY, params)
         # The count before this claim is what the guard judges (as on SQLite).
-        poisoned = {
-            row["id"]: int(row["claims"]) - 1
-            for row in rows
-            if max_claims and quarantines(int(row["claims"]) - 1, max_claims)
-        }
+        before = {row["id"]: int(row["claims"]) - 1 for row in rows}
+        poisoned = {i: n for i, n in before.items() if max_claims and quarantines(n, max_claims)}
         if not poisoned:
             return [record(row, ()) for row in rows]
         failed: dict[str, dict[str, Any]] = {}
