@@ -2,7 +2,8 @@
 
 ``BENCH_QUICK=1`` runs tiny workloads (a smoke test of the harness: figures are
 meaningless); ``BENCH_OUT=DIR`` writes results.json and RESULTS.md there instead of
-bench/; ``BENCH_ONLY=send,dispatch`` runs only those parts.
+bench/; ``BENCH_ONLY=send,dispatch`` runs only those parts; ``BENCH_ROUNDS=N`` sets
+the interleaved rounds of the parts with ratio targets (``bench.common.rounds``).
 """
 
 from __future__ import annotations

@@ -12,14 +12,16 @@ import contextlib
 import json
 import os
 import secrets
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
-from bench.common import any_row, count_rows, create_schema, fill_outbox
+from bench.common import any_row, count_rows, create_schema, fill_outbox, rounds
 
 PG_SERVER = os.environ.get("NOTIFIER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
 PG_ADMIN_DB = "test"
@@ -157,3 +159,25 @@ async def _migrate(url: str) -> None:
         await upgrade(db.writer)
     finally:
         await db.dispose()
+
+
+Leg = dict[str, Any]
+
+
+async def interleaved(
+    label: str,
+    ceiling: tuple[str, Callable[[], Awaitable[Leg]]],
+    leg: Callable[[Backend], Awaitable[Leg]],
+) -> dict[str, list[Leg]]:
+    """Every round's legs (``bench.common.rounds``), keyed by the ceiling's name and
+    BACKENDS: each round runs the ceiling, then ``leg`` on a fresh database of each
+    backend, in turn, so a ratio compares legs run in the same minutes."""
+    name, measure = ceiling
+    legs: dict[str, list[Leg]] = {name: [], **{b: [] for b in BACKENDS}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(rounds()):
+            legs[name].append(await measure())
+            for b in BACKENDS:
+                async with backend(b, Path(tmp), f"{label}{r}") as db:
+                    legs[b].append(await leg(db))
+    return legs
