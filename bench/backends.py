@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
 
@@ -161,7 +161,7 @@ async def _migrate(url: str) -> None:
         await db.dispose()
 
 
-Leg = dict[str, Any]
+Leg: TypeAlias = dict[str, Any]
 
 
 async def interleaved(
@@ -171,7 +171,7 @@ async def interleaved(
 ) -> dict[str, list[Leg]]:
     """Every round's legs (``bench.common.rounds``), keyed by the ceiling's name and
     BACKENDS: each round runs the ceiling, then ``leg`` on a fresh database of each
-    backend, in turn, so a ratio compares legs run in the same minutes."""
+    backend, in turn, so every leg's rounds span the same minutes as the others'."""
     name, measure = ceiling
     legs: dict[str, list[Leg]] = {name: [], **{b: [] for b in BACKENDS}}
     with tempfile.TemporaryDirectory() as tmp:

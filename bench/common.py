@@ -34,34 +34,43 @@ def scale(full: int, small: int) -> int:
 
 
 def rounds() -> int:
-    """How many interleaved rounds a part comparing legs runs (``BENCH_ROUNDS``; 3, or 1
-    when quick). This machine is shared: one leg's rate moved by a quarter from one
-    minute to the next (the echo gave 2,563 and 4,269 /s with the same code), so one leg
-    each made a ratio of two moments. Each round runs every leg once, in turn."""
-    return int(os.environ.get("BENCH_ROUNDS") or scale(3, 1))
+    """How many interleaved rounds a part comparing legs runs (``BENCH_ROUNDS``: an odd
+    number, 3 by default, 1 when quick). This machine is shared: one leg's rate moved by
+    a quarter from one minute to the next (the echo gave 2,563 and 4,269 /s with the
+    same code), so one leg each made a ratio of two moments. Each round runs every leg
+    once, in turn. Odd, so each leg's median is one round's figure, neither the kinder
+    nor the harsher of two middles."""
+    count = int(os.environ.get("BENCH_ROUNDS") or scale(3, 1))
+    if count < 1 or count % 2 == 0:
+        raise ValueError(f"BENCH_ROUNDS must be an odd number of rounds, not {count}")
+    return count
 
 
 def median_leg(
     legs: Sequence[dict[str, Any]], key: str = "rate", counted: tuple[str, ...] = ("errors",)
 ) -> dict[str, Any]:
-    """The leg with the median ``key`` (the lower middle one of an even count), its
-    figures kept together; each ``counted`` figure (failures) summed over every leg, so
-    a failure in any round shows; every leg's ``key`` in ``rounds``, in the order run."""
-    middle = sorted(legs, key=lambda leg: leg[key])[(len(legs) - 1) // 2]
+    """The leg with the median ``key`` (of an odd count: ``rounds``), its figures kept
+    together; each ``counted`` figure (failures) summed over every leg that has it, so a
+    failure in any round shows; every leg's ``key`` in ``rounds``, in the order run."""
+    if len(legs) % 2 == 0:
+        raise ValueError(f"a median round needs an odd number of rounds, not {len(legs)}")
+    middle = sorted(legs, key=lambda leg: leg[key])[len(legs) // 2]
     chosen = {**middle, "rounds": [leg[key] for leg in legs]}
     for name in counted:
-        if name in middle:
-            chosen[name] = sum(leg[name] for leg in legs)
+        if any(name in leg for leg in legs):
+            chosen[name] = sum(leg.get(name, 0) for leg in legs)
     return chosen
 
 
 def rounds_note(legs: dict[str, dict[str, Any]], unit: str = "/s") -> str:
-    """``legs``' per-round figures, as a note: "median of 3 rounds: echo 4,252 / ..."."""
+    """``legs``' per-round figures, as a note: "median of 3 interleaved rounds: echo
+    4,252 / 2,563 / 4,269/s; ..." (milliseconds to a tenth)."""
     first = next(iter(legs.values()))
     if len(first["rounds"]) < 2:
         return ""
+    shown = "{:,.1f}" if unit.strip() == "ms" else "{:,.0f}"
     parts = (
-        f"{name} " + " / ".join(f"{v:,.0f}" for v in leg["rounds"]) + unit
+        f"{name} " + " / ".join(shown.format(v) for v in leg["rounds"]) + unit
         for name, leg in legs.items()
     )
     return f"median of {len(first['rounds'])} interleaved rounds: " + "; ".join(parts)

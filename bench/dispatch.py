@@ -110,7 +110,7 @@ async def run() -> list[Figure]:
             return await notifier_run(url, db, total)
 
     legs = await interleaved("dispatch", ("sdk", sdk), leg)
-    runs = {name: median_leg(runs) for name, runs in legs.items()}
+    runs = {name: median_leg(every) for name, every in legs.items()}
     ceiling = runs["sdk"]["rate"]
     note = "; ".join(
         n

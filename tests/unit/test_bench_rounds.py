@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from bench.common import median_leg, rounds_note
+from bench.common import median_leg, rounds, rounds_note
 
 
 def _leg(rate: float, errors: int = 0, p99: float = 10.0) -> dict[str, Any]:
@@ -23,7 +23,7 @@ def _leg(rate: float, errors: int = 0, p99: float = 10.0) -> dict[str, Any]:
     [
         ([1_000.0], 1_000.0),
         ([900.0, 1_200.0, 1_000.0], 1_000.0),  # the middle, not the last or the best
-        ([1_200.0, 800.0], 800.0),  # even count: the lower middle, never flattering
+        ([1_000.0, 1_200.0, 900.0], 1_000.0),
         ([3.0, 1.0, 2.0, 4.0, 5.0], 3.0),
     ],
 )
@@ -33,18 +33,32 @@ def test_the_median_round_is_shown(rates: list[float], median: float) -> None:
 
 def test_a_legs_figures_stay_together() -> None:
     """The p99 shown is the median round's own, not another round's."""
-    chosen = median_leg([_leg(900.0, p99=50.0), _leg(1_000.0, p99=70.0), _leg(1_100.0, p99=5.0)])
+    legs = [_leg(900.0, p99=50.0), _leg(1_000.0, p99=70.0), _leg(1_100.0, p99=5.0)]
+    chosen = median_leg(legs)
     assert (chosen["rate"], chosen["p99_ms"]) == (1_000.0, 70.0)
-    by_tail = median_leg([_leg(900.0, p99=50.0), _leg(1_000.0, p99=70.0)], "p99_ms")
-    assert by_tail["p99_ms"] == 50.0
+    assert median_leg(legs, "p99_ms")["p99_ms"] == 50.0  # its own median round
+
+
+@pytest.mark.parametrize("count", [0, 2, 4])
+def test_an_even_number_of_rounds_is_refused(count: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two middles: taking either one would favour the ceiling or the measured side."""
+    monkeypatch.setenv("BENCH_ROUNDS", str(count))
+    with pytest.raises(ValueError, match="odd number"):
+        rounds()
+    if count:
+        with pytest.raises(ValueError, match="odd number"):
+            median_leg([_leg(float(r)) for r in range(count)])
+
+
+def test_the_rounds_asked_for_are_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BENCH_ROUNDS", "5")
+    assert rounds() == 5
 
 
 def test_a_failure_in_any_round_counts() -> None:
     legs = [_leg(900.0, errors=3), _leg(1_000.0), {**_leg(1_100.0), "unmoved": 2}]
     assert median_leg(legs)["errors"] == 3  # the median round had none
-    chosen = median_leg(
-        [{**leg, "unmoved": leg.get("unmoved", 0)} for leg in legs], counted=("errors", "unmoved")
-    )
+    chosen = median_leg(legs, counted=("errors", "unmoved"))  # only one round has unmoved
     assert (chosen["errors"], chosen["unmoved"]) == (3, 2)
 
 
@@ -58,3 +72,6 @@ def test_every_round_is_in_the_note_in_the_order_run() -> None:
         "sqlite 1,183 / 1,033 / 1,095/s"
     )
     assert rounds_note({"echo": median_leg([_leg(4_000.0)])}) == ""  # one round: no note
+    p99s = [_leg(1.0, p99=2.34), _leg(1.0, p99=2.0), _leg(1.0, p99=3.0)]
+    tails = {"echo": median_leg(p99s, "p99_ms")}
+    assert rounds_note(tails, " ms") == "median of 3 interleaved rounds: echo 2.3 / 2.0 / 3.0 ms"
