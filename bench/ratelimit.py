@@ -15,16 +15,14 @@ own send times, logged). Twilio's counter does not pause for our emulator's coll
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 from bench.backends import BACKENDS, LABEL, Backend, backend
 from bench.common import Child, Figure, scale, serve_grpc
 from notifier.emulator.faults import Faults
 from notifier.emulator.server import EmulatorServer
+from notifier.heap import paused_collection
 
 RATE = 80
 REPLICAS = {"sqlite": 1, "postgresql": 2}
@@ -40,17 +38,6 @@ def max_in_window(stamps: list[float], window: float = 1.0) -> int:
     return best
 
 
-@contextlib.contextmanager
-def _no_collection() -> Iterator[None]:
-    """No garbage collection in this process meanwhile (the stamps stay on time)."""
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-
-
 async def _arrivals(name: str, seconds: int) -> list[float]:
     """Arrival stamps at the emulator while ``name``'s servers send a full queue."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -60,7 +47,7 @@ async def _arrivals(name: str, seconds: int) -> list[float]:
             # keep this loop busy while it stamps.
             EmulatorServer(faults=Faults(drop_callback_fraction=1.0)) as emulator,
         ):
-            with _no_collection():
+            with paused_collection():
                 return await _stamp(name, db, emulator, seconds)
 
 
