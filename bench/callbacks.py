@@ -23,6 +23,7 @@ from bench.common import (
     Figure,
     bench_settings,
     cpu_figure,
+    joined,
     median_leg,
     rounds_note,
     run_load,
@@ -108,13 +109,11 @@ def _figure(
         ceiling_name=name,
         target=f">= {ratio:g}x ceiling",
         met=run["rate"] >= ratio * base["rate"] and not problems,
-        note="; ".join(
-            [
-                *problems,
-                f"{total:,} signed callbacks over {CONNECTIONS} connections from another "
-                f"process; p99 {run['p99_ms']:.1f} ms (ceiling's {base['p99_ms']:.1f} ms)",
-                *([rounds_seen] if rounds_seen else []),
-            ]
+        note=joined(
+            *problems,
+            f"{total:,} signed callbacks over {CONNECTIONS} connections from another "
+            f"process; p99 {run['p99_ms']:.1f} ms (ceiling's {base['p99_ms']:.1f} ms)",
+            rounds_seen,
         ),
         extra={"sidecar": run, "ceiling": base},
     )

@@ -76,6 +76,11 @@ def rounds_note(legs: dict[str, dict[str, Any]], unit: str = "/s") -> str:
     return f"median of {len(first['rounds'])} interleaved rounds: " + "; ".join(parts)
 
 
+def joined(*notes: str) -> str:
+    """A row's notes, the empty ones left out."""
+    return "; ".join(n for n in notes if n)
+
+
 @dataclass
 class Figure:
     name: str

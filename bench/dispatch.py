@@ -25,6 +25,7 @@ from bench.common import (
     cpu_figure,
     emulator_env,
     emulator_process,
+    joined,
     median_leg,
     rounds_note,
     scale,
@@ -112,14 +113,10 @@ async def run() -> list[Figure]:
     legs = await interleaved("dispatch", ("sdk", sdk), leg)
     runs = {name: median_leg(every) for name, every in legs.items()}
     ceiling = runs["sdk"]["rate"]
-    note = "; ".join(
-        n
-        for n in (
-            f"{total:,} messages, dispatch concurrency {CONCURRENCY}; emulator in its own "
-            "process (answers 201, plays sent/delivered/read on timers)",
-            rounds_note(runs),
-        )
-        if n
+    note = joined(
+        f"{total:,} messages, dispatch concurrency {CONCURRENCY}; emulator in its own "
+        "process (answers 201, plays sent/delivered/read on timers)",
+        rounds_note(runs),
     )
     sqlite, pg = runs["sqlite"]["rate"], runs["postgresql"]["rate"]
     return [

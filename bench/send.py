@@ -17,6 +17,7 @@ from bench.common import (
     Figure,
     bench_settings,
     cpu_figure,
+    joined,
     median_leg,
     rounds_note,
     run_load,
@@ -108,7 +109,7 @@ def _figures(
             ceiling_name=name,
             target=f">= {rate:g}x ceiling",
             met=run["rate"] >= rate * base["rate"] and not failed,
-            note="; ".join(n for n in (errors, notes[0]) if n),
+            note=joined(errors, notes[0]),
             extra={"run": run, "ceiling": base},
         ),
         Figure(
@@ -119,14 +120,10 @@ def _figures(
             ceiling_name=name,
             target=f"<= {p99:g}x ceiling",
             met=tail["p99_ms"] <= p99 * base_tail["p99_ms"] and not failed,
-            note="; ".join(
-                n
-                for n in (
-                    errors,
-                    f"p50 {tail['p50_ms']:.1f} ms (ceiling's {base_tail['p50_ms']:.1f} ms)",
-                    notes[1],
-                )
-                if n
+            note=joined(
+                errors,
+                f"p50 {tail['p50_ms']:.1f} ms (ceiling's {base_tail['p50_ms']:.1f} ms)",
+                notes[1],
             ),
         ),
     ]
